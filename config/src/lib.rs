@@ -1,0 +1,421 @@
+//! Every `kube.yml` type, its defaults, and loading with errors that name file:line:column
+//! and the key path. This crate knows no service: services take their own section.
+
+mod sections;
+mod source;
+mod template;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use sections::*;
+pub use source::Origin;
+use source::Tree;
+pub use template::template;
+
+/// The whole `kube.yml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The domain KUBE serves: the apex and one host per app below it.
+    pub domain: String,
+    /// Where KUBE keeps its identity, certificates, apps and spaces.
+    pub data_dir: PathBuf,
+    pub http: Http,
+    pub tls: Tls,
+    pub acme: Acme,
+    pub dns: Dns,
+    pub signal: Signal,
+    pub turn: Turn,
+    pub echo: Echo,
+    pub apps: Apps,
+    pub processes: Vec<Process>,
+    pub admin: Admin,
+    pub metrics: Metrics,
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./kube-data"),
+            http: Http::default(),
+            tls: Tls::default(),
+            acme: Acme::default(),
+            dns: Dns::default(),
+            signal: Signal::default(),
+            turn: Turn::default(),
+            echo: Echo::default(),
+            apps: Apps::default(),
+            processes: Vec::new(),
+            admin: Admin::default(),
+            metrics: Metrics::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+/// Sections that `KUBE_<SECTION>_<KEY>` variables may address (`processes` is a list).
+pub const SECTIONS: &[&str] = &[
+    "http", "tls", "acme", "dns", "signal", "turn", "echo", "apps", "admin", "metrics", "log",
+];
+const SCALARS: &[&str] = &["domain", "data_dir"];
+
+impl Config {
+    /// The TLS mode in force: explicit, or `local` for localhost and `acme` otherwise.
+    pub fn tls_mode(&self) -> TlsMode {
+        tls_mode(&self.tls, &self.domain)
+    }
+
+    /// Checks that need more than one key, or more than a type: pure, every problem found.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(why) = check_domain(&self.domain) {
+            problems.push(Problem::new("domain", why));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(Problem::new("data_dir", "must not be empty"));
+        }
+        if self.apps.keep_versions == 0 {
+            problems.push(Problem::new(
+                "apps.keep_versions",
+                "must be at least 1 (the current version)",
+            ));
+        }
+        if self.apps.max_files == 0 {
+            problems.push(Problem::new("apps.max_files", "must be at least 1"));
+        }
+        let listeners = [
+            ("http.listen", self.http.listen),
+            ("http.https_listen", self.http.https_listen),
+            ("admin.listen", self.admin.listen),
+        ];
+        for (i, (a, x)) in listeners.iter().enumerate() {
+            for (b, y) in &listeners[i + 1..] {
+                if x == y && x.port() != 0 {
+                    problems.push(Problem::new(*a, format!("{x} is also {b}")));
+                }
+            }
+        }
+        if self.tls.mode == Some(TlsMode::Files) {
+            for (key, v) in [
+                ("tls.cert_file", &self.tls.cert_file),
+                ("tls.key_file", &self.tls.key_file),
+            ] {
+                if v.is_none() {
+                    problems.push(Problem::new(key, "is required when tls.mode is files"));
+                }
+            }
+        }
+        if self.http.header_timeout_secs == 0 {
+            problems.push(Problem::new(
+                "http.header_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, p) in self.processes.iter().enumerate() {
+            if p.name.is_empty() {
+                problems.push(Problem::new(format!("processes[{i}].name"), "is required"));
+            } else if !names.insert(p.name.as_str()) {
+                problems.push(Problem::new(
+                    format!("processes[{i}].name"),
+                    format!("{:?} is used twice", p.name),
+                ));
+            }
+            if p.command.is_empty() {
+                problems.push(Problem::new(
+                    format!("processes[{i}].command"),
+                    "is required",
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// The TLS mode in force for `domain`: explicit, or `local` for localhost and `acme` otherwise.
+pub fn tls_mode(tls: &Tls, domain: &str) -> TlsMode {
+    tls.mode.unwrap_or(if is_local_domain(domain) {
+        TlsMode::Local
+    } else {
+        TlsMode::Acme
+    })
+}
+
+/// `localhost`, a name under it, or an IP literal: served with the local CA.
+pub fn is_local_domain(domain: &str) -> bool {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    d == "localhost" || d.ends_with(".localhost") || d.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn check_domain(domain: &str) -> Result<(), String> {
+    let d = domain.trim_end_matches('.');
+    if d.is_empty() || d.len() > 253 {
+        return Err("must be a DNS name of 1 to 253 characters".into());
+    }
+    for label in d.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{label:?} is not a DNS label (letters, digits, inner hyphens, at most 63)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One thing wrong with the configuration: the key path, why, and where it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+    pub origin: Option<Origin>,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            origin: None,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.origin {
+            Some(o) => write!(f, "{o}: {}: {}", self.path, self.message),
+            None if self.path.is_empty() => write!(f, "{}", self.message),
+            None => write!(f, "{} (default): {}", self.path, self.message),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn render(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    lines.join("\n")
+}
+
+/// A loaded configuration and where each of its keys came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+    tree: Tree,
+}
+
+impl Loaded {
+    /// Fills in where a problem's key was written (the value, or the key when it is unknown).
+    pub fn locate(&self, mut p: Problem) -> Problem {
+        if p.origin.is_none() {
+            p.origin = self.tree.origin(&p.path);
+        }
+        p
+    }
+}
+
+/// Reads `file` (or nothing: the embedded defaults), applies `KUBE_*` variables from `env`,
+/// and checks everything. Every problem is returned, not just the first.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, LoadError> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?,
+        None => String::new(),
+    };
+    let label = file.map(|f| f.display().to_string()).unwrap_or_default();
+    load_str(&label, &text, env).map(|mut l| {
+        l.file = file.map(Path::to_owned);
+        l
+    })
+}
+
+/// As [`load`], from text; `label` names the file in messages.
+pub fn load_str(
+    label: &str,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, LoadError> {
+    let mut tree = Tree::parse(label, text).map_err(|e| {
+        LoadError::Invalid(vec![Problem {
+            path: String::new(),
+            message: e.message,
+            origin: e.origin,
+        }])
+    })?;
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    env.sort();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("KUBE_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        if SCALARS.contains(&rest.as_str()) {
+            tree.set_from_env(None, &rest, &raw, &var);
+        } else if let Some(section) = SECTIONS
+            .iter()
+            .find(|s| rest.len() > s.len() + 1 && rest.starts_with(&format!("{s}_")))
+        {
+            tree.set_from_env(Some(section), &rest[section.len() + 1..], &raw, &var);
+        }
+    }
+
+    let mut problems = Vec::new();
+    if let Value::Object(root) = &tree.value {
+        for (key, value) in root {
+            match key.as_str() {
+                "domain" | "data_dir" => check_key::<Config>(key, key, value, &tree, &mut problems),
+                "processes" => check_whole::<Vec<Process>>(key, value, &tree, &mut problems),
+                "http" => check_section::<Http>(key, value, &tree, &mut problems),
+                "tls" => check_section::<Tls>(key, value, &tree, &mut problems),
+                "acme" => check_section::<Acme>(key, value, &tree, &mut problems),
+                "dns" => check_section::<Dns>(key, value, &tree, &mut problems),
+                "signal" => check_section::<Signal>(key, value, &tree, &mut problems),
+                "turn" => check_section::<Turn>(key, value, &tree, &mut problems),
+                "echo" => check_section::<Echo>(key, value, &tree, &mut problems),
+                "apps" => check_section::<Apps>(key, value, &tree, &mut problems),
+                "admin" => check_section::<Admin>(key, value, &tree, &mut problems),
+                "metrics" => check_section::<Metrics>(key, value, &tree, &mut problems),
+                "log" => check_section::<Log>(key, value, &tree, &mut problems),
+                _ => problems.push(Problem {
+                    path: key.clone(),
+                    message: format!(
+                        "unknown section; expected one of domain, data_dir, processes, {}",
+                        SECTIONS.join(", ")
+                    ),
+                    origin: tree.key_origin(key),
+                }),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid(problems));
+    }
+    let config: Config = match serde_path_to_error::deserialize(&tree.value) {
+        Ok(c) => c,
+        Err(e) => {
+            let path = e.path().to_string();
+            return Err(LoadError::Invalid(vec![Problem {
+                origin: tree.origin(&path),
+                message: e.into_inner().to_string(),
+                path,
+            }]));
+        }
+    };
+    let loaded = Loaded {
+        config,
+        file: None,
+        tree,
+    };
+    let problems: Vec<Problem> = loaded
+        .config
+        .validate()
+        .into_iter()
+        .map(|p| loaded.locate(p))
+        .collect();
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid(problems));
+    }
+    Ok(loaded)
+}
+
+/// Checks a section key by key, so that one bad key does not hide the next.
+fn check_section<T: DeserializeOwned>(
+    name: &str,
+    value: &Value,
+    tree: &Tree,
+    problems: &mut Vec<Problem>,
+) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                check_key::<T>(name, key, v, tree, problems);
+            }
+        }
+        Value::Null => {}
+        other => check_whole::<T>(name, other, tree, problems),
+    }
+}
+
+/// Deserializes `T` from a mapping holding `key` alone; reports a problem at its path.
+fn check_key<T: DeserializeOwned>(
+    section: &str,
+    key: &str,
+    value: &Value,
+    tree: &Tree,
+    problems: &mut Vec<Problem>,
+) {
+    let mut one = serde_json::Map::new();
+    one.insert(key.to_owned(), value.clone());
+    let prefix = if section == key { "" } else { section };
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(Value::Object(one)) {
+        problems.push(problem_at(prefix, e, tree));
+    }
+}
+
+fn check_whole<T: DeserializeOwned>(
+    name: &str,
+    value: &Value,
+    tree: &Tree,
+    problems: &mut Vec<Problem>,
+) {
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(value) {
+        problems.push(problem_at(name, e, tree));
+    }
+}
+
+fn problem_at(
+    prefix: &str,
+    e: serde_path_to_error::Error<serde_json::Error>,
+    tree: &Tree,
+) -> Problem {
+    let inner = e.path().to_string();
+    let path = match inner.as_str() {
+        "." => prefix.to_owned(),
+        i if i.starts_with('[') => format!("{prefix}{i}"),
+        i => source::join(prefix, i),
+    };
+    let message = e.into_inner().to_string();
+    let origin = if message.starts_with("unknown field") {
+        tree.key_origin(&path)
+    } else {
+        tree.origin(&path)
+    };
+    Problem {
+        path,
+        message,
+        origin,
+    }
+}
+
+#[cfg(test)]
+mod tests;

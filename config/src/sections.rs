@@ -1,0 +1,253 @@
+//! One type per `kube.yml` section. Every key has a default and a doc comment; unknown keys
+//! are refused. `kube init` writes the same keys with the same words (see `template.rs`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse()
+        .expect("default listen addresses are valid literals")
+}
+
+/// `http`: the HTTPS listener that serves apps, and the plain HTTP listener that redirects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Plain HTTP: redirects to HTTPS (and answers ACME HTTP-01). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// HTTPS for the apex landing page and every app host (HTTP/1.1 and HTTP/2).
+    pub https_listen: SocketAddr,
+    /// The HTTPS port users reach (in redirects and printed URLs) when it differs from the
+    /// bound one, e.g. behind `docker run -p 443:8443`. Unset: the bound port.
+    pub public_https_port: Option<u16>,
+    /// Strict-Transport-Security: `auto` sends it on public domains, never on localhost.
+    pub hsts: Hsts,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Seconds a client has to send its request headers.
+    pub header_timeout_secs: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: addr("127.0.0.1:8080"),
+            https_listen: addr("127.0.0.1:8443"),
+            public_https_port: None,
+            hsts: Hsts::Auto,
+            shutdown_grace_secs: 10,
+            header_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hsts {
+    Auto,
+    On,
+    Off,
+}
+
+/// `tls`: where certificates come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// `local` (KUBE's own CA), `acme` or `files`. Unset: `local` for localhost, else `acme`.
+    pub mode: Option<TlsMode>,
+    /// `files` mode: PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// `files` mode: PEM private key.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Local,
+    Acme,
+    Files,
+}
+
+/// `acme`: certificates from an RFC 8555 directory (used when `tls.mode` is `acme`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Acme {
+    /// Directory URL.
+    pub directory: String,
+    /// Contact e-mail for the account.
+    pub email: Option<String>,
+    /// Extra CA root (PEM) to trust the directory with, e.g. Pebble's.
+    pub ca_root: Option<PathBuf>,
+    /// Challenge types in the order they are tried.
+    pub challenges: Vec<Challenge>,
+    /// A second directory tried when the first keeps failing.
+    pub fallback_directory: Option<String>,
+    /// External account binding key id, when the directory requires one.
+    pub eab_kid: Option<String>,
+    /// External account binding HMAC key (base64url).
+    pub eab_hmac_key: Option<String>,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            email: None,
+            ca_root: None,
+            challenges: vec![Challenge::Dns01, Challenge::TlsAlpn01, Challenge::Http01],
+            fallback_directory: None,
+            eab_kid: None,
+            eab_hmac_key: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Challenge {
+    #[serde(rename = "dns-01")]
+    Dns01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+/// `dns`: the authoritative DNS server for `domain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dns {
+    /// UDP and TCP address (port 53 on a VPS).
+    pub listen: SocketAddr,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            listen: addr("127.0.0.1:5353"),
+        }
+    }
+}
+
+/// `signal`: WebRTC signaling over WebSocket. Its keys arrive with the service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Signal {}
+
+/// `turn`: STUN/TURN for NAT traversal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Turn {
+    /// UDP and TCP address.
+    pub listen: SocketAddr,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Turn {
+            listen: addr("127.0.0.1:3478"),
+        }
+    }
+}
+
+/// `echo`: the headless replica of admitted spaces. Its keys arrive with the service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Echo {}
+
+/// `apps`: published app bundles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Apps {
+    /// Versions kept per app for rollback (the current one included).
+    pub keep_versions: u32,
+    /// Largest bundle accepted, in bytes: both the upload and its unpacked files.
+    pub max_bundle_bytes: u64,
+    /// Most files in one bundle.
+    pub max_files: u32,
+}
+
+impl Default for Apps {
+    fn default() -> Self {
+        Apps {
+            keep_versions: 5,
+            max_bundle_bytes: 256 * 1024 * 1024,
+            max_files: 20_000,
+        }
+    }
+}
+
+/// One entry of `processes`: a back-end process an app declares.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Process {
+    /// Unique name, used in logs, metrics and `kube status`.
+    pub name: String,
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the data dir.
+    pub dir: Option<PathBuf>,
+}
+
+/// `admin`: the admin API, `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener. Keep it on loopback or a private network.
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: addr("127.0.0.1:9180"),
+        }
+    }
+}
+
+/// `metrics`: Prometheus exposition on the admin listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { enabled: true }
+    }
+}
+
+/// `log`: what is logged, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter: `info`, `debug`, `kube=debug,info`.
+    pub level: String,
+    /// `text` or `json` (one object a line).
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}

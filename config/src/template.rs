@@ -1,0 +1,104 @@
+//! The commented `kube.yml` that `kube init` writes. A test keeps it in step with the types:
+//! it must parse, name every key, and equal the defaults apart from what `init` chooses.
+
+use crate::is_local_domain;
+
+/// A commented `kube.yml` for `domain`. A public domain listens on every interface on the
+/// standard ports; `localhost` keeps the loopback defaults.
+pub fn template(domain: &str) -> String {
+    let public = !is_local_domain(domain);
+    let pick = |local: &'static str, public_value: &'static str| {
+        if public { public_value } else { local }
+    };
+    format!(
+        r#"# kube.yml: the one configuration file of a KUBE.
+# Every key has a default; unknown keys are errors. `kube config check -c kube.yml` validates it.
+# Any key can be overridden by an environment variable KUBE_<SECTION>_<KEY>,
+# for example KUBE_HTTP_LISTEN=127.0.0.1:0 or KUBE_APPS_KEEP_VERSIONS=3.
+
+# The domain KUBE serves: the apex and one host per app below it (<app>.{domain}).
+domain: {domain}
+# Where KUBE keeps its identity, certificates, apps and spaces (created 0700).
+data_dir: ./kube-data
+
+http:
+  # Plain HTTP: redirects to HTTPS (and answers ACME HTTP-01). Port 0 picks a free port.
+  listen: {http}
+  # HTTPS for the apex landing page and every app host (HTTP/1.1 and HTTP/2).
+  https_listen: {https}
+  # The HTTPS port users reach when it differs from the bound one (docker -p 443:8443).
+  public_https_port: null
+  # Strict-Transport-Security: auto (public domains only), on, off.
+  hsts: auto
+  # Seconds in-flight requests get to finish on shutdown.
+  shutdown_grace_secs: 10
+  # Seconds a client has to send its request headers.
+  header_timeout_secs: 10
+
+tls:
+  # local (KUBE's own CA), acme, or files. null: local for localhost, acme otherwise.
+  mode: null
+  # files mode: PEM certificate chain and private key.
+  cert_file: null
+  key_file: null
+
+acme:
+  # An RFC 8555 directory URL.
+  directory: https://acme-v02.api.letsencrypt.org/directory
+  # Contact e-mail for the ACME account.
+  email: null
+  # Extra CA root (PEM) to trust the directory with, e.g. Pebble's test root.
+  ca_root: null
+  # Challenge types in the order they are tried.
+  challenges: [dns-01, tls-alpn-01, http-01]
+  # A second directory tried when the first keeps failing.
+  fallback_directory: null
+  # External account binding, when the directory requires one.
+  eab_kid: null
+  eab_hmac_key: null
+
+dns:
+  # UDP and TCP address of the authoritative DNS server.
+  listen: {dns}
+
+# WebRTC signaling over WebSocket; its keys arrive with the service.
+signal: {{}}
+
+turn:
+  # UDP and TCP address of STUN/TURN.
+  listen: {turn}
+
+# The headless replica of admitted spaces; its keys arrive with the service.
+echo: {{}}
+
+apps:
+  # Versions kept per app for rollback (the current one included).
+  keep_versions: 5
+  # Largest bundle accepted, in bytes: both the upload and its unpacked files.
+  max_bundle_bytes: 268435456
+  # Most files in one bundle.
+  max_files: 20000
+
+# Back-end processes of apps (name, command, args, env, dir). Planned; must stay empty for now.
+processes: []
+
+admin:
+  # The admin API, /metrics, /healthz and /readyz. Keep it on loopback or a private network.
+  listen: 127.0.0.1:9180
+
+metrics:
+  # Serve Prometheus metrics at /metrics on the admin listener.
+  enabled: true
+
+log:
+  # A tracing filter: info, debug, kube=debug,info.
+  level: info
+  # text, or json (one object a line).
+  format: text
+"#,
+        http = pick("127.0.0.1:8080", "0.0.0.0:80"),
+        https = pick("127.0.0.1:8443", "0.0.0.0:443"),
+        dns = pick("127.0.0.1:5353", "0.0.0.0:53"),
+        turn = pick("127.0.0.1:3478", "0.0.0.0:3478"),
+    )
+}

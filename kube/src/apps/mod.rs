@@ -1,0 +1,155 @@
+//! The `apps` service: versioned app bundles on disk and how requests to them are answered.
+//! `bundle`, `manifest` and `serve` are pure; `store` and the functions here do the I/O.
+
+pub mod bundle;
+pub mod manifest;
+pub mod serve;
+pub mod store;
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{HeaderMap, Method, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::service::{Context, Idle, Service, StartError, Started};
+pub use store::{AppStore, StoreError};
+
+/// App names are DNS labels: they become `<name>.<domain>`. The one home of this rule.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "app name {name:?} must be a DNS label: 1 to 63 lowercase letters, digits and inner hyphens"
+        ))
+    }
+}
+
+/// What other services get from `apps`.
+pub type AppsHandle = Arc<AppStore>;
+
+/// The `apps` service.
+pub struct Apps;
+
+impl Service for Apps {
+    const NAME: &'static str = "apps";
+    type Section = config::Apps;
+    type Deps = ();
+    type Handle = AppsHandle;
+
+    fn check(_section: &config::Apps, _cx: &Context) -> Vec<config::Problem> {
+        // Its limits are checked where they are typed, in the config crate.
+        Vec::new()
+    }
+
+    async fn start(
+        section: config::Apps,
+        cx: &Context,
+        _deps: (),
+    ) -> Result<Started<AppsHandle>, StartError> {
+        let limits = bundle::Limits {
+            max_bytes: section.max_bundle_bytes,
+            max_files: section.max_files,
+        };
+        let root = cx.data_dir.join("apps");
+        let keep = section.keep_versions;
+        let store =
+            tokio::task::spawn_blocking(move || AppStore::open(&root, limits, keep)).await??;
+        Ok(Started {
+            handle: Arc::new(store),
+            running: Box::new(Idle("apps")),
+        })
+    }
+}
+
+/// Answers one request for app `name` (the driver around `serve::plan`).
+pub async fn respond(
+    store: &AppStore,
+    name: &str,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let Some(manifest) = store.current(name) else {
+        return text(StatusCode::NOT_FOUND, "no such app\n");
+    };
+    match serve::plan(&manifest, method, path, headers) {
+        serve::Plan::Status {
+            status,
+            headers,
+            body,
+        } => {
+            let mut r = text(status, body);
+            r.headers_mut().extend(headers);
+            r
+        }
+        serve::Plan::File {
+            status,
+            headers,
+            file,
+            range,
+            body,
+        } => {
+            let span = range.clone().unwrap_or(0..file.size);
+            let len = span.end - span.start;
+            let path = store.blob_path(name, &file.hash);
+            let body = if body {
+                match open_range(&path, span.start, len).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(app = name, path = %path.display(), error = %e, "blob unreadable");
+                        return text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "stored file unreadable\n",
+                        );
+                    }
+                }
+            } else {
+                Body::empty()
+            };
+            let mut r = Response::new(body);
+            *r.status_mut() = status;
+            r.headers_mut().extend(headers);
+            r.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+            r
+        }
+    }
+}
+
+async fn open_range(path: &std::path::Path, start: u64, len: u64) -> std::io::Result<Body> {
+    let mut f = tokio::fs::File::open(path).await?;
+    if start > 0 {
+        f.seek(SeekFrom::Start(start)).await?;
+    }
+    // Small files are read at once: one allocation beats a stream for the common case.
+    if len <= 64 * 1024 {
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(len).read_to_end(&mut buf).await?;
+        return Ok(Body::from(buf));
+    }
+    Ok(Body::from_stream(tokio_util::io::ReaderStream::new(
+        f.take(len),
+    )))
+}
+
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    r
+}

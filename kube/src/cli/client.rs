@@ -1,0 +1,137 @@
+//! The admin API client the CLI uses: it finds the running KUBE through `<data_dir>/run.json`
+//! and authenticates with `<data_dir>/admin.token`.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::Value;
+
+use crate::datadir;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn connect(file: Option<&Path>) -> anyhow::Result<Client> {
+        let cfg = super::local::load(file)?.config;
+        let run = datadir::run_info_path(&cfg.data_dir);
+        let text = std::fs::read_to_string(&run).with_context(|| {
+            format!(
+                "is kube running on data dir {}? ({} not readable)",
+                cfg.data_dir.display(),
+                run.display()
+            )
+        })?;
+        let info: datadir::RunInfo =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", run.display()))?;
+        let token_path = datadir::token_path(&cfg.data_dir);
+        let token = std::fs::read_to_string(&token_path)
+            .with_context(|| format!("reading the admin token {}", token_path.display()))?
+            .trim()
+            .to_owned();
+        let http = reqwest::Client::builder()
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            base: format!("http://{}", info.admin),
+            token,
+        })
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends a request and returns its JSON, or the server's error message.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("no answer from kube at {}: {e}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body.get("message").and_then(Value::as_str).unwrap_or("");
+            bail!("{status}: {msg}");
+        }
+        Ok(body)
+    }
+}
+
+pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let c = Client::connect(file)?;
+    let s = c
+        .send(c.request(reqwest::Method::GET, "/api/status"))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let str_of = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    println!(
+        "KUBE {} for {}  ({}, up {}s)",
+        str_of(&s["version"]),
+        str_of(&s["domain"]),
+        if s["ready"].as_bool() == Some(true) {
+            "ready"
+        } else {
+            "not ready"
+        },
+        s["uptime_secs"]
+    );
+    println!("\nservices:");
+    for svc in s["services"].as_array().into_iter().flatten() {
+        let listen: Vec<String> = svc["listen"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .collect();
+        println!(
+            "  {:<8} {:<8} {}",
+            str_of(&svc["name"]),
+            str_of(&svc["state"]),
+            listen.join(" ")
+        );
+    }
+    println!("\ncertificates ({} mode):", str_of(&s["tls"]["mode"]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for cert in s["certificates"].as_array().into_iter().flatten() {
+        let names: Vec<String> = cert["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .collect();
+        let not_after = cert["not_after"].as_u64().unwrap_or(0);
+        let days = (not_after.saturating_sub(now)) / 86_400;
+        println!(
+            "  {}  expires in {days} days  issuer {}",
+            names.join(", "),
+            str_of(&cert["issuer"])
+        );
+    }
+    println!("\napps:");
+    let apps = s["apps"].as_array().cloned().unwrap_or_default();
+    if apps.is_empty() {
+        println!("  none");
+    }
+    for a in apps {
+        println!(
+            "  {:<20} v{:<4} {}",
+            str_of(&a["name"]),
+            a["current"],
+            str_of(&a["url"])
+        );
+    }
+    Ok(())
+}

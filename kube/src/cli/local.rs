@@ -1,0 +1,68 @@
+//! Commands that need no running KUBE: `init`, `config check`, `trust`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+/// Loads the configuration the way `kube start` would (file, then `KUBE_*` variables).
+pub fn load(file: Option<&Path>) -> anyhow::Result<config::Loaded> {
+    config::load(file, std::env::vars()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn init(domain: &str, output: &Path, force: bool) -> anyhow::Result<()> {
+    if output.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", output.display());
+    }
+    let text = config::template(domain);
+    // The template must load as written; a failure here is a bug, not the user's input.
+    if let Err(e) = config::load_str("kube.yml", &text, std::iter::empty()) {
+        bail!("the generated configuration does not load: {e}");
+    }
+    std::fs::write(output, text).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "wrote {} for {domain}; check it with `kube config check -c {}`",
+        output.display(),
+        output.display()
+    );
+    Ok(())
+}
+
+pub fn config_check(file: Option<&Path>) -> i32 {
+    let loaded = match config::load(file, std::env::vars()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let problems: Vec<config::Problem> = crate::supervisor::check(&loaded.config)
+        .into_iter()
+        .map(|p| loaded.locate(p))
+        .collect();
+    if problems.is_empty() {
+        println!(
+            "{}: ok",
+            file.map(|f| f.display().to_string())
+                .unwrap_or_else(|| "embedded defaults".into())
+        );
+        0
+    } else {
+        for p in problems {
+            eprintln!("{p}");
+        }
+        1
+    }
+}
+
+pub fn trust(file: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = load(file)?.config;
+    let path = crate::tls::local_ca::LocalCaPaths::new(&cfg.data_dir).ca_cert;
+    let pem = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no local CA at {} yet: run `kube start` once first",
+            path.display()
+        )
+    })?;
+    print!("{pem}");
+    Ok(())
+}

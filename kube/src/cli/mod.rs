@@ -1,0 +1,105 @@
+//! The command line: each subcommand defined once with its help, then dispatched. Commands
+//! that talk to a running KUBE go through `client`.
+
+mod app;
+mod client;
+mod local;
+
+pub use local::load as local_load;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kube",
+    version,
+    about = "One binary hosting local-first, peer-to-peer apps"
+)]
+pub struct Cli {
+    /// The config file (default: none, the embedded defaults). KUBE_<SECTION>_<KEY> variables
+    /// override it.
+    #[arg(short = 'c', long = "config", global = true, env = "KUBE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every enabled service in this process until SIGINT or SIGTERM.
+    Start,
+    /// Write a commented kube.yml for a domain.
+    Init {
+        /// The domain to serve.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// Where to write it.
+        #[arg(short, long, default_value = "kube.yml")]
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Ask the running KUBE for its services, certificates and apps.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish and manage app bundles.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Print the local CA certificate (PEM), to trust it in a browser or OS.
+    Trust,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print every problem with file:line:column and the key; exit 1 if there is any.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// Upload a bundle (a directory or a .tar.gz) and make it the app's current version.
+    Publish {
+        /// The bundle: a directory or a .tar.gz file.
+        bundle: PathBuf,
+        /// The app name (a DNS label): served at https://<name>.<domain>/.
+        #[arg(long)]
+        name: String,
+    },
+    /// List apps with their versions.
+    List,
+    /// Make an earlier version current (default: the one before the current).
+    Rollback { name: String, version: Option<u64> },
+    /// Remove an app and all its versions.
+    Remove { name: String },
+}
+
+/// Runs a command other than `start`; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Start => unreachable!("start is dispatched by main"),
+        Command::Init {
+            domain,
+            output,
+            force,
+        } => local::init(&domain, &output, force).map(|_| 0),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => Ok(local::config_check(cli.config.as_deref())),
+        Command::Trust => local::trust(cli.config.as_deref()).map(|_| 0),
+        Command::Status { json } => client::status(cli.config.as_deref(), json).await.map(|_| 0),
+        Command::App { command } => app::run(cli.config.as_deref(), command).await.map(|_| 0),
+    }
+}

@@ -1,0 +1,74 @@
+//! Which site a request is for (pure): the apex, an app below the domain, or nothing of ours.
+
+/// The target of a request by its host name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Site<'a> {
+    Apex,
+    App(&'a str),
+    Unknown,
+}
+
+/// Strips the port and a trailing dot, and matches against `domain` (case-insensitively;
+/// `host` must already be lowercase ASCII to match an app).
+pub fn route<'a>(host: &'a str, domain: &str) -> Site<'a> {
+    let name = strip_port(host).trim_end_matches('.');
+    if name.eq_ignore_ascii_case(domain) {
+        return Site::Apex;
+    }
+    if name.len() > domain.len() + 1 {
+        let (label, rest) = name.split_at(name.len() - domain.len() - 1);
+        if rest[1..].eq_ignore_ascii_case(domain) && rest.starts_with('.') && !label.contains('.') {
+            return Site::App(label);
+        }
+    }
+    Site::Unknown
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// The landing page at the apex: the KUBE and its apps, each linked.
+pub fn landing_page(domain: &str, port_suffix: &str, apps: &[String]) -> String {
+    let mut items = String::new();
+    for app in apps {
+        // App names are DNS labels (checked at publish), so they need no escaping.
+        items.push_str(&format!(
+            "<li><a href=\"https://{app}.{domain}{port_suffix}/\">{app}</a></li>\n"
+        ));
+    }
+    if apps.is_empty() {
+        items.push_str("<li>No apps yet: <code>kube app publish DIR --name NAME</code></li>\n");
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>KUBE {domain}</title>\n\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}}</style></head>\n\
+<body><h1>KUBE at {domain}</h1>\n<p>This KUBE (version {version}) hosts these apps:</p>\n<ul>\n{items}</ul>\n</body></html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("localhost:8443", "localhost"), Site::Apex);
+        assert_eq!(route("LOCALHOST.", "localhost"), Site::Apex);
+        assert_eq!(route("demo.localhost:8443", "localhost"), Site::App("demo"));
+        assert_eq!(route("a.b.localhost", "localhost"), Site::Unknown);
+        assert_eq!(route("evil-localhost", "localhost"), Site::Unknown);
+        assert_eq!(route("demo.example.com", "example.com"), Site::App("demo"));
+        assert_eq!(route("[::1]:8443", "localhost"), Site::Unknown);
+        assert_eq!(route(".localhost", "localhost"), Site::Unknown);
+    }
+}

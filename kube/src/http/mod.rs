@@ -1,0 +1,369 @@
+//! The `http` service: the HTTPS listener (apex landing page and every app host, HTTP/1.1 and
+//! HTTP/2 by ALPN, certificates from the `tls` resolver) and the plain HTTP listener that
+//! redirects to HTTPS. Connections are drained on stop.
+
+pub mod host;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use config::{Hsts, Problem};
+use http::{HeaderValue, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::apps::{self, AppsHandle};
+use crate::metrics::Metrics;
+use crate::service::{Context, Running, Service, StartError, Started};
+use crate::tls::TlsHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Handles the `http` service needs.
+pub struct HttpDeps {
+    pub tls: TlsHandle,
+    pub apps: AppsHandle,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where the HTTPS listener can be reached, for links and redirects.
+#[derive(Clone, Debug)]
+pub struct HttpsHandle {
+    pub public_port: u16,
+}
+
+struct Shared {
+    domain: String,
+    port_suffix: String,
+    hsts: bool,
+    apps: AppsHandle,
+    metrics: Arc<Metrics>,
+}
+
+pub struct HttpService;
+
+impl Service for HttpService {
+    const NAME: &'static str = "http";
+    type Section = config::Http;
+    type Deps = HttpDeps;
+    type Handle = HttpsHandle;
+
+    fn check(section: &config::Http, _cx: &Context) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if section.public_https_port == Some(0) {
+            p.push(Problem::new(
+                "http.public_https_port",
+                "must be a port from 1 to 65535",
+            ));
+        }
+        p
+    }
+
+    async fn start(
+        section: config::Http,
+        cx: &Context,
+        deps: HttpDeps,
+    ) -> Result<Started<HttpsHandle>, StartError> {
+        let https = bind("https", section.https_listen).await?;
+        let plain = bind("http", section.listen).await?;
+        let https_addr = https.local_addr()?;
+        let http_addr = plain.local_addr()?;
+        let public_port = section.public_https_port.unwrap_or(https_addr.port());
+        let port_suffix = if public_port == 443 {
+            String::new()
+        } else {
+            format!(":{public_port}")
+        };
+        let hsts = match section.hsts {
+            Hsts::On => true,
+            Hsts::Off => false,
+            Hsts::Auto => !config::is_local_domain(&cx.domain),
+        };
+        let shared = Arc::new(Shared {
+            domain: cx.domain.to_ascii_lowercase(),
+            port_suffix: port_suffix.clone(),
+            hsts,
+            apps: deps.apps,
+            metrics: deps.metrics,
+        });
+        let router = Router::new()
+            .fallback(handle_https)
+            .with_state(shared.clone());
+        let redirect = Router::new().fallback(handle_redirect).with_state(shared);
+
+        let cancel = CancellationToken::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(section.header_timeout_secs));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30));
+        let acceptor = tokio_rustls::TlsAcceptor::from(deps.tls.server_config());
+        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let mut loops = JoinSet::new();
+        loops.spawn(accept_loop(
+            https,
+            Some(acceptor),
+            router,
+            builder.clone(),
+            graceful.clone(),
+            cancel.clone(),
+        ));
+        loops.spawn(accept_loop(
+            plain,
+            None,
+            redirect,
+            builder,
+            graceful.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(%https_addr, %http_addr, "http listening");
+        Ok(Started {
+            handle: HttpsHandle { public_port },
+            running: Box::new(RunningHttp {
+                https_addr,
+                http_addr,
+                cancel,
+                loops,
+                graceful,
+            }),
+        })
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { what, addr, source })
+}
+
+struct RunningHttp {
+    https_addr: SocketAddr,
+    http_addr: SocketAddr,
+    cancel: CancellationToken,
+    loops: JoinSet<()>,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+}
+
+impl Running for RunningHttp {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("https", self.https_addr), ("http", self.http_addr)]
+    }
+    fn stop(
+        self: Box<Self>,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let RunningHttp {
+                cancel,
+                mut loops,
+                graceful,
+                ..
+            } = *self;
+            cancel.cancel();
+            while loops.join_next().await.is_some() {}
+            // The accept loops are gone, so this is the last handle. Idle keep-alive
+            // connections close now; requests in flight get until the deadline.
+            let Ok(graceful) = Arc::try_unwrap(graceful) else {
+                tracing::warn!("http: connections not tracked at shutdown");
+                return;
+            };
+            if tokio::time::timeout_at(deadline.into(), graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("http: connections still open at the shutdown deadline");
+            }
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    cancel: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connection tasks so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let svc = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        conns.spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    // The connection tasks are owned by the graceful watcher from here on.
+    conns.detach_all();
+}
+
+fn request_host(req: &Request) -> String {
+    req.uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+async fn handle_https(State(st): State<Arc<Shared>>, req: Request) -> Response {
+    let started = Instant::now();
+    let host = request_host(&req);
+    let (label, mut resp) = match host::route(&host, &st.domain) {
+        host::Site::Apex => ("_apex".to_owned(), apex(&st, &req)),
+        host::Site::App(app) if st.apps.current(app).is_some() => {
+            let path = req.uri().path();
+            let r = apps::respond(&st.apps, app, req.method(), path, req.headers()).await;
+            (app.to_owned(), r)
+        }
+        host::Site::App(_) => (
+            "_unknown".to_owned(),
+            apps::text(StatusCode::NOT_FOUND, "no such app\n"),
+        ),
+        host::Site::Unknown => (
+            "_unknown".to_owned(),
+            apps::text(StatusCode::NOT_FOUND, "unknown host\n"),
+        ),
+    };
+    if st.hsts {
+        resp.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    let class = match resp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    st.metrics
+        .http_requests
+        .with_label_values(&[&label, class])
+        .inc();
+    st.metrics
+        .http_duration
+        .with_label_values(&[&label])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn apex(st: &Shared, req: &Request) -> Response {
+    if req.uri().path() != "/" {
+        return apps::text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let names: Vec<String> = st.apps.list().into_iter().map(|a| a.name).collect();
+    let mut r = Response::new(Body::from(host::landing_page(
+        &st.domain,
+        &st.port_suffix,
+        &names,
+    )));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Plain HTTP: every request is sent to the same host and path over HTTPS.
+async fn handle_redirect(State(st): State<Arc<Shared>>, req: Request) -> Response {
+    let host = request_host(&req);
+    let name = match host::route(&host, &st.domain) {
+        host::Site::Unknown => st.domain.clone(),
+        _ => host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or(host),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = format!("https://{name}{}{path}", st.port_suffix);
+    let mut r = apps::text(StatusCode::PERMANENT_REDIRECT, "moved to https\n");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => *r.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    r
+}

@@ -1,0 +1,122 @@
+//! The service life cycle every service follows: `check` its section (pure), `start` it
+//! (binds every listener, returns once ready, hands out a typed handle), `stop` it
+//! (stop accepting, let in-flight work finish until a deadline, flush).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use config::Problem;
+use serde::Serialize;
+
+/// What every service may read besides its own section.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub domain: String,
+    pub data_dir: PathBuf,
+}
+
+/// A start failure, kept as the service's own typed error.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One service. The supervisor calls `check` for `kube config check` and before starting,
+/// then `start` in dependency order, passing handles from earlier services as `Deps`.
+pub trait Service {
+    const NAME: &'static str;
+    type Section;
+    type Deps;
+    type Handle;
+
+    fn check(section: &Self::Section, cx: &Context) -> Vec<Problem>;
+
+    fn start(
+        section: Self::Section,
+        cx: &Context,
+        deps: Self::Deps,
+    ) -> impl Future<Output = Result<Started<Self::Handle>, StartError>> + Send;
+}
+
+/// What `start` returns: the handle for other services and the running part to stop.
+pub struct Started<H> {
+    pub handle: H,
+    pub running: Box<dyn Running>,
+}
+
+/// A started service.
+pub trait Running: Send {
+    fn name(&self) -> &'static str;
+    /// Every address it listens on, with a short label (`https`, `admin`).
+    fn bound(&self) -> Vec<(&'static str, SocketAddr)>;
+    /// Stops accepting, lets in-flight work finish until `deadline`, then returns.
+    fn stop(self: Box<Self>, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// A running part with nothing to stop (a service that owns no socket or task).
+pub struct Idle(pub &'static str);
+
+impl Running for Idle {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
+        Vec::new()
+    }
+    fn stop(self: Box<Self>, _deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
+}
+
+/// What `kube status` shows of each service.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: &'static str,
+    pub state: &'static str,
+    pub listen: Vec<String>,
+}
+
+/// The supervisor's view of every service, shared read-only with the admin API.
+#[derive(Debug)]
+pub struct Board {
+    started: Instant,
+    ready: AtomicBool,
+    services: RwLock<Vec<ServiceStatus>>,
+}
+
+impl Board {
+    pub fn new() -> Arc<Board> {
+        Arc::new(Board {
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            services: RwLock::new(Vec::new()),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn record(&self, status: ServiceStatus) {
+        let mut s = self.services.write().unwrap_or_else(|p| p.into_inner());
+        s.retain(|x| x.name != status.name);
+        s.push(status);
+    }
+
+    pub fn services(&self) -> Vec<ServiceStatus> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
