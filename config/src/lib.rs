@@ -245,6 +245,16 @@ pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, LoadError> {
+    load_with(file, env, |_| Vec::new())
+}
+
+/// As [`load`], adding the problems `check` finds in a well-typed configuration (the
+/// services' own checks) to those of [`Config::validate`], all located.
+pub fn load_with(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    check: impl FnOnce(&Config) -> Vec<Problem>,
+) -> Result<Loaded, LoadError> {
     let text = match file {
         Some(path) => std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -253,7 +263,7 @@ pub fn load(
         None => String::new(),
     };
     let label = file.map(|f| f.display().to_string()).unwrap_or_default();
-    load_str(&label, &text, env).map(|mut l| {
+    load_str_with(&label, &text, env, check).map(|mut l| {
         l.file = file.map(Path::to_owned);
         l
     })
@@ -264,6 +274,15 @@ pub fn load_str(
     label: &str,
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, LoadError> {
+    load_str_with(label, text, env, |_| Vec::new())
+}
+
+fn load_str_with(
+    label: &str,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    check: impl FnOnce(&Config) -> Vec<Problem>,
 ) -> Result<Loaded, LoadError> {
     let mut tree = Tree::parse(label, text).map_err(|e| {
         LoadError::Invalid(vec![Problem {
@@ -336,12 +355,9 @@ pub fn load_str(
         file: None,
         tree,
     };
-    let problems: Vec<Problem> = loaded
-        .config
-        .validate()
-        .into_iter()
-        .map(|p| loaded.locate(p))
-        .collect();
+    let mut problems = loaded.config.validate();
+    problems.extend(check(&loaded.config));
+    let problems: Vec<Problem> = problems.into_iter().map(|p| loaded.locate(p)).collect();
     if !problems.is_empty() {
         return Err(LoadError::Invalid(problems));
     }

@@ -132,8 +132,10 @@ fn template_parses_and_names_every_key() {
     for domain in ["localhost", "example.com"] {
         let text = template(domain);
         let l = load_str("kube.yml", &text, no_env()).expect("template loads");
-        let mut expected = Config::default();
-        expected.domain = domain.to_owned();
+        let mut expected = Config {
+            domain: domain.to_owned(),
+            ..Config::default()
+        };
         if domain != "localhost" {
             expected.http.listen = "0.0.0.0:80".parse().unwrap();
             expected.http.https_listen = "0.0.0.0:443".parse().unwrap();

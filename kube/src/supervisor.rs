@@ -41,16 +41,8 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     p
 }
 
-/// Runs KUBE until a stop signal.
+/// Runs KUBE until a stop signal. `loaded` has passed [`check`] already (`cli::local::load`).
 pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
-    let problems: Vec<Problem> = check(&loaded.config)
-        .into_iter()
-        .map(|p| loaded.locate(p))
-        .collect();
-    if !problems.is_empty() {
-        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        return Err(anyhow!("invalid configuration:\n{}", lines.join("\n")));
-    }
     let cfg = loaded.config;
     let started_at = Instant::now();
     let cx = context(&cfg);

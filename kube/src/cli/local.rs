@@ -4,9 +4,11 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-/// Loads the configuration the way `kube start` would (file, then `KUBE_*` variables).
+/// Loads the configuration the way `kube start` does (file, then `KUBE_*` variables), with
+/// every service's own checks.
 pub fn load(file: Option<&Path>) -> anyhow::Result<config::Loaded> {
-    config::load(file, std::env::vars()).map_err(|e| anyhow::anyhow!("{e}"))
+    config::load_with(file, std::env::vars(), crate::supervisor::check)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
 }
 
 pub fn init(domain: &str, output: &Path, force: bool) -> anyhow::Result<()> {
@@ -28,29 +30,16 @@ pub fn init(domain: &str, output: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 pub fn config_check(file: Option<&Path>) -> i32 {
-    let loaded = match config::load(file, std::env::vars()) {
-        Ok(l) => l,
+    match config::load_with(file, std::env::vars(), crate::supervisor::check) {
+        Ok(_) => {
+            let name = file.map(|f| f.display().to_string());
+            println!("{}: ok", name.as_deref().unwrap_or("embedded defaults"));
+            0
+        }
         Err(e) => {
             eprintln!("{e}");
-            return 1;
+            1
         }
-    };
-    let problems: Vec<config::Problem> = crate::supervisor::check(&loaded.config)
-        .into_iter()
-        .map(|p| loaded.locate(p))
-        .collect();
-    if problems.is_empty() {
-        println!(
-            "{}: ok",
-            file.map(|f| f.display().to_string())
-                .unwrap_or_else(|| "embedded defaults".into())
-        );
-        0
-    } else {
-        for p in problems {
-            eprintln!("{p}");
-        }
-        1
     }
 }
 

@@ -1,0 +1,7 @@
+//! One integration test binary: the real `kube`, a fresh data dir each, real clients.
+
+mod admin;
+mod apps;
+mod bundles;
+mod config;
+mod lifecycle;
