@@ -171,6 +171,14 @@ impl Kube {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// SIGKILL, as a crash would; the data dir stays for a restart.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -189,6 +197,24 @@ impl Kube {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Publishes a bundle directory with the CLI, asserting success; returns its output.
+    pub fn publish_dir(&self, dir: &Path, name: &str) -> String {
+        let path = dir.to_str().expect("utf-8 temp path");
+        let out = self.cli(&["app", "publish", path, "--name", name]);
+        assert!(
+            out.status.success(),
+            "publish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `files` into a fresh directory and publishes it as `name`.
+    pub fn publish(&self, files: &[(&str, &[u8])], name: &str) -> String {
+        let dir = bundle_dir(files);
+        self.publish_dir(dir.path(), name)
     }
 
     /// Runs a `kube` CLI command against this KUBE's data dir.

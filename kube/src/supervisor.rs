@@ -160,17 +160,22 @@ async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
 
 async fn wait_for_stop() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            // Without a handler SIGHUP would end the process; live reload is not built yet.
+            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not available in this version; restart to apply changes"),
+        }
     }
 }
 

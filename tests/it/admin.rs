@@ -1,7 +1,7 @@
 //! The admin listener: token, health, readiness, metrics (checked by promtool), status.
 
 use reqwest::StatusCode;
-use tests::{Kube, bundle_dir, require_tools};
+use tests::{Kube, require_tools};
 
 #[tokio::test]
 async fn api_needs_the_token() {
@@ -54,18 +54,7 @@ async fn api_needs_the_token() {
 #[tokio::test]
 async fn status_shows_services_certificates_and_apps() {
     let kube = Kube::start();
-    let dir = bundle_dir(&[("index.html", b"x")]);
-    assert!(
-        kube.cli(&[
-            "app",
-            "publish",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "shown"
-        ])
-        .status
-        .success()
-    );
+    kube.publish(&[("index.html", b"x")], "shown");
     let out = kube.cli(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -90,18 +79,7 @@ async fn status_shows_services_certificates_and_apps() {
 #[tokio::test]
 async fn metrics_pass_promtool() {
     let kube = Kube::start();
-    let dir = bundle_dir(&[("index.html", b"x")]);
-    assert!(
-        kube.cli(&[
-            "app",
-            "publish",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "m"
-        ])
-        .status
-        .success()
-    );
+    kube.publish(&[("index.html", b"x")], "m");
     let c = kube.client();
     c.get(kube.url("m", "/")).send().await.unwrap();
     c.get(kube.url("m", "/missing")).send().await.unwrap();

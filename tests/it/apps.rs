@@ -4,16 +4,6 @@
 use reqwest::StatusCode;
 use tests::{Kube, Opts, bundle_dir};
 
-fn publish(kube: &Kube, dir: &std::path::Path, name: &str) -> String {
-    let out = kube.cli(&["app", "publish", dir.to_str().unwrap(), "--name", name]);
-    assert!(
-        out.status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn serve_a_published_app() {
     let kube = Kube::start();
@@ -36,7 +26,7 @@ async fn serve_a_published_app() {
             br#"{"spa": true, "headers": {"X-Frame-Options": "DENY"}}"#,
         ),
     ]);
-    let out = publish(&kube, dir.path(), "demo");
+    let out = kube.publish_dir(dir.path(), "demo");
     assert!(
         out.contains(&kube.url("demo", "/")),
         "publish prints the URL: {out}"
@@ -94,6 +84,17 @@ async fn serve_a_published_app() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // A small file, twice: read from disk, then from memory; ranges slice either.
+    for _ in 0..2 {
+        let r = c
+            .get(kube.url("demo", "/app.js"))
+            .header("range", "bytes=12-17")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.text().await.unwrap(), "'plain");
+    }
     let r = c.get(kube.url("demo", "/data.bin")).send().await.unwrap();
     assert_eq!(
         r.bytes().await.unwrap().as_ref(),
@@ -223,7 +224,7 @@ async fn no_listing_without_spa_and_404_page() {
         ("img/a.png", b"png"),
         ("404.html", b"custom 404"),
     ]);
-    publish(&kube, dir.path(), "site");
+    kube.publish_dir(dir.path(), "site");
     let c = kube.client();
     let r = c.get(kube.url("site", "/img/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -262,7 +263,7 @@ async fn versions_rollback_and_remove() {
     let body = || c.get(kube.url("app", "/")).send();
     for v in ["one", "two", "three"] {
         let dir = bundle_dir(&[("index.html", v.as_bytes())]);
-        publish(&kube, dir.path(), "app");
+        kube.publish_dir(dir.path(), "app");
         assert_eq!(body().await.unwrap().text().await.unwrap(), v);
     }
     let list = String::from_utf8_lossy(&kube.cli(&["app", "list"]).stdout).into_owned();
@@ -302,4 +303,21 @@ async fn versions_rollback_and_remove() {
         !kube.cli(&["app", "remove", "app"]).status.success(),
         "removing twice is an error"
     );
+}
+
+#[tokio::test]
+async fn public_domains_get_hsts() {
+    let kube = Kube::start_with(Opts {
+        config: Some("domain: kube.test\ntls:\n  mode: local\n".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let r = kube
+        .client()
+        .get(format!("https://kube.test:{}/", kube.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
 }

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use reqwest::StatusCode;
-use tests::{Kube, Opts, bundle_dir};
+use tests::{Kube, Opts};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -37,18 +37,15 @@ async fn data_dir_lock_and_restart() {
     .expect("second start must fail");
     assert!(err.contains("already running on data dir"), "{err}");
 
-    let dir = bundle_dir(&[("index.html", b"kept")]);
-    assert!(
-        kube.cli(&[
-            "app",
-            "publish",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "keep"
-        ])
-        .status
-        .success()
+    let trust = kube.cli(&["trust"]);
+    assert!(trust.status.success());
+    assert_eq!(
+        trust.stdout,
+        std::fs::read(d.join("tls/ca.pem")).unwrap(),
+        "kube trust prints the CA"
     );
+
+    kube.publish(&[("index.html", b"kept")], "keep");
     let ca = std::fs::read(d.join("tls/ca.pem")).unwrap();
     let leaf = std::fs::read(d.join("tls/local/cert.pem")).unwrap();
     let status = kube.terminate();
@@ -79,18 +76,7 @@ async fn data_dir_lock_and_restart() {
 async fn sigterm_lets_a_request_in_flight_finish() {
     let mut kube = Kube::start();
     let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
-    let dir = bundle_dir(&[("big.bin", &big)]);
-    assert!(
-        kube.cli(&[
-            "app",
-            "publish",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "big"
-        ])
-        .status
-        .success()
-    );
+    kube.publish(&[("big.bin", &big)], "big");
     let mut r = kube
         .client()
         .get(kube.url("big", "/big.bin"))
@@ -114,17 +100,79 @@ async fn sigterm_lets_a_request_in_flight_finish() {
 }
 
 #[tokio::test]
-async fn kill_9_never_leaves_a_stale_lock() {
-    let kube = Kube::start();
+async fn kill_9_loses_no_acknowledged_publish_and_leaves_no_stale_lock() {
+    let mut kube = Kube::start();
     let d = kube.data_dir.clone();
-    let _ = std::process::Command::new("kill")
-        .arg("-KILL")
-        .arg(kube.pid().to_string())
-        .status();
-    drop(kube);
+    kube.publish(&[("index.html", b"acknowledged")], "app");
+    kube.kill();
     let again = Kube::start_with(Opts {
         data_dir: Some(d),
         ..Default::default()
+    })
+    .unwrap_or_else(|log| panic!("restart after kill -9 failed:\n{log}"));
+    let r = again
+        .client()
+        .get(again.url("app", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "acknowledged");
+}
+
+#[tokio::test]
+async fn a_crash_during_upload_leaves_the_previous_version() {
+    let mut kube = Kube::start();
+    let d = kube.data_dir.clone();
+    kube.publish(&[("index.html", b"v1")], "app");
+    // An upload that never finishes: its first bytes arrive, then kube is killed.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let url = kube.admin_url("/api/apps/app");
+    let token = kube.token();
+    let upload = tokio::spawn(async move {
+        reqwest::Client::new()
+            .put(url)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
     });
-    assert!(again.is_ok(), "restart after kill -9: {:?}", again.err());
+    tx.send(Ok(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let staging = d.join("apps/.staging");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !staging.exists() || std::fs::read_dir(&staging).unwrap().count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload never reached staging"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    kube.kill();
+    let _ = upload.await;
+    let again = Kube::start_with(Opts {
+        data_dir: Some(d.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let r = again
+        .client()
+        .get(again.url("app", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "v1");
+    assert_eq!(
+        std::fs::read_dir(&staging).map(|r| r.count()).unwrap_or(0),
+        0,
+        "staging cleaned on start"
+    );
+}
+
+/// A stream of chunks from a channel, for a request body sent piece by piece.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

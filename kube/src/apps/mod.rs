@@ -101,12 +101,11 @@ pub async fn respond(
         } => {
             let span = range.clone().unwrap_or(0..file.size);
             let len = span.end - span.start;
-            let path = store.blob_path(name, &file.hash);
             let body = if body {
-                match open_range(&path, span.start, len).await {
+                match read_blob(store, name, &file.hash, file.size, span.start, len).await {
                     Ok(b) => b,
                     Err(e) => {
-                        tracing::error!(app = name, path = %path.display(), error = %e, "blob unreadable");
+                        tracing::error!(app = name, hash = %file.hash, error = %e, "blob unreadable");
                         return text(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "stored file unreadable\n",
@@ -126,16 +125,31 @@ pub async fn respond(
     }
 }
 
-async fn open_range(path: &std::path::Path, start: u64, len: u64) -> std::io::Result<Body> {
-    let mut f = tokio::fs::File::open(path).await?;
+/// The body for `len` bytes at `start` of a blob: small files from memory (read once),
+/// larger ones streamed from disk.
+async fn read_blob(
+    store: &AppStore,
+    name: &str,
+    hash: &str,
+    size: u64,
+    start: u64,
+    len: u64,
+) -> std::io::Result<Body> {
+    let range = start as usize..(start + len) as usize;
+    if size <= store::SMALL_FILE {
+        if let Some(data) = store.cached(hash) {
+            return Ok(Body::from(data.slice(range)));
+        }
+        let data = bytes::Bytes::from(tokio::fs::read(store.blob_path(name, hash)).await?);
+        if data.len() as u64 != size {
+            return Err(std::io::Error::other("stored file has the wrong size"));
+        }
+        store.remember(hash, data.clone());
+        return Ok(Body::from(data.slice(range)));
+    }
+    let mut f = tokio::fs::File::open(store.blob_path(name, hash)).await?;
     if start > 0 {
         f.seek(SeekFrom::Start(start)).await?;
-    }
-    // Small files are read at once: one allocation beats a stream for the common case.
-    if len <= 64 * 1024 {
-        let mut buf = Vec::with_capacity(len as usize);
-        f.take(len).read_to_end(&mut buf).await?;
-        return Ok(Body::from(buf));
     }
     Ok(Body::from_stream(tokio_util::io::ReaderStream::new(
         f.take(len),

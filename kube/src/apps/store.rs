@@ -96,6 +96,19 @@ pub struct AppStore {
     apps: RwLock<BTreeMap<String, AppState>>,
     /// Serializes changes (publish commit, rollback, remove); reads never wait on it.
     write: Mutex<()>,
+    /// Small files by content hash. Content-addressed, so an entry is never stale.
+    small: Mutex<SmallCache>,
+}
+
+/// Files up to this size are kept in memory once read.
+pub const SMALL_FILE: u64 = 64 * 1024;
+/// The most the small-file cache holds; it starts over when full.
+const SMALL_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct SmallCache {
+    files: std::collections::HashMap<String, bytes::Bytes>,
+    bytes: usize,
 }
 
 impl AppStore {
@@ -149,6 +162,7 @@ impl AppStore {
             keep,
             apps: RwLock::new(apps),
             write: Mutex::new(()),
+            small: Mutex::new(SmallCache::default()),
         })
     }
 
@@ -173,6 +187,28 @@ impl AppStore {
 
     pub fn blob_path(&self, name: &str, hash: &str) -> PathBuf {
         self.root.join(name).join("blobs").join(hash)
+    }
+
+    /// A small file's bytes, when they were read before.
+    pub fn cached(&self, hash: &str) -> Option<bytes::Bytes> {
+        self.small
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .files
+            .get(hash)
+            .cloned()
+    }
+
+    /// Keeps a small file's bytes for the next request; the cache is bounded by starting
+    /// over when full.
+    pub fn remember(&self, hash: &str, data: bytes::Bytes) {
+        let mut c = self.small.lock().unwrap_or_else(|p| p.into_inner());
+        if c.bytes + data.len() > SMALL_CACHE_BYTES {
+            c.files.clear();
+            c.bytes = 0;
+        }
+        c.bytes += data.len();
+        c.files.insert(hash.to_owned(), data);
     }
 
     pub fn list(&self) -> Vec<AppSummary> {
