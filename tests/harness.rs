@@ -39,6 +39,8 @@ pub struct Kube {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The DNS server (UDP and TCP on one port), when `dns.enabled`.
+    pub dns: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
 }
@@ -74,6 +76,7 @@ impl Kube {
             .env("KUBE_HTTP_LISTEN", "127.0.0.1:0")
             .env("KUBE_HTTP_HTTPS_LISTEN", "127.0.0.1:0")
             .env("KUBE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("KUBE_DNS_LISTEN", "127.0.0.1:0")
             .env("KUBE_LOG", "info,kube=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -151,6 +154,10 @@ impl Kube {
             https: addr("https"),
             http: addr("http"),
             admin: addr("admin"),
+            dns: line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("dns="))
+                .and_then(|a| a.parse().ok()),
             child: Some(child),
             data_dir,
             _tmp: tmp,

@@ -116,18 +116,114 @@ pub enum Challenge {
     Http01,
 }
 
-/// `dns`: the authoritative DNS server for `domain`.
+/// `dns`: the authoritative DNS server for `domain` (never recursive).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Dns {
+    /// Serve DNS at all.
+    pub enabled: bool,
     /// UDP and TCP address (port 53 on a VPS).
     pub listen: SocketAddr,
+    /// Addresses of this KUBE: A/AAAA for the apex, the app hosts and in-zone name servers.
+    /// Empty: 127.0.0.1 and ::1 for localhost, none otherwise.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Name servers of the zone. Empty: `ns1.<domain>`.
+    pub nameservers: Vec<String>,
+    /// The zone's contact, as an e-mail address. Empty: `hostmaster@<domain>`.
+    pub contact: String,
+    /// How app hosts resolve: `wildcard` (one `*.domain` record) or `per_app` (one record per
+    /// published app).
+    pub app_hosts: AppHosts,
+    /// Certificate authorities allowed to issue for the domain (CAA `issue`), e.g.
+    /// `letsencrypt.org`. Empty: no CAA record.
+    pub caa: Vec<String>,
+    /// TTL of the records KUBE makes, in seconds.
+    pub ttl: u32,
+    /// Extra records.
+    pub records: Vec<DnsRecord>,
+    /// Largest UDP response in bytes (EDNS); longer answers are truncated (TC) so the client
+    /// retries over TCP.
+    pub max_udp_payload: u16,
+    /// Response rate limiting per client prefix (UDP).
+    pub rrl: Rrl,
+    /// Most TCP connections at once.
+    pub tcp_max_connections: u32,
+    /// Seconds a TCP connection may stay idle.
+    pub tcp_idle_timeout_secs: u64,
+    /// Most queries on one TCP connection.
+    pub tcp_max_queries: u32,
 }
 
 impl Default for Dns {
     fn default() -> Self {
         Dns {
+            enabled: true,
             listen: addr("127.0.0.1:5353"),
+            addresses: Vec::new(),
+            nameservers: Vec::new(),
+            contact: String::new(),
+            app_hosts: AppHosts::Wildcard,
+            caa: Vec::new(),
+            ttl: 300,
+            records: Vec::new(),
+            max_udp_payload: 1232,
+            rrl: Rrl::default(),
+            tcp_max_connections: 256,
+            tcp_idle_timeout_secs: 10,
+            tcp_max_queries: 100,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppHosts {
+    Wildcard,
+    PerApp,
+}
+
+/// One extra record of `dns.records`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsRecord {
+    /// Owner name, relative to the domain (`www`, `@` for the apex) or absolute with a
+    /// trailing dot inside the domain.
+    pub name: String,
+    /// A, AAAA, CNAME, TXT, MX, SRV or CAA.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The data, in zone-file form: `192.0.2.1`, `"text"`, `10 mail.example.com.`,
+    /// `0 5 5060 sip.example.com.`, `0 issue "letsencrypt.org"`.
+    pub value: String,
+    /// TTL in seconds. Unset: `dns.ttl`.
+    pub ttl: Option<u32>,
+}
+
+/// `dns.rrl`: response rate limiting (amplification defence).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rrl {
+    /// Limit responses per client prefix.
+    pub enabled: bool,
+    /// Responses per second allowed to one prefix (with a burst of the same size).
+    pub responses_per_second: u32,
+    /// Every Nth limited response is sent truncated (TC) instead of dropped, so real
+    /// clients retry over TCP; 0 drops all.
+    pub slip: u32,
+    /// Prefix length grouping IPv4 clients.
+    pub ipv4_prefix: u8,
+    /// Prefix length grouping IPv6 clients.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for Rrl {
+    fn default() -> Self {
+        Rrl {
+            enabled: true,
+            responses_per_second: 20,
+            slip: 2,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
         }
     }
 }

@@ -58,8 +58,42 @@ acme:
   eab_hmac_key: null
 
 dns:
-  # UDP and TCP address of the authoritative DNS server.
+  # Serve authoritative DNS for the domain (never recursive).
+  enabled: true
+  # UDP and TCP address of the DNS server.
   listen: {dns}
+  # Addresses of this KUBE: A/AAAA for the apex, app hosts and in-zone name servers.
+  # Empty: 127.0.0.1 and ::1 for localhost, none otherwise.
+  addresses: []
+  # Name servers of the zone. Empty: ns1.<domain>.
+  nameservers: []
+  # Contact e-mail of the zone. Empty: hostmaster@<domain>.
+  contact: ""
+  # How app hosts resolve: wildcard (*.domain) or per_app (one record per published app).
+  app_hosts: wildcard
+  # CAs allowed to issue for the domain (CAA issue), e.g. [letsencrypt.org]. Empty: no CAA.
+  caa: []
+  # TTL of the records KUBE makes, in seconds.
+  ttl: 300
+  # Extra records: name (relative, @ for the apex), type (A AAAA CNAME TXT MX SRV CAA),
+  # value in zone-file form, optional ttl. For example:
+  #   - {{ name: www, type: CNAME, value: "{domain}." }}
+  #   - {{ name: "@", type: MX, value: "10 mail.{domain}." }}
+  records: []
+  # Largest UDP answer in bytes; longer ones are truncated so clients retry over TCP.
+  max_udp_payload: 1232
+  # Response rate limiting per client prefix (UDP), against amplification.
+  rrl:
+    enabled: true
+    responses_per_second: 20
+    # Every Nth limited answer is sent truncated instead of dropped; 0 drops all.
+    slip: 2
+    ipv4_prefix: 24
+    ipv6_prefix: 56
+  # TCP: most connections at once, idle seconds, most queries per connection.
+  tcp_max_connections: 256
+  tcp_idle_timeout_secs: 10
+  tcp_max_queries: 100
 
 # WebRTC signaling over WebSocket; its keys arrive with the service.
 signal: {{}}

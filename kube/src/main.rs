@@ -5,6 +5,7 @@ mod admin;
 mod apps;
 mod cli;
 mod datadir;
+mod dns;
 mod http;
 mod metrics;
 mod service;

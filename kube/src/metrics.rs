@@ -2,16 +2,23 @@
 //! the global default registry). Names follow `kube_<service>_<what>_<unit>`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub apps_published: IntGauge,
     pub cert_not_after: IntGaugeVec,
+    pub dns_queries: IntCounterVec,
+    pub dns_rrl: IntCounterVec,
+    pub dns_malformed: IntCounterVec,
+    pub dns_tcp_refused: IntCounter,
+    pub dns_zone_serial: IntGauge,
+    pub dns_records: IntGauge,
 }
 
 impl Metrics {
@@ -52,12 +59,52 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
+        let dns_queries = IntCounterVec::new(
+            Opts::new(
+                "kube_dns_queries_total",
+                "DNS queries answered, by query type and response code.",
+            ),
+            &["qtype", "rcode"],
+        )
+        .expect("valid metric");
+        let dns_rrl = IntCounterVec::new(
+            Opts::new(
+                "kube_dns_rrl_limited_total",
+                "DNS responses held back by rate limiting: dropped, or slipped (sent truncated).",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
+        let dns_malformed = IntCounterVec::new(
+            Opts::new(
+                "kube_dns_malformed_total",
+                "DNS packets dropped as malformed, by transport.",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let dns_tcp_refused = IntCounter::new(
+            "kube_dns_tcp_refused_total",
+            "DNS TCP connections closed at once because of the connection limit.",
+        )
+        .expect("valid metric");
+        let dns_zone_serial =
+            IntGauge::new("kube_dns_zone_serial", "SOA serial of the zone served.")
+                .expect("valid metric");
+        let dns_records =
+            IntGauge::new("kube_dns_records", "Records in the zone served.").expect("valid metric");
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(apps_published.clone()),
             Box::new(cert_not_after.clone()),
+            Box::new(dns_queries.clone()),
+            Box::new(dns_rrl.clone()),
+            Box::new(dns_malformed.clone()),
+            Box::new(dns_tcp_refused.clone()),
+            Box::new(dns_zone_serial.clone()),
+            Box::new(dns_records.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -68,6 +115,12 @@ impl Metrics {
             http_duration,
             apps_published,
             cert_not_after,
+            dns_queries,
+            dns_rrl,
+            dns_malformed,
+            dns_tcp_refused,
+            dns_zone_serial,
+            dns_records,
         }
     }
 

@@ -12,6 +12,7 @@ use config::{Config, Loaded, Problem};
 use crate::admin::{AdminDeps, AdminService};
 use crate::apps::Apps;
 use crate::datadir;
+use crate::dns::{DnsDeps, DnsHandle, DnsService};
 use crate::http::{HttpDeps, HttpService};
 use crate::metrics::Metrics;
 use crate::service::{Board, Context, Running, Service, ServiceStatus};
@@ -30,6 +31,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     p.extend(Tls::check(&cfg.tls, &cx));
     p.extend(Apps::check(&cfg.apps, &cx));
+    p.extend(DnsService::check(&cfg.dns, &cx));
     p.extend(AdminService::check(&cfg.admin, &cx));
     p.extend(HttpService::check(&cfg.http, &cx));
     if !cfg.processes.is_empty() {
@@ -43,7 +45,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
 
 /// Runs KUBE until a stop signal. `loaded` has passed [`check`] already (`cli::local::load`).
 pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
-    let cfg = loaded.config;
+    let cfg = loaded.config.clone();
     let started_at = Instant::now();
     let cx = context(&cfg);
     datadir::create_private_dir(&cx.data_dir).context("creating the data dir")?;
@@ -54,11 +56,16 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let mut running: Vec<Box<dyn Running>> = Vec::new();
     let grace = Duration::from_secs(cfg.http.shutdown_grace_secs);
 
-    let result = start_all(&cfg, &cx, &metrics, &board, &mut running).await;
-    if let Err(e) = result {
-        stop_all(running, grace).await;
-        return Err(e);
-    }
+    // Installed before anything starts: a signal during start-up must not kill the
+    // process with the default action.
+    let mut signals = Signals::new()?;
+    let dns = match start_all(&cfg, &cx, &metrics, &board, &mut running).await {
+        Ok(dns) => dns,
+        Err(e) => {
+            stop_all(running, grace).await;
+            return Err(e);
+        }
+    };
 
     let mut bound = Vec::new();
     for r in &running {
@@ -87,7 +94,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     board.set_ready(true);
     print_banner(&cfg, &cx, &bound, started_at.elapsed());
 
-    wait_for_stop().await;
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => reload(loaded.file.as_deref(), &cfg, dns.as_ref()),
+        }
+    }
     tracing::info!("stopping");
     board.set_ready(false);
     stop_all(running, grace).await;
@@ -102,14 +114,28 @@ async fn start_all(
     metrics: &Arc<Metrics>,
     board: &Arc<Board>,
     running: &mut Vec<Box<dyn Running>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<DnsHandle>> {
     let apps = Apps::start(cfg.apps.clone(), cx, ())
         .await
         .map_err(|e| anyhow!("{}: {e}", Apps::NAME))?;
     running.push(apps.running);
     let apps = apps.handle;
 
-    let names = apps.list().into_iter().map(|a| a.name).collect();
+    let names: Vec<String> = apps.list().into_iter().map(|a| a.name).collect();
+    let dns = if cfg.dns.enabled {
+        let deps = DnsDeps {
+            metrics: metrics.clone(),
+            apps: names.clone(),
+        };
+        let dns = DnsService::start(cfg.dns.clone(), cx, deps)
+            .await
+            .map_err(|e| anyhow!("{}: {e}", DnsService::NAME))?;
+        running.push(dns.running);
+        Some(dns.handle)
+    } else {
+        None
+    };
+
     let tls = Tls::start(cfg.tls.clone(), cx, names)
         .await
         .map_err(|e| anyhow!("{}: {e}", Tls::NAME))?;
@@ -126,6 +152,7 @@ async fn start_all(
             board: board.clone(),
             apps: apps.clone(),
             tls: tls.clone(),
+            dns: dns.clone(),
             https: https.clone(),
         },
     )
@@ -146,7 +173,7 @@ async fn start_all(
     .map_err(|e| anyhow!("{}: {e}", HttpService::NAME))?;
     running.push(http.running);
     let _ = https.set(http.handle);
-    Ok(())
+    Ok(dns)
 }
 
 async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
@@ -158,24 +185,74 @@ async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
     }
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGINT/SIGTERM stop; SIGHUP reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            // Without a handler SIGHUP would end the process; live reload is not built yet.
-            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not available in this version; restart to apply changes"),
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
+    }
+}
+
+/// SIGHUP: reads the configuration again. A bad one is refused with its problems and the
+/// running one stays. DNS records apply live; other changed sections are named as needing
+/// a restart until live reload reaches them.
+fn reload(file: Option<&std::path::Path>, running: &Config, dns: Option<&DnsHandle>) {
+    let next = match config::load_with(file, std::env::vars(), check) {
+        Ok(l) => l.config,
+        Err(e) => {
+            tracing::error!("reload refused, the running configuration stays:\n{e}");
+            return;
+        }
+    };
+    if let Some(dns) = dns
+        && next.dns != running.dns
+    {
+        match dns.reload(next.dns.clone()) {
+            Ok(()) => tracing::info!(serial = dns.zone().serial(), "dns records reloaded"),
+            Err(e) => tracing::error!(error = %e, "dns reload refused; the old zone stays"),
+        }
+    }
+    let mut restart = Vec::new();
+    let sections = [
+        ("domain", next.domain != running.domain),
+        ("data_dir", next.data_dir != running.data_dir),
+        ("http", next.http != running.http),
+        ("tls", next.tls != running.tls),
+        ("apps", next.apps != running.apps),
+        ("admin", next.admin != running.admin),
+        ("metrics", next.metrics != running.metrics),
+        ("log", next.log != running.log),
+    ];
+    for (name, changed) in sections {
+        if changed {
+            restart.push(name);
+        }
+    }
+    if !restart.is_empty() {
+        tracing::warn!(sections = ?restart, "changed sections apply at the next restart");
     }
 }
 

@@ -4,4 +4,5 @@ mod admin;
 mod apps;
 mod bundles;
 mod config;
+mod dns;
 mod lifecycle;

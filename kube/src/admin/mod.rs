@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::apps::{self, AppsHandle, StoreError, bundle::BundleError};
+use crate::dns::{DnsHandle, records::RecordSpec};
 use crate::http::HttpsHandle;
 use crate::metrics::Metrics;
 use crate::service::{Board, Context, Running, Service, StartError, Started};
@@ -46,6 +47,8 @@ pub struct AdminDeps {
     pub board: Arc<Board>,
     pub apps: AppsHandle,
     pub tls: TlsHandle,
+    /// None when `dns.enabled` is false.
+    pub dns: Option<DnsHandle>,
     /// Filled in once `http` has started (it starts after `admin`).
     pub https: Arc<std::sync::OnceLock<HttpsHandle>>,
 }
@@ -97,6 +100,8 @@ impl Service for AdminService {
                     .layer(DefaultBodyLimit::disable()),
             )
             .route("/api/apps/{name}/rollback", post(rollback))
+            .route("/api/dns", get(dns_status))
+            .route("/api/dns/records", post(dns_add).delete(dns_remove))
             .layer(middleware::from_fn_with_state(shared.clone(), authorize));
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -280,6 +285,7 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
             "ca": st.deps.tls.ca_path.as_ref().map(|p| p.display().to_string()),
         },
         "certificates": st.deps.tls.certificates(),
+        "dns": st.deps.dns.as_ref().map(|d| d.status()),
         "apps": app_views(&st),
     }))
     .into_response()
@@ -362,9 +368,81 @@ async fn publish(State(st): State<Arc<Shared>>, Path(name): Path<String>, body: 
 /// Keeps the certificate naming every app host (local mode); the app serves either way, so
 /// a failure is logged, not returned.
 async fn name_app_hosts(st: &Shared) {
-    let names = st.deps.apps.list().into_iter().map(|a| a.name).collect();
+    let names: Vec<String> = st.deps.apps.list().into_iter().map(|a| a.name).collect();
+    if let Some(dns) = &st.deps.dns {
+        let (dns, names) = (dns.clone(), names.clone());
+        match tokio::task::spawn_blocking(move || dns.set_apps(names)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot update the app hosts in DNS"),
+            Err(e) => tracing::error!(error = %e, "dns update task failed"),
+        }
+    }
     if let Err(e) = st.deps.tls.set_app_hosts(names).await {
         tracing::error!(error = %e, "cannot reissue the local certificate for the app hosts");
+    }
+}
+
+fn dns_disabled() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "dns_disabled",
+        "dns.enabled is false",
+    )
+}
+
+async fn dns_status(State(st): State<Arc<Shared>>) -> Response {
+    match &st.deps.dns {
+        Some(dns) => Json(dns.status()).into_response(),
+        None => dns_disabled(),
+    }
+}
+
+/// Adds a run-time record: `{"name": "_acme-challenge", "type": "TXT", "value": "\"x\""}`.
+async fn dns_add(State(st): State<Arc<Shared>>, Json(spec): Json<RecordSpec>) -> Response {
+    let Some(dns) = st.deps.dns.clone() else {
+        return dns_disabled();
+    };
+    match tokio::task::spawn_blocking(move || dns.add(spec)).await {
+        Ok(Ok(())) => Json(json!({"added": true})).into_response(),
+        Ok(Err(e @ crate::dns::DnsError::Record(_))) => {
+            error(StatusCode::BAD_REQUEST, "bad_record", e)
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "dns", e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "dns task failed",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveRecord {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    value: Option<String>,
+}
+
+/// Removes run-time records of a name and type (one value, when given).
+async fn dns_remove(State(st): State<Arc<Shared>>, Json(r): Json<RemoveRecord>) -> Response {
+    let Some(dns) = st.deps.dns.clone() else {
+        return dns_disabled();
+    };
+    match tokio::task::spawn_blocking(move || dns.remove(&r.name, &r.kind, r.value.as_deref()))
+        .await
+    {
+        Ok(Ok(n)) => Json(json!({"removed": n})).into_response(),
+        Ok(Err(e @ crate::dns::DnsError::Record(_))) => {
+            error(StatusCode::BAD_REQUEST, "bad_record", e)
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "dns", e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "dns task failed",
+        ),
     }
 }
 

@@ -120,6 +120,18 @@ pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
             str_of(&cert["issuer"])
         );
     }
+    if let Some(dns) = s.get("dns").filter(|d| !d.is_null()) {
+        println!(
+            "\ndns: zone {} serial {}, {} records ({} added at run time)",
+            str_of(&dns["zone"]),
+            dns["serial"],
+            dns["records"],
+            dns["runtime_records"]
+                .as_array()
+                .map(|a| a.len())
+                .unwrap_or(0)
+        );
+    }
     println!("\napps:");
     let apps = s["apps"].as_array().cloned().unwrap_or_default();
     if apps.is_empty() {

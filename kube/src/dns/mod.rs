@@ -1,0 +1,631 @@
+//! The `dns` service: authoritative answers for `domain` on UDP and TCP. `zone`, `answer`,
+//! `rrl` and `records` are pure; this file holds the handle other services change records
+//! through (persisted in `<data_dir>/dns/records.json`) and the socket drivers.
+
+pub mod answer;
+pub mod records;
+pub mod rrl;
+pub mod zone;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use config::Problem;
+use hickory_proto::rr::Name;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::answer::{Dropped, Transport};
+use self::records::RecordSpec;
+use self::rrl::{Rrl, Verdict};
+use self::zone::{Zone, ZoneInput};
+use crate::datadir;
+use crate::metrics::Metrics;
+use crate::service::{Context, Running, Service, StartError, Started};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot listen on {addr} (dns {what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Zone(#[from] zone::ZoneError),
+    #[error("record {0}")]
+    Record(#[from] records::RecordError),
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Store(#[from] datadir::DataDirError),
+}
+
+/// What `<data_dir>/dns/records.json` holds: records added at run time and the last serial.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    serial: u32,
+    records: Vec<RecordSpec>,
+}
+
+#[derive(Debug)]
+struct State {
+    domain: String,
+    section: config::Dns,
+    apps: Vec<String>,
+    stored: Stored,
+}
+
+/// Changes the zone while KUBE runs; every change is on disk before it returns.
+#[derive(Clone, Debug)]
+pub struct DnsHandle {
+    zone: Arc<RwLock<Arc<Zone>>>,
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+/// The zone as `kube status` shows it.
+#[derive(Debug, Serialize)]
+pub struct DnsStatus {
+    pub zone: String,
+    pub serial: u32,
+    pub records: usize,
+    pub runtime_records: Vec<RecordSpec>,
+}
+
+impl DnsHandle {
+    pub fn zone(&self) -> Arc<Zone> {
+        self.zone.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn status(&self) -> DnsStatus {
+        let z = self.zone();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        DnsStatus {
+            zone: z.origin().to_string(),
+            serial: z.serial(),
+            records: z.record_count(),
+            runtime_records: state.stored.records.clone(),
+        }
+    }
+
+    /// Adds a record (same name, type and value twice is one record).
+    pub fn add(&self, spec: RecordSpec) -> Result<(), DnsError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = origin(&state.domain)?;
+        let parsed = records::parse(&spec, &origin, state.section.ttl)?;
+        let key = record_key(&parsed);
+        let exists = state.stored.records.iter().any(|r| {
+            records::parse(r, &origin, state.section.ttl)
+                .map(|p| record_key(&p) == key)
+                .unwrap_or(false)
+        });
+        if exists {
+            return Ok(());
+        }
+        let mut next = state.stored.clone();
+        next.records.push(spec);
+        self.commit(&mut state, next)
+    }
+
+    /// Removes the records of `name` and `kind` (those with `value` only, when given).
+    /// Returns how many were removed.
+    pub fn remove(&self, name: &str, kind: &str, value: Option<&str>) -> Result<usize, DnsError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = origin(&state.domain)?;
+        let owner = records::owner(name, &origin)?;
+        let kind = kind.to_ascii_uppercase();
+        let wanted = value.map(|v| RecordSpec {
+            name: name.into(),
+            kind: kind.clone(),
+            value: v.into(),
+            ttl: None,
+        });
+        let wanted = match &wanted {
+            Some(w) => Some(record_key(&records::parse(w, &origin, state.section.ttl)?)),
+            None => None,
+        };
+        let mut next = state.stored.clone();
+        next.records.retain(|r| {
+            let Ok(p) = records::parse(r, &origin, state.section.ttl) else {
+                return true;
+            };
+            let same_rrset = p.name == owner && p.record_type().to_string() == kind;
+            let matches = same_rrset && wanted.as_ref().is_none_or(|w| &record_key(&p) == w);
+            !matches
+        });
+        let removed = state.stored.records.len() - next.records.len();
+        if removed > 0 {
+            self.commit(&mut state, next)?;
+        }
+        Ok(removed)
+    }
+
+    /// The published apps, for `app_hosts: per_app`.
+    pub fn set_apps(&self, apps: Vec<String>) -> Result<(), DnsError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.apps == apps {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut state.apps, apps);
+        let next = state.stored.clone();
+        let result = self.commit(&mut state, next);
+        if result.is_err() {
+            state.apps = old;
+        }
+        result
+    }
+
+    /// A new `dns` section (SIGHUP). Listener and limit changes need a restart; records,
+    /// addresses, name servers and TTLs apply now. On error the old zone stays.
+    pub fn reload(&self, section: config::Dns) -> Result<(), DnsError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.section == section {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut state.section, section);
+        let next = state.stored.clone();
+        let result = self.commit(&mut state, next);
+        if result.is_err() {
+            state.section = old;
+        }
+        result
+    }
+
+    /// Builds the zone for `next` with a higher serial, writes it to disk, then serves it.
+    fn commit(&self, state: &mut State, mut next: Stored) -> Result<(), DnsError> {
+        next.serial = next_serial(state.stored.serial);
+        let zone = Zone::build(&ZoneInput {
+            domain: &state.domain,
+            section: &state.section,
+            apps: &state.apps,
+            runtime: &next.records,
+            serial: next.serial,
+        })?;
+        let json = serde_json::to_vec_pretty(&next).map_err(|e| DnsError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        datadir::write_atomic(&self.path, &json)?;
+        state.stored = next;
+        self.publish(zone);
+        Ok(())
+    }
+
+    fn publish(&self, zone: Zone) {
+        self.metrics.dns_zone_serial.set(i64::from(zone.serial()));
+        self.metrics.dns_records.set(zone.record_count() as i64);
+        *self.zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+    }
+}
+
+fn origin(domain: &str) -> Result<Name, DnsError> {
+    Name::from_ascii(format!("{}.", domain.trim_end_matches('.')))
+        .map(|n| n.to_lowercase())
+        .map_err(|e| {
+            DnsError::Record(records::RecordError {
+                field: "name",
+                reason: e.to_string(),
+            })
+        })
+}
+
+fn record_key(r: &hickory_proto::rr::Record) -> (String, String, String) {
+    (
+        r.name.to_lowercase().to_string(),
+        r.record_type().to_string(),
+        r.data.to_string(),
+    )
+}
+
+/// RFC 1982 serials: at least the clock (so a lost records.json still moves forward),
+/// always more than the last one.
+fn next_serial(last: u32) -> u32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    if now > last {
+        now
+    } else {
+        last.wrapping_add(1)
+    }
+}
+
+/// Handles the `dns` service needs.
+pub struct DnsDeps {
+    pub metrics: Arc<Metrics>,
+    pub apps: Vec<String>,
+}
+
+pub struct DnsService;
+
+impl Service for DnsService {
+    const NAME: &'static str = "dns";
+    type Section = config::Dns;
+    type Deps = DnsDeps;
+    type Handle = DnsHandle;
+
+    fn check(section: &config::Dns, cx: &Context) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if !section.enabled {
+            return p;
+        }
+        if section.max_udp_payload < 512 {
+            p.push(Problem::new(
+                "dns.max_udp_payload",
+                "must be at least 512 (RFC 1035)",
+            ));
+        }
+        if section.rrl.ipv4_prefix > 32 {
+            p.push(Problem::new("dns.rrl.ipv4_prefix", "must be 0 to 32"));
+        }
+        if section.rrl.ipv6_prefix > 128 {
+            p.push(Problem::new("dns.rrl.ipv6_prefix", "must be 0 to 128"));
+        }
+        if section.rrl.responses_per_second == 0 {
+            p.push(Problem::new(
+                "dns.rrl.responses_per_second",
+                "must be at least 1 (or rrl.enabled: false)",
+            ));
+        }
+        for (key, v) in [
+            ("dns.tcp_max_connections", section.tcp_max_connections),
+            ("dns.tcp_max_queries", section.tcp_max_queries),
+        ] {
+            if v == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+        if section.tcp_idle_timeout_secs == 0 {
+            p.push(Problem::new(
+                "dns.tcp_idle_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if let Err(e) = Zone::build(&ZoneInput {
+            domain: &cx.domain,
+            section,
+            apps: &[],
+            runtime: &[],
+            serial: 1,
+        }) {
+            p.push(Problem::new(e.path, e.reason));
+        }
+        p
+    }
+
+    async fn start(
+        section: config::Dns,
+        cx: &Context,
+        deps: DnsDeps,
+    ) -> Result<Started<DnsHandle>, StartError> {
+        let path = cx.data_dir.join("dns").join("records.json");
+        let stored: Stored = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DnsError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
+            Err(e) => {
+                return Err(DnsError::Store(datadir::DataDirError::Io { path, source: e }).into());
+            }
+        };
+        let (udp, tcp) = bind(section.listen).await?;
+        let addr = udp.local_addr()?;
+        let mut state = State {
+            domain: cx.domain.clone(),
+            section: section.clone(),
+            apps: deps.apps,
+            stored: stored.clone(),
+        };
+        let handle = DnsHandle {
+            zone: Arc::new(RwLock::new(Arc::new(Zone::build(&ZoneInput {
+                domain: &cx.domain,
+                section: &section,
+                apps: &[],
+                runtime: &[],
+                serial: 1,
+            })?))),
+            state: Arc::new(Mutex::new(State {
+                domain: String::new(),
+                section: section.clone(),
+                apps: Vec::new(),
+                stored: Stored::default(),
+            })),
+            path,
+            metrics: deps.metrics.clone(),
+        };
+        // The first zone of this run: a new serial, so secondaries see restarts as changes.
+        handle.commit(&mut state, stored)?;
+        *handle.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+
+        let cancel = CancellationToken::new();
+        let udp = Arc::new(udp);
+        let rrl = section
+            .rrl
+            .enabled
+            .then(|| Arc::new(Mutex::new(Rrl::new(&section.rrl))));
+        let mut tasks = JoinSet::new();
+        // Two receivers on one socket keep both cores busy under load.
+        for _ in 0..2 {
+            tasks.spawn(serve_udp(
+                udp.clone(),
+                handle.clone(),
+                rrl.clone(),
+                section.max_udp_payload,
+                cancel.clone(),
+            ));
+        }
+        tasks.spawn(serve_tcp(
+            tcp,
+            handle.clone(),
+            section.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(%addr, zone = %handle.zone().origin(), serial = handle.zone().serial(), "dns listening");
+        Ok(Started {
+            handle,
+            running: Box::new(RunningDns {
+                addr,
+                cancel,
+                tasks,
+            }),
+        })
+    }
+}
+
+/// Binds UDP and TCP on the same address; with port 0, on the same free port.
+async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|source| DnsError::Bind {
+                what: "udp",
+                addr: listen,
+                source,
+            })?;
+        let port = udp.local_addr().map(|a| a.port()).unwrap_or(listen.port());
+        let tcp_addr = SocketAddr::new(listen.ip(), port);
+        match TcpListener::bind(tcp_addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) if listen.port() == 0 => last = Some(source),
+            Err(source) => {
+                return Err(DnsError::Bind {
+                    what: "tcp",
+                    addr: tcp_addr,
+                    source,
+                });
+            }
+        }
+    }
+    Err(DnsError::Bind {
+        what: "tcp",
+        addr: listen,
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+struct RunningDns {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Running for RunningDns {
+    fn name(&self) -> &'static str {
+        "dns"
+    }
+    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("dns", self.addr)]
+    }
+    fn stop(
+        self: Box<Self>,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.cancel.cancel();
+            let mut tasks = self.tasks;
+            let all = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
+                tasks.abort_all();
+            }
+        })
+    }
+}
+
+fn count(metrics: &Metrics, a: &answer::Answer) {
+    let qtype = a.qtype.map(qtype_label).unwrap_or("none");
+    metrics
+        .dns_queries
+        .with_label_values(&[qtype, rcode_label(a.rcode())])
+        .inc();
+}
+
+/// Query types as metric labels: the common ones by name, the rest as `other` (bounded).
+fn qtype_label(t: hickory_proto::rr::RecordType) -> &'static str {
+    use hickory_proto::rr::RecordType as T;
+    match t {
+        T::A => "A",
+        T::AAAA => "AAAA",
+        T::CNAME => "CNAME",
+        T::TXT => "TXT",
+        T::MX => "MX",
+        T::SRV => "SRV",
+        T::CAA => "CAA",
+        T::NS => "NS",
+        T::SOA => "SOA",
+        T::ANY => "ANY",
+        T::HTTPS => "HTTPS",
+        T::PTR => "PTR",
+        _ => "other",
+    }
+}
+
+fn rcode_label(r: hickory_proto::op::ResponseCode) -> &'static str {
+    use hickory_proto::op::ResponseCode as R;
+    match r {
+        R::NoError => "NOERROR",
+        R::NXDomain => "NXDOMAIN",
+        R::Refused => "REFUSED",
+        R::FormErr => "FORMERR",
+        R::NotImp => "NOTIMP",
+        R::ServFail => "SERVFAIL",
+        R::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    dns: DnsHandle,
+    rrl: Option<Arc<Mutex<Rrl>>>,
+    max_udp: u16,
+    cancel: CancellationToken,
+) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on Linux: not fatal.
+                    tracing::debug!(error = %e, "udp receive failed");
+                    continue;
+                }
+            },
+        };
+        let zone = dns.zone();
+        let a = match answer::answer(&zone, &buf[..n], Transport::Udp, max_udp) {
+            Ok(a) => a,
+            Err(Dropped::Malformed) | Err(Dropped::NotAQuery) => {
+                dns.metrics.dns_malformed.with_label_values(&["udp"]).inc();
+                continue;
+            }
+        };
+        count(&dns.metrics, &a);
+        let verdict = match &rrl {
+            Some(r) => r
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(peer.ip(), Instant::now()),
+            None => Verdict::Send,
+        };
+        let bytes = match verdict {
+            Verdict::Send => a.encode(),
+            Verdict::Slip => {
+                dns.metrics.dns_rrl.with_label_values(&["slipped"]).inc();
+                a.encode_truncated()
+            }
+            Verdict::Drop => {
+                dns.metrics.dns_rrl.with_label_values(&["dropped"]).inc();
+                None
+            }
+        };
+        if let Some(bytes) = bytes
+            && let Err(e) = socket.send_to(&bytes, peer).await
+        {
+            tracing::debug!(%peer, error = %e, "udp send failed");
+        }
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    dns: DnsHandle,
+    section: config::Dns,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        section.tcp_max_connections as usize,
+    ));
+    let idle = Duration::from_secs(section.tcp_idle_timeout_secs);
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dns accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the connection limit: close at once rather than queue.
+            dns.metrics.dns_tcp_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let dns = dns.clone();
+        let max_queries = section.tcp_max_queries;
+        let max_udp = section.max_udp_payload;
+        let stop = cancel.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = tcp_connection(stream, &dns, idle, max_queries, max_udp) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "dns tcp connection ended");
+                    }
+                }
+            }
+        });
+    }
+    conns.abort_all();
+}
+
+/// RFC 7766: length-prefixed messages, several per connection, closed when idle.
+async fn tcp_connection(
+    mut s: TcpStream,
+    dns: &DnsHandle,
+    idle: Duration,
+    max_queries: u32,
+    max_udp: u16,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    for _ in 0..max_queries {
+        let len = match tokio::time::timeout(idle, s.read_u16()).await {
+            Ok(Ok(len)) => len as usize,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        };
+        buf.resize(len, 0);
+        match tokio::time::timeout(idle, s.read_exact(&mut buf)).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => return Ok(()),
+        }
+        let zone = dns.zone();
+        let a = match answer::answer(&zone, &buf, Transport::Tcp, max_udp) {
+            Ok(a) => a,
+            Err(_) => {
+                dns.metrics.dns_malformed.with_label_values(&["tcp"]).inc();
+                return Ok(());
+            }
+        };
+        count(&dns.metrics, &a);
+        let Some(bytes) = a.encode() else {
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(bytes.len() + 2);
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(&bytes);
+        s.write_all(&out).await?;
+    }
+    Ok(())
+}
