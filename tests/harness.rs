@@ -188,9 +188,14 @@ impl Kube {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_and_wait("-TERM")
+    }
+
+    /// Sends `signal` (`-INT`, `-TERM`) and waits (bounded) for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(signal)
             .arg(child.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -200,7 +205,7 @@ impl Kube {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("kube did not stop within 20 s of SIGTERM:\n{}", self.log());
+                panic!("kube did not stop within 20 s of {signal}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

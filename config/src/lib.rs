@@ -112,6 +112,12 @@ impl Config {
                 }
             }
         }
+        if self.http.shutdown_grace_secs > 3600 {
+            problems.push(Problem::new(
+                "http.shutdown_grace_secs",
+                "must be at most 3600",
+            ));
+        }
         if self.http.header_timeout_secs == 0 {
             problems.push(Problem::new(
                 "http.header_timeout_secs",

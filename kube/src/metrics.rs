@@ -11,6 +11,7 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_panics: IntCounter,
     pub apps_published: IntGauge,
     pub cert_not_after: IntGaugeVec,
     pub dns_queries: IntCounterVec,
@@ -41,12 +42,17 @@ impl Metrics {
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "kube_http_request_duration_seconds",
-                "Time to answer an HTTPS request (headers sent), by app.",
+                "Time to answer an HTTPS request (headers ready), by app and status class.",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
-            &["app"],
+            &["app", "class"],
+        )
+        .expect("valid metric");
+        let http_panics = IntCounter::new(
+            "kube_http_panics_total",
+            "HTTPS requests whose handler panicked (answered 500).",
         )
         .expect("valid metric");
         let apps_published = IntGauge::new("kube_apps_published", "Apps with a current version.")
@@ -97,6 +103,7 @@ impl Metrics {
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
+            Box::new(http_panics.clone()),
             Box::new(apps_published.clone()),
             Box::new(cert_not_after.clone()),
             Box::new(dns_queries.clone()),
@@ -113,6 +120,7 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            http_panics,
             apps_published,
             cert_not_after,
             dns_queries,

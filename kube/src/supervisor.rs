@@ -177,7 +177,8 @@ async fn start_all(
 }
 
 async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
-    let deadline = Instant::now() + grace;
+    let now = Instant::now();
+    let deadline = now.checked_add(grace).unwrap_or(now);
     for r in running.into_iter().rev() {
         let name = r.name();
         r.stop(deadline).await;

@@ -176,3 +176,12 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[test]
+fn sigint_stops_cleanly_too() {
+    let mut kube = Kube::start();
+    let run = kube.data_dir.join("run.json");
+    assert!(run.exists());
+    assert!(kube.signal_and_wait("-INT").success());
+    assert!(!run.exists());
+}

@@ -307,6 +307,9 @@ async fn publish(State(st): State<Arc<Shared>>, Path(name): Path<String>, body: 
         Ok(d) => d,
         Err(e) => return store_error(e),
     };
+    // If the client goes away mid-upload this handler is dropped; the guard still removes
+    // what was received.
+    let _cleanup = StagingGuard(staging.clone());
     let upload = staging.join("upload.tar.gz");
     let received = async {
         let mut file = tokio::fs::File::create(&upload).await?;
@@ -443,6 +446,19 @@ async fn dns_remove(State(st): State<Arc<Shared>>, Json(r): Json<RemoveRecord>) 
             "internal",
             "dns task failed",
         ),
+    }
+}
+
+/// Removes an upload's staging dir when the request ends, however it ends.
+struct StagingGuard(std::path::PathBuf);
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        if self.0.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.0)
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove staging dir");
+        }
     }
 }
 

@@ -8,6 +8,20 @@ use http::{Method, StatusCode};
 
 use super::manifest::{FileEntry, Manifest};
 
+/// Characters escaped in a path segment of a redirect.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
 /// What the driver should send.
 #[derive(Debug, PartialEq)]
 pub enum Plan {
@@ -61,9 +75,14 @@ pub fn plan(manifest: &Manifest, method: &Method, raw_path: &str, headers: &Head
         key
     } else if !raw_path.ends_with('/') && manifest.files.contains_key(&join_index(&rel)) {
         // A directory asked for without its slash: send the browser to the slash form so
-        // relative links in its index resolve (no listing either way).
+        // relative links in its index resolve (no listing either way). Built from the
+        // cleaned path, so `//evil` can never become a protocol-relative redirect.
         let mut h = HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(&format!("{raw_path}/")) {
+        let encoded: Vec<String> = rel
+            .split('/')
+            .map(|seg| percent_encoding::utf8_percent_encode(seg, SEGMENT).to_string())
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&format!("/{}/", encoded.join("/"))) {
             h.insert(header::LOCATION, v);
         }
         return Plan::Status {
@@ -80,6 +99,10 @@ pub fn plan(manifest: &Manifest, method: &Method, raw_path: &str, headers: &Head
         return Plan::status(StatusCode::NOT_FOUND, "not found\n");
     };
     let body = method == Method::GET;
+    // A manifest read from disk may lack what publish checked (index.html for SPA).
+    let Some(entry) = manifest.files.get(&key) else {
+        return Plan::status(StatusCode::NOT_FOUND, "not found\n");
+    };
 
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, content_type(&key));
@@ -102,7 +125,7 @@ pub fn plan(manifest: &Manifest, method: &Method, raw_path: &str, headers: &Head
 
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     // Precompressed siblings, unless a range is asked for (ranges are over identity bytes).
-    let mut file = manifest.files[&key].clone();
+    let mut file = entry.clone();
     let siblings: Vec<(&str, &FileEntry)> = [("br", "br"), ("gzip", "gz")]
         .into_iter()
         .filter_map(|(coding, ext)| {
@@ -122,11 +145,10 @@ pub fn plan(manifest: &Manifest, method: &Method, raw_path: &str, headers: &Head
             }
         }
     }
-    let etag = format!("\"{}\"", &file.hash[..file.hash.len().min(32)]);
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex in quotes is a valid header value"),
-    );
+    let etag = format!("\"{}\"", file.hash.get(..32).unwrap_or(&file.hash));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
 
     if status == StatusCode::OK
         && let Some(inm) = headers
@@ -148,9 +170,13 @@ pub fn plan(manifest: &Manifest, method: &Method, raw_path: &str, headers: &Head
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim() == etag);
+    // An empty file has no byte to range over; several ranges may be answered with the
+    // whole file (RFC 9110 §14.2), which also spares us validating thousands of them.
     if let Some(r) = range_header
         && status == StatusCode::OK
         && if_range_ok
+        && file.size > 0
+        && !r.contains(',')
     {
         // A malformed Range is ignored (RFC 9110 §14.2); an unsatisfiable one is a 416.
         if let Ok(parsed) = http_range_header::parse_range_header(r) {
@@ -165,7 +191,6 @@ pub fn plan(manifest: &Manifest, method: &Method, raw_path: &str, headers: &Head
                     status = StatusCode::PARTIAL_CONTENT;
                     range = Some(start..end + 1);
                 }
-                // Several ranges: the whole file is a valid answer (RFC 9110 §14.2).
                 Ok(_) => {}
                 Err(_) => {
                     let mut h416 = HeaderMap::new();
@@ -312,14 +337,16 @@ mod tests {
 
     fn manifest(spa: bool) -> Manifest {
         let mut files = std::collections::BTreeMap::new();
-        for (p, h, s) in [
+        let list = [
             ("index.html", "aa", 100),
             ("app.js", "bb", 1000),
             ("app.js.br", "cc", 300),
             ("app.js.gz", "dd", 400),
             ("assets/main.3f9a1c2b.js", "ee", 10),
             ("docs/index.html", "ff", 5),
-        ] {
+            ("empty.css", "00", 0),
+        ];
+        for (p, h, s) in list {
             files.insert(
                 p.to_string(),
                 FileEntry {

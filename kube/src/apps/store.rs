@@ -230,7 +230,17 @@ impl AppStore {
         upload: &Path,
         now_unix: u64,
     ) -> Result<Arc<Manifest>, StoreError> {
-        let staging = upload.parent().unwrap_or(&self.root).to_owned();
+        // The upload sits in its own staging dir, which goes away whatever happens.
+        let Some(staging) = upload
+            .parent()
+            .filter(|p| p.starts_with(self.root.join(".staging")))
+        else {
+            return Err(StoreError::Io {
+                path: upload.to_owned(),
+                source: std::io::Error::other("an upload must be inside the staging dir"),
+            });
+        };
+        let staging = staging.to_owned();
         let result = self.publish_staged(name, upload, &staging, now_unix);
         if let Err(e) = std::fs::remove_dir_all(&staging) {
             tracing::warn!(path = %staging.display(), error = %e, "cannot remove staging dir");
@@ -279,8 +289,14 @@ impl AppStore {
         let app_dir = self.root.join(name);
         let app_blobs = app_dir.join("blobs");
         let versions_dir = app_dir.join("versions");
+        let first = !app_dir.exists();
         for d in [&app_blobs, &versions_dir] {
             std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        if first {
+            // The new app's own directory entry must be durable too.
+            datadir::sync_dir(&self.root).map_err(io(&self.root))?;
+            datadir::sync_dir(&app_dir).map_err(io(&app_dir))?;
         }
         for f in files.values() {
             let dst = app_blobs.join(&f.hash);
@@ -320,7 +336,10 @@ impl AppStore {
                 .versions
                 .insert(version, VersionSummary::of(&manifest));
         }
-        self.prune(name)?;
+        // The new version is live; failing to tidy old ones must not report it as failed.
+        if let Err(e) = self.prune(name) {
+            tracing::warn!(app = name, error = %e, "cannot prune old versions");
+        }
         Ok(manifest)
     }
 
@@ -364,20 +383,19 @@ impl AppStore {
     /// Removes an app and every version of it.
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        if self
-            .apps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-            .is_none()
-        {
+        if !self.read().contains_key(name) {
             return Err(StoreError::NoApp(name.into()));
         }
-        // Renamed away first, so a crash mid-delete never leaves a half app behind.
+        // Renamed away first, so a crash mid-delete never leaves a half app behind; only
+        // then is it gone from what is served.
         let dir = self.root.join(name);
         let trash = self.staging_dir()?.join(name);
         std::fs::rename(&dir, &trash).map_err(io(&dir))?;
         datadir::sync_dir(&self.root).map_err(io(&self.root))?;
+        self.apps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         if let Some(parent) = trash.parent() {
             std::fs::remove_dir_all(parent).map_err(io(parent))?;
         }
@@ -393,15 +411,8 @@ impl AppStore {
                 return Ok(());
             };
             let current = app.current.version;
-            let drop: Vec<u64> = app
-                .versions
-                .keys()
-                .rev()
-                .skip(self.keep as usize)
-                .copied()
-                .filter(|v| *v != current)
-                .collect();
-            (drop, current)
+            let versions: Vec<u64> = app.versions.keys().copied().collect();
+            (versions_to_drop(&versions, current, self.keep), current)
         };
         if drop.is_empty() {
             return Ok(());
@@ -465,10 +476,48 @@ fn store_blob(reader: &mut impl Read, dir: &Path) -> std::io::Result<String> {
     Ok(hash)
 }
 
+/// Which versions pruning removes (pure): all but the newest `keep`, never `current`.
+pub fn versions_to_drop(versions: &[u64], current: u64, keep: u32) -> Vec<u64> {
+    let mut sorted = versions.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted
+        .into_iter()
+        .skip(keep as usize)
+        .filter(|v| *v != current)
+        .collect()
+}
+
+/// Reads a manifest, refusing one whose hashes could name anything but a blob.
 fn read_manifest(path: &Path) -> Result<Manifest, StoreError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+    let corrupt = |reason: String| StoreError::Corrupt {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    for (file, entry) in &m.files {
+        if entry.hash.len() != 64 || !entry.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(corrupt(format!(
+                "{file}: {:?} is not a SHA-256 hash",
+                entry.hash
+            )));
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versions_to_drop;
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_current() {
+        assert_eq!(versions_to_drop(&[1, 2, 3, 4, 5], 5, 2), vec![3, 2, 1]);
+        assert_eq!(
+            versions_to_drop(&[5, 1, 3, 2, 4], 2, 2),
+            vec![3, 1],
+            "a rolled-back current stays"
+        );
+        assert_eq!(versions_to_drop(&[1, 2], 2, 5), Vec::<u64>::new());
+    }
 }

@@ -279,25 +279,20 @@ fn request_host(req: &Request) -> String {
         .to_ascii_lowercase()
 }
 
+/// Answers one HTTPS request; a panic in it is logged, counted and answered 500, and the
+/// connection and the server go on.
 async fn handle_https(State(st): State<Arc<Shared>>, req: Request) -> Response {
+    use futures_util::FutureExt;
     let started = Instant::now();
-    let host = request_host(&req);
-    let (label, mut resp) = match host::route(&host, &st.domain) {
-        host::Site::Apex => ("_apex".to_owned(), apex(&st, &req)),
-        host::Site::App(app) if st.apps.current(app).is_some() => {
-            let path = req.uri().path();
-            let r = apps::respond(&st.apps, app, req.method(), path, req.headers()).await;
-            (app.to_owned(), r)
-        }
-        host::Site::App(_) => (
-            "_unknown".to_owned(),
-            apps::text(StatusCode::NOT_FOUND, "no such app\n"),
-        ),
-        host::Site::Unknown => (
-            "_unknown".to_owned(),
-            apps::text(StatusCode::NOT_FOUND, "unknown host\n"),
-        ),
-    };
+    let answer = std::panic::AssertUnwindSafe(route_https(&st, req))
+        .catch_unwind()
+        .await;
+    let (label, mut resp) = answer.unwrap_or_else(|_| {
+        tracing::error!("request handler panicked");
+        st.metrics.http_panics.inc();
+        let r = apps::text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        ("_panic".to_owned(), r)
+    });
     if st.hsts {
         resp.headers_mut().insert(
             header::STRICT_TRANSPORT_SECURITY,
@@ -317,9 +312,30 @@ async fn handle_https(State(st): State<Arc<Shared>>, req: Request) -> Response {
         .inc();
     st.metrics
         .http_duration
-        .with_label_values(&[&label])
+        .with_label_values(&[&label, class])
         .observe(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Which site the request is for, and its answer; the label names the app for metrics.
+async fn route_https(st: &Shared, req: Request) -> (String, Response) {
+    let host = request_host(&req);
+    match host::route(&host, &st.domain) {
+        host::Site::Apex => ("_apex".to_owned(), apex(st, &req)),
+        host::Site::App(app) if st.apps.current(app).is_some() => {
+            let path = req.uri().path();
+            let r = apps::respond(&st.apps, app, req.method(), path, req.headers()).await;
+            (app.to_owned(), r)
+        }
+        host::Site::App(_) => (
+            "_unknown".to_owned(),
+            apps::text(StatusCode::NOT_FOUND, "no such app\n"),
+        ),
+        host::Site::Unknown => (
+            "_unknown".to_owned(),
+            apps::text(StatusCode::NOT_FOUND, "unknown host\n"),
+        ),
+    }
 }
 
 fn apex(st: &Shared, req: &Request) -> Response {

@@ -76,8 +76,11 @@ pub fn ensure(
         std::fs::read_to_string(&paths.leaf_cert),
         std::fs::read_to_string(&paths.leaf_key),
     ) {
+        let pair_ok = super::certified_key(&cert, &key).is_ok();
         match super::cert_info(&cert) {
-            Ok(info) if !needs_reissue(&info, &want, now) && cert.contains(ca_pem.trim()) => {
+            Ok(info)
+                if pair_ok && !needs_reissue(&info, &want, now) && cert.contains(ca_pem.trim()) =>
+            {
                 return Ok((cert, key, info));
             }
             Ok(_) => tracing::info!("local certificate is due or its names changed: reissuing"),
@@ -121,7 +124,21 @@ fn load_or_create_ca(
     domain: &str,
     now: SystemTime,
 ) -> Result<(String, KeyPair), TlsError> {
-    if paths.ca_cert.exists() || paths.ca_key.exists() {
+    if paths.ca_cert.exists() != paths.ca_key.exists() {
+        let (have, missing) = if paths.ca_cert.exists() {
+            (&paths.ca_cert, &paths.ca_key)
+        } else {
+            (&paths.ca_key, &paths.ca_cert)
+        };
+        return Err(TlsError::Corrupt {
+            path: missing.clone(),
+            reason: format!(
+                "is missing but {} exists: restore it, or remove both to create a new CA (browsers must then trust the new one)",
+                have.display()
+            ),
+        });
+    }
+    if paths.ca_cert.exists() {
         let cert = read(&paths.ca_cert)?;
         let key = KeyPair::from_pem(&read(&paths.ca_key)?).map_err(|e| TlsError::Corrupt {
             path: paths.ca_key.clone(),

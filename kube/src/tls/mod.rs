@@ -150,7 +150,7 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+pub(crate) fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
     let corrupt = |reason: String| TlsError::Corrupt {
         path: PathBuf::from("<certificate>"),
         reason,
@@ -165,7 +165,11 @@ fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, Tl
         .key_provider
         .load_private_key(key)
         .map_err(|e| corrupt(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    let ck = CertifiedKey::new(certs, signing);
+    // A key that does not belong to the certificate would fail every handshake silently.
+    ck.keys_match()
+        .map_err(|e| corrupt(format!("the key does not match the certificate: {e}")))?;
+    Ok(Arc::new(ck))
 }
 
 /// What other services get from `tls`: the resolver and what is being served.
