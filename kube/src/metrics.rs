@@ -14,6 +14,7 @@ pub struct Metrics {
     pub http_panics: IntCounter,
     pub apps_published: IntGauge,
     pub cert_not_after: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
     pub dns_queries: IntCounterVec,
     pub dns_rrl: IntCounterVec,
     pub dns_malformed: IntCounterVec,
@@ -65,6 +66,14 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
+        let acme_orders = IntCounterVec::new(
+            Opts::new(
+                "kube_acme_orders_total",
+                "ACME certificate orders, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let dns_queries = IntCounterVec::new(
             Opts::new(
                 "kube_dns_queries_total",
@@ -106,6 +115,7 @@ impl Metrics {
             Box::new(http_panics.clone()),
             Box::new(apps_published.clone()),
             Box::new(cert_not_after.clone()),
+            Box::new(acme_orders.clone()),
             Box::new(dns_queries.clone()),
             Box::new(dns_rrl.clone()),
             Box::new(dns_malformed.clone()),
@@ -123,6 +133,7 @@ impl Metrics {
             http_panics,
             apps_published,
             cert_not_after,
+            acme_orders,
             dns_queries,
             dns_rrl,
             dns_malformed,

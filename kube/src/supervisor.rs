@@ -16,7 +16,7 @@ use crate::dns::{DnsDeps, DnsHandle, DnsService};
 use crate::http::{HttpDeps, HttpService};
 use crate::metrics::Metrics;
 use crate::service::{Board, Context, Running, Service, ServiceStatus};
-use crate::tls::Tls;
+use crate::tls::{Tls, TlsDeps, TlsHandle};
 
 pub fn context(cfg: &Config) -> Context {
     Context {
@@ -59,8 +59,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // Installed before anything starts: a signal during start-up must not kill the
     // process with the default action.
     let mut signals = Signals::new()?;
-    let dns = match start_all(&cfg, &cx, &metrics, &board, &mut running).await {
-        Ok(dns) => dns,
+    let (dns, tls) = match start_all(&cfg, &cx, &metrics, &board, &mut running).await {
+        Ok(handles) => handles,
         Err(e) => {
             stop_all(running, grace).await;
             return Err(e);
@@ -97,7 +97,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     loop {
         match signals.next().await {
             Signal::Stop => break,
-            Signal::Reload => reload(loaded.file.as_deref(), &cfg, dns.as_ref()),
+            Signal::Reload => reload(loaded.file.as_deref(), &cfg, dns.as_ref(), &tls),
         }
     }
     tracing::info!("stopping");
@@ -114,7 +114,7 @@ async fn start_all(
     metrics: &Arc<Metrics>,
     board: &Arc<Board>,
     running: &mut Vec<Box<dyn Running>>,
-) -> anyhow::Result<Option<DnsHandle>> {
+) -> anyhow::Result<(Option<DnsHandle>, TlsHandle)> {
     let apps = Apps::start(cfg.apps.clone(), cx, ())
         .await
         .map_err(|e| anyhow!("{}: {e}", Apps::NAME))?;
@@ -136,7 +136,13 @@ async fn start_all(
         None
     };
 
-    let tls = Tls::start(cfg.tls.clone(), cx, names)
+    let deps = TlsDeps {
+        apps: names,
+        dns: dns.clone(),
+        metrics: metrics.clone(),
+        acme: cfg.acme.clone(),
+    };
+    let tls = Tls::start(cfg.tls.clone(), cx, deps)
         .await
         .map_err(|e| anyhow!("{}: {e}", Tls::NAME))?;
     running.push(tls.running);
@@ -164,7 +170,7 @@ async fn start_all(
         cfg.http.clone(),
         cx,
         HttpDeps {
-            tls,
+            tls: tls.clone(),
             apps,
             metrics: metrics.clone(),
         },
@@ -173,7 +179,9 @@ async fn start_all(
     .map_err(|e| anyhow!("{}: {e}", HttpService::NAME))?;
     running.push(http.running);
     let _ = https.set(http.handle);
-    Ok(dns)
+    // ACME may answer challenges from here on.
+    tls.listeners_ready();
+    Ok((dns, tls))
 }
 
 async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
@@ -220,7 +228,12 @@ impl Signals {
 /// SIGHUP: reads the configuration again. A bad one is refused with its problems and the
 /// running one stays. DNS records apply live; other changed sections are named as needing
 /// a restart until live reload reaches them.
-fn reload(file: Option<&std::path::Path>, running: &Config, dns: Option<&DnsHandle>) {
+fn reload(
+    file: Option<&std::path::Path>,
+    running: &Config,
+    dns: Option<&DnsHandle>,
+    tls: &TlsHandle,
+) {
     let next = match config::load_with(file, std::env::vars(), check) {
         Ok(l) => l.config,
         Err(e) => {
@@ -236,12 +249,21 @@ fn reload(file: Option<&std::path::Path>, running: &Config, dns: Option<&DnsHand
             Err(e) => tracing::error!(error = %e, "dns reload refused; the old zone stays"),
         }
     }
+    // `files` mode: certificate files replaced in place are picked up now.
+    match tls.reload_files() {
+        Ok(true) => tracing::info!("certificate files reloaded"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "certificate files refused; the old certificate stays")
+        }
+    }
     let mut restart = Vec::new();
     let sections = [
         ("domain", next.domain != running.domain),
         ("data_dir", next.data_dir != running.data_dir),
         ("http", next.http != running.http),
         ("tls", next.tls != running.tls),
+        ("acme", next.acme != running.acme),
         ("apps", next.apps != running.apps),
         ("admin", next.admin != running.admin),
         ("metrics", next.metrics != running.metrics),

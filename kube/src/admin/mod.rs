@@ -100,6 +100,8 @@ impl Service for AdminService {
                     .layer(DefaultBodyLimit::disable()),
             )
             .route("/api/apps/{name}/rollback", post(rollback))
+            .route("/api/certs", get(certs))
+            .route("/api/certs/renew", post(renew_certs))
             .route("/api/dns", get(dns_status))
             .route("/api/dns/records", post(dns_add).delete(dns_remove))
             .layer(middleware::from_fn_with_state(shared.clone(), authorize));
@@ -285,6 +287,7 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
             "ca": st.deps.tls.ca_path.as_ref().map(|p| p.display().to_string()),
         },
         "certificates": st.deps.tls.certificates(),
+        "acme": st.deps.tls.acme_status(),
         "dns": st.deps.dns.as_ref().map(|d| d.status()),
         "apps": app_views(&st),
     }))
@@ -382,6 +385,22 @@ async fn name_app_hosts(st: &Shared) {
     }
     if let Err(e) = st.deps.tls.set_app_hosts(names).await {
         tracing::error!(error = %e, "cannot reissue the local certificate for the app hosts");
+    }
+}
+
+async fn certs(State(st): State<Arc<Shared>>) -> Response {
+    Json(json!({
+        "mode": format!("{:?}", st.deps.tls.mode).to_lowercase(),
+        "certificates": st.deps.tls.certificates(),
+        "acme": st.deps.tls.acme_status(),
+    }))
+    .into_response()
+}
+
+async fn renew_certs(State(st): State<Arc<Shared>>) -> Response {
+    match st.deps.tls.renew() {
+        Ok(()) => Json(json!({"renewing": true})).into_response(),
+        Err(why) => error(StatusCode::CONFLICT, "not_renewable", why),
     }
 }
 

@@ -147,3 +147,64 @@ pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn print_certs(s: &Value) {
+    let str_of = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for cert in s["certificates"].as_array().into_iter().flatten() {
+        let names: Vec<String> = cert["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .collect();
+        let not_after = cert["not_after"].as_u64().unwrap_or(0);
+        let left = not_after.saturating_sub(now);
+        let expiry = if left >= 86_400 {
+            format!("{} days", left / 86_400)
+        } else {
+            format!("{left} s")
+        };
+        println!(
+            "  {}  expires in {expiry}  issuer {}",
+            names.join(", "),
+            str_of(&cert["issuer"])
+        );
+    }
+    let acme = &s["acme"];
+    if acme.is_object() {
+        println!(
+            "  acme: {} at {}",
+            str_of(&acme["state"]),
+            str_of(&acme["directory"])
+        );
+        if let Some(e) = acme["last_error"].as_str() {
+            println!("  last error ({} in a row): {e}", acme["failures"]);
+        }
+        if let Some(next) = acme["next_attempt"].as_u64() {
+            println!("  next attempt in {} s", next.saturating_sub(now));
+        }
+    }
+}
+
+pub async fn cert(file: Option<&Path>, command: super::CertCommand) -> anyhow::Result<()> {
+    let c = Client::connect(file)?;
+    match command {
+        super::CertCommand::List => {
+            let s = c
+                .send(c.request(reqwest::Method::GET, "/api/certs"))
+                .await?;
+            println!("{} mode:", s["mode"].as_str().unwrap_or(""));
+            print_certs(&s);
+        }
+        super::CertCommand::Renew => {
+            c.send(c.request(reqwest::Method::POST, "/api/certs/renew"))
+                .await?;
+            println!("renewal started; `kube cert list` shows its progress");
+        }
+    }
+    Ok(())
+}

@@ -60,6 +60,19 @@ pub enum Command {
     },
     /// Print the local CA certificate (PEM), to trust it in a browser or OS.
     Trust,
+    /// Certificates: what is served, and renewal.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Names, issuer, expiry, and ACME's state (last error, next attempt).
+    List,
+    /// Ask for a new certificate now.
+    Renew,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +113,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => Ok(local::config_check(cli.config.as_deref())),
         Command::Trust => local::trust(cli.config.as_deref()).map(|_| 0),
         Command::Status { json } => client::status(cli.config.as_deref(), json).await.map(|_| 0),
+        Command::Cert { command } => client::cert(cli.config.as_deref(), command)
+            .await
+            .map(|_| 0),
         Command::App { command } => app::run(cli.config.as_deref(), command).await.map(|_| 0),
     }
 }

@@ -50,6 +50,7 @@ pub struct HttpsHandle {
 }
 
 struct Shared {
+    challenges: Arc<crate::tls::challenges::Challenges>,
     domain: String,
     port_suffix: String,
     hsts: bool,
@@ -97,6 +98,7 @@ impl Service for HttpService {
             Hsts::Auto => !config::is_local_domain(&cx.domain),
         };
         let shared = Arc::new(Shared {
+            challenges: deps.tls.challenges.clone(),
             domain: cx.domain.to_ascii_lowercase(),
             port_suffix: port_suffix.clone(),
             hsts,
@@ -247,6 +249,12 @@ async fn accept_loop(
                                 return;
                             }
                         };
+                    // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
+                    if stream.get_ref().1.alpn_protocol()
+                        == Some(crate::tls::challenges::ACME_TLS_ALPN)
+                    {
+                        return;
+                    }
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -357,8 +365,26 @@ fn apex(st: &Shared, req: &Request) -> Response {
     r
 }
 
-/// Plain HTTP: every request is sent to the same host and path over HTTPS.
+/// Plain HTTP: ACME HTTP-01 answers (RFC 8555 §8.3); every other request is sent to the same
+/// host and path over HTTPS.
 async fn handle_redirect(State(st): State<Arc<Shared>>, req: Request) -> Response {
+    if let Some(token) = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")
+    {
+        return match st.challenges.http01(token) {
+            Some(key_authorization) => {
+                let mut r = Response::new(Body::from(key_authorization));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            None => apps::text(StatusCode::NOT_FOUND, "no such challenge\n"),
+        };
+    }
     let host = request_host(&req);
     let name = match host::route(&host, &st.domain) {
         host::Site::Unknown => st.domain.clone(),

@@ -1,0 +1,315 @@
+//! What keeps certificates fresh while KUBE runs: the local leaf's periodic check, the
+//! `files` watcher, and the ACME loop (renew when due, back off on failure, keep serving
+//! the last good certificate, fall back to the second directory).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::TlsHandle;
+use super::acme::{self, plan};
+use crate::metrics::Metrics;
+use crate::service::Running;
+
+/// How often a running KUBE checks whether its local certificate is due.
+const LOCAL_CHECK: Duration = Duration::from_secs(6 * 3600);
+/// How often `files` mode looks at the files' modification times.
+const FILES_CHECK: Duration = Duration::from_secs(2);
+
+/// A background task with a stop switch.
+pub struct Task {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running for Task {
+    fn name(&self) -> &'static str {
+        "tls"
+    }
+    fn bound(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        Vec::new()
+    }
+    fn stop(
+        self: Box<Self>,
+        _deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.cancel.cancel();
+            let _ = self.task.await;
+        })
+    }
+}
+
+fn every(
+    period: Duration,
+    handle: TlsHandle,
+    what: &'static str,
+    check: fn(&TlsHandle) -> Result<(), super::TlsError>,
+) -> Task {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let h = handle.clone();
+            match tokio::task::spawn_blocking(move || check(&h)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "{what} failed; serving the last good certificate")
+                }
+                Err(e) => tracing::error!(error = %e, "{what} task failed"),
+            }
+        }
+    });
+    Task { cancel, task }
+}
+
+/// The local leaf is reissued while KUBE runs (a laptop KUBE may run for months).
+pub fn local(handle: TlsHandle) -> Task {
+    every(LOCAL_CHECK, handle, "local certificate renewal", |h| {
+        h.refresh_local(None)
+    })
+}
+
+/// `files` mode: a replaced pair of files is served from the next handshake.
+pub fn files(handle: TlsHandle) -> Task {
+    every(FILES_CHECK, handle, "certificate file reload", |h| {
+        h.reload_files().map(|_| ())
+    })
+}
+
+/// ACME's state as operators see it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AcmeStatus {
+    /// `waiting` (no certificate yet), `valid`, `ordering`, `failing`.
+    pub state: &'static str,
+    pub directory: String,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Unix seconds of the next renewal or retry.
+    pub next_attempt: Option<u64>,
+    pub last_success: Option<u64>,
+}
+
+/// What the ACME loop shares with the handle.
+#[derive(Debug)]
+pub struct AcmeShared {
+    status: RwLock<AcmeStatus>,
+    wake: Notify,
+    force: AtomicBool,
+    apps: Mutex<Vec<String>>,
+    ready: watch::Sender<bool>,
+}
+
+impl AcmeShared {
+    pub fn new(directory: &str, apps: Vec<String>, have_certificate: bool) -> Arc<AcmeShared> {
+        Arc::new(AcmeShared {
+            status: RwLock::new(AcmeStatus {
+                state: if have_certificate { "valid" } else { "waiting" },
+                directory: directory.to_owned(),
+                ..AcmeStatus::default()
+            }),
+            wake: Notify::new(),
+            force: AtomicBool::new(false),
+            apps: Mutex::new(apps),
+            ready: watch::channel(false).0,
+        })
+    }
+
+    pub fn status(&self) -> AcmeStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut AcmeStatus)) {
+        f(&mut self.status.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn set_apps(&self, apps: Vec<String>) {
+        *self.apps.lock().unwrap_or_else(|p| p.into_inner()) = apps;
+        self.wake.notify_one();
+    }
+
+    pub fn force(&self) {
+        self.force.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub fn listeners_ready(&self) {
+        self.ready.send_replace(true);
+    }
+}
+
+pub fn acme(
+    handle: TlsHandle,
+    shared: Arc<AcmeShared>,
+    ctx: acme::Ctx,
+    domain: String,
+    metrics: Arc<Metrics>,
+) -> Task {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = acme_loop(handle, shared, ctx, domain, metrics) => {}
+        }
+    });
+    Task { cancel, task }
+}
+
+async fn acme_loop(
+    handle: TlsHandle,
+    shared: Arc<AcmeShared>,
+    ctx: acme::Ctx,
+    domain: String,
+    metrics: Arc<Metrics>,
+) {
+    // Challenges are answered by the HTTP and HTTPS listeners: wait for them.
+    let mut ready = shared.ready.subscribe();
+    while !*ready.borrow_and_update() {
+        if ready.changed().await.is_err() {
+            return;
+        }
+    }
+    let mut failures: u32 = 0;
+    let mut retry_at = SystemTime::now();
+    let mut checked_ari = false;
+    loop {
+        let apps = shared
+            .apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let dns01 = plan::dns01_possible(&ctx.section.challenges, ctx.dns.is_some());
+        let names = plan::names(&domain, dns01, &apps);
+        let stored = acme::load(&ctx.paths, &names);
+        let now = SystemTime::now();
+        let forced = shared.force.swap(false, Ordering::SeqCst);
+        if let Some((chain, _, _, meta)) = &stored
+            && !checked_ari
+        {
+            // Once per run: the directory may want this certificate renewed early.
+            checked_ari = true;
+            if let Some(w) = acme::renewal_window(&ctx, &meta.directory, chain).await {
+                let mut m = meta.clone();
+                m.ari_window = Some(w);
+                if let Err(e) = acme::save_meta(&ctx.paths, &m) {
+                    tracing::warn!(error = %e, "cannot store the renewal window");
+                }
+                continue;
+            }
+        }
+        let due = match (&stored, forced) {
+            (Some((_, _, info, meta)), false) => {
+                let ari = meta
+                    .ari_window
+                    .map(|(a, b)| (acme::from_unix(a), acme::from_unix(b)));
+                plan::renew_at(info.not_before, info.not_after, ari, rand::random::<f64>())
+            }
+            _ => now,
+        };
+        let at = if failures > 0 && !forced {
+            retry_at.max(now)
+        } else {
+            due
+        };
+        if at > now {
+            shared.update(|s| s.next_attempt = Some(acme::unix(at)));
+            tokio::select! {
+                _ = tokio::time::sleep(at.duration_since(now).unwrap_or_default()) => {}
+                _ = shared.wake.notified() => {}
+            }
+            continue;
+        }
+        let directory = plan::directory(
+            &ctx.section.directory,
+            ctx.section.fallback_directory.as_deref(),
+            failures,
+        )
+        .to_owned();
+        shared.update(|s| {
+            s.state = "ordering";
+            s.directory = directory.clone();
+        });
+        let started = std::time::Instant::now();
+        match acme::issue(&ctx, &directory, &names).await {
+            Ok((chain, key)) => {
+                let ari_window = acme::renewal_window(&ctx, &directory, &chain).await;
+                let meta = acme::Meta {
+                    names: names.clone(),
+                    directory: directory.clone(),
+                    ari_window,
+                };
+                let stored = acme::save(&ctx.paths, &chain, &key, &meta);
+                let installed = handle.install(&chain, &key);
+                match (stored, installed) {
+                    (Ok(()), Ok(())) => {
+                        failures = 0;
+                        metrics.acme_orders.with_label_values(&["success"]).inc();
+                        tracing::info!(names = ?names, %directory, took_ms = started.elapsed().as_millis() as u64, "certificate issued and swapped in");
+                        shared.update(|s| {
+                            s.state = "valid";
+                            s.failures = 0;
+                            s.last_error = None;
+                            s.last_success = Some(acme::unix(SystemTime::now()));
+                        });
+                        continue;
+                    }
+                    (Err(e), _) => fail(
+                        &shared,
+                        &metrics,
+                        &mut failures,
+                        &mut retry_at,
+                        e.to_string(),
+                    ),
+                    (_, Err(e)) => fail(
+                        &shared,
+                        &metrics,
+                        &mut failures,
+                        &mut retry_at,
+                        e.to_string(),
+                    ),
+                }
+            }
+            Err(e) => fail(
+                &shared,
+                &metrics,
+                &mut failures,
+                &mut retry_at,
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+fn fail(
+    shared: &AcmeShared,
+    metrics: &Metrics,
+    failures: &mut u32,
+    retry_at: &mut SystemTime,
+    error: String,
+) {
+    *failures += 1;
+    let wait = plan::backoff(*failures, rand::random::<f64>());
+    *retry_at = SystemTime::now() + wait;
+    metrics.acme_orders.with_label_values(&["failure"]).inc();
+    tracing::warn!(error = %error, failures = *failures, retry_in_secs = wait.as_secs(), "certificate order failed; serving the last good certificate");
+    let n = *failures;
+    let next = acme::unix(*retry_at);
+    shared.update(|s| {
+        s.state = "failing";
+        s.failures = n;
+        s.last_error = Some(error);
+        s.next_attempt = Some(next);
+    });
+}
