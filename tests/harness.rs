@@ -2,6 +2,8 @@
 //! its ready line with a deadline, gives real clients for it, and kills it on drop (printing
 //! its log when the test failed).
 
+pub mod pebble;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

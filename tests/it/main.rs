@@ -1,5 +1,6 @@
 //! One integration test binary: the real `kube`, a fresh data dir each, real clients.
 
+mod acme;
 mod admin;
 mod apps;
 mod bundles;

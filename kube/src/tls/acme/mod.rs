@@ -438,3 +438,6 @@ pub fn unix(t: SystemTime) -> u64 {
 pub fn from_unix(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
 }
+
+#[cfg(test)]
+mod tests;
