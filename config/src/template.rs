@@ -37,8 +37,7 @@ http:
 
 tls:
   # local (KUBE's own CA), acme, or files. null: local for localhost, acme otherwise.
-  # This version does not have ACME yet, so a public domain starts on the local CA.
-  mode: {tls_mode}
+  mode: null
   # files mode: PEM certificate chain and private key.
   cert_file: null
   key_file: null
@@ -135,6 +134,5 @@ log:
         https = pick("127.0.0.1:8443", "0.0.0.0:443"),
         dns = pick("127.0.0.1:5353", "0.0.0.0:53"),
         turn = pick("127.0.0.1:3478", "0.0.0.0:3478"),
-        tls_mode = pick("null", "local"),
     )
 }
