@@ -3,6 +3,7 @@
 //! through (persisted in `<data_dir>/dns/records.json`) and the socket drivers.
 
 pub mod answer;
+pub mod cache;
 pub mod records;
 pub mod rrl;
 pub mod zone;
@@ -61,10 +62,17 @@ struct State {
     stored: Stored,
 }
 
+/// The zone being served and the answers remembered for it.
+#[derive(Debug)]
+pub struct Served {
+    pub zone: Arc<Zone>,
+    pub cache: cache::Cache<prometheus::IntCounter>,
+}
+
 /// Changes the zone while KUBE runs; every change is on disk before it returns.
 #[derive(Clone, Debug)]
 pub struct DnsHandle {
-    zone: Arc<RwLock<Arc<Zone>>>,
+    served: Arc<RwLock<Arc<Served>>>,
     state: Arc<Mutex<State>>,
     path: PathBuf,
     metrics: Arc<Metrics>,
@@ -81,7 +89,14 @@ pub struct DnsStatus {
 
 impl DnsHandle {
     pub fn zone(&self) -> Arc<Zone> {
-        self.zone.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.served().zone.clone()
+    }
+
+    pub fn served(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn status(&self) -> DnsStatus {
@@ -201,7 +216,11 @@ impl DnsHandle {
     fn publish(&self, zone: Zone) {
         self.metrics.dns_zone_serial.set(i64::from(zone.serial()));
         self.metrics.dns_records.set(zone.record_count() as i64);
-        *self.zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+        let served = Served {
+            zone: Arc::new(zone),
+            cache: cache::Cache::default(),
+        };
+        *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
     }
 }
 
@@ -325,14 +344,18 @@ impl Service for DnsService {
             apps: deps.apps,
             stored: stored.clone(),
         };
+        let first = Zone::build(&ZoneInput {
+            domain: &cx.domain,
+            section: &section,
+            apps: &[],
+            runtime: &[],
+            serial: 1,
+        })?;
         let handle = DnsHandle {
-            zone: Arc::new(RwLock::new(Arc::new(Zone::build(&ZoneInput {
-                domain: &cx.domain,
-                section: &section,
-                apps: &[],
-                runtime: &[],
-                serial: 1,
-            })?))),
+            served: Arc::new(RwLock::new(Arc::new(Served {
+                zone: Arc::new(first),
+                cache: cache::Cache::default(),
+            }))),
             state: Arc::new(Mutex::new(State {
                 domain: String::new(),
                 section: section.clone(),
@@ -441,12 +464,53 @@ impl Running for RunningDns {
     }
 }
 
-fn count(metrics: &Metrics, a: &answer::Answer) {
+/// The counter an answer counts under.
+fn counter(metrics: &Metrics, a: &answer::Answer) -> prometheus::IntCounter {
     let qtype = a.qtype.map(qtype_label).unwrap_or("none");
     metrics
         .dns_queries
         .with_label_values(&[qtype, rcode_label(a.rcode())])
-        .inc();
+}
+
+/// Answers one packet: a remembered answer when the query is plain and was seen before,
+/// else the full path (remembering its answer when the query is plain). Returns the answer
+/// and its truncated form (for RRL's slip), or None for a packet to drop.
+fn respond(
+    dns: &DnsHandle,
+    packet: &[u8],
+    transport: Transport,
+    max_udp: u16,
+) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let served = dns.served();
+    let plain = cache::plain(packet, transport, max_udp);
+    if let Some(p) = &plain
+        && let Some(hit) = served.cache.get(&p.key)
+    {
+        hit.counter.inc();
+        return Some((hit.answer(p, false), Some(hit.answer(p, true))));
+    }
+    let a = match answer::answer(&served.zone, packet, transport, max_udp) {
+        Ok(a) => a,
+        Err(Dropped::Malformed) | Err(Dropped::NotAQuery) => {
+            let t = if transport == Transport::Udp {
+                "udp"
+            } else {
+                "tcp"
+            };
+            dns.metrics.dns_malformed.with_label_values(&[t]).inc();
+            return None;
+        }
+    };
+    let c = counter(&dns.metrics, &a);
+    c.inc();
+    let full = a.encode()?;
+    let truncated = a.encode_truncated();
+    if let (Some(p), Some(t)) = (plain, &truncated) {
+        served
+            .cache
+            .insert(p.key, cache::Entry::new(full.clone(), t.clone(), c));
+    }
+    Some((full, truncated))
 }
 
 /// Query types as metric labels: the common ones by name, the rest as `other` (bounded).
@@ -503,15 +567,9 @@ async fn serve_udp(
                 }
             },
         };
-        let zone = dns.zone();
-        let a = match answer::answer(&zone, &buf[..n], Transport::Udp, max_udp) {
-            Ok(a) => a,
-            Err(Dropped::Malformed) | Err(Dropped::NotAQuery) => {
-                dns.metrics.dns_malformed.with_label_values(&["udp"]).inc();
-                continue;
-            }
+        let Some((full, truncated)) = respond(&dns, &buf[..n], Transport::Udp, max_udp) else {
+            continue;
         };
-        count(&dns.metrics, &a);
         let verdict = match &rrl {
             Some(r) => r
                 .lock()
@@ -520,10 +578,10 @@ async fn serve_udp(
             None => Verdict::Send,
         };
         let bytes = match verdict {
-            Verdict::Send => a.encode(),
+            Verdict::Send => Some(full),
             Verdict::Slip => {
                 dns.metrics.dns_rrl.with_label_values(&["slipped"]).inc();
-                a.encode_truncated()
+                truncated
             }
             Verdict::Drop => {
                 dns.metrics.dns_rrl.with_label_values(&["dropped"]).inc();
@@ -610,16 +668,7 @@ async fn tcp_connection(
             }
             Err(_) => return Ok(()),
         }
-        let zone = dns.zone();
-        let a = match answer::answer(&zone, &buf, Transport::Tcp, max_udp) {
-            Ok(a) => a,
-            Err(_) => {
-                dns.metrics.dns_malformed.with_label_values(&["tcp"]).inc();
-                return Ok(());
-            }
-        };
-        count(&dns.metrics, &a);
-        let Some(bytes) = a.encode() else {
+        let Some((bytes, _)) = respond(dns, &buf, Transport::Tcp, max_udp) else {
             return Ok(());
         };
         let mut out = Vec::with_capacity(bytes.len() + 2);
