@@ -260,8 +260,27 @@ fn challenge_type(c: Challenge) -> ChallengeType {
     }
 }
 
-/// Orders a certificate for `names` from `directory`; returns (chain PEM, key PEM).
+/// Orders a certificate for `names` from `directory`; returns (chain PEM, key PEM). A run
+/// of rejected nonces (RFC 8555 §6.5; Pebble rejects a share on purpose) outlasts
+/// instant-acme's own retries now and then: the order is tried again at once.
 pub async fn issue(
+    ctx: &Ctx,
+    directory: &str,
+    names: &[String],
+) -> Result<(String, String), AcmeError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match issue_once(ctx, directory, names).await {
+            Err(e) if attempts < 3 && e.to_string().contains("badNonce") => {
+                tracing::debug!(error = %e, "nonce rejected again; ordering once more");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn issue_once(
     ctx: &Ctx,
     directory: &str,
     names: &[String],
