@@ -381,3 +381,20 @@ async fn files_mode_serves_replaced_files() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[test]
+fn an_unwritable_certificate_store_fails_the_start_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Where the ACME state goes, a file stands: nothing can be written there.
+    std::fs::create_dir_all(data.join("tls")).unwrap();
+    std::fs::write(data.join("tls/acme"), b"not a directory").unwrap();
+    let err = Kube::start_with(Opts {
+        config: Some("domain: kube.test\ntls:\n  mode: acme\n".into()),
+        data_dir: Some(data),
+        ..Default::default()
+    })
+    .err()
+    .expect("an unwritable store must stop the start");
+    assert!(err.contains("not writable"), "{err}");
+}
