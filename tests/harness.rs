@@ -360,3 +360,46 @@ pub fn raw_targz(entries: &[RawEntry]) -> Vec<u8> {
     std::io::Write::write_all(&mut gz, &out).expect("gzip");
     gz.finish().expect("gzip")
 }
+
+/// A WebSocket over TLS to `addr`, for `host` (SNI and Host), trusting only the roots in
+/// `root_pem`, with an `Origin` header.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+pub async fn ws_connect(
+    addr: SocketAddr,
+    host: &str,
+    root_pem: &[u8],
+    path: &str,
+    origin: &str,
+) -> Ws {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(c.expect("PEM")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    let mut req = format!("wss://{host}:{}{path}", addr.port())
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("origin", origin.parse().expect("origin"));
+    let (ws, _) = tokio_tungstenite::client_async(req, tls)
+        .await
+        .expect("WebSocket");
+    ws
+}

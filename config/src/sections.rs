@@ -228,10 +228,48 @@ impl Default for Rrl {
     }
 }
 
-/// `signal`: WebRTC signaling over WebSocket. Its keys arrive with the service.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// `signal`: WebRTC signaling over WebSocket at `/.well-known/kube/signal`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Signal {}
+pub struct Signal {
+    /// Serve signaling at all.
+    pub enabled: bool,
+    /// Largest message in bytes; a larger one is refused (far larger ones close the socket).
+    pub max_message_bytes: usize,
+    /// Messages per second one connection may send (with a burst of the same size).
+    pub messages_per_second: u32,
+    /// Swarms one peer may be in.
+    pub max_swarms_per_peer: usize,
+    /// Peers one swarm may hold.
+    pub max_peers_per_swarm: usize,
+    /// WebSocket connections at once.
+    pub max_connections: usize,
+    /// Seconds a new connection has to authenticate.
+    pub auth_timeout_secs: u64,
+    /// Seconds between pings; a peer that does not answer within `ping_timeout_secs` more
+    /// is disconnected and its swarms hear `peer-left`.
+    pub ping_interval_secs: u64,
+    pub ping_timeout_secs: u64,
+    /// Refused messages a connection may send before it is closed.
+    pub strikes: u32,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal {
+            enabled: true,
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            max_swarms_per_peer: 32,
+            max_peers_per_swarm: 256,
+            max_connections: 10_000,
+            auth_timeout_secs: 10,
+            ping_interval_secs: 15,
+            ping_timeout_secs: 10,
+            strikes: 10,
+        }
+    }
+}
 
 /// `turn`: STUN/TURN for NAT traversal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

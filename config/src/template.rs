@@ -95,8 +95,22 @@ dns:
   tcp_idle_timeout_secs: 10
   tcp_max_queries: 100
 
-# WebRTC signaling over WebSocket; its keys arrive with the service.
-signal: {{}}
+signal:
+  # WebRTC signaling over WebSocket at wss://<domain>/.well-known/kube/signal.
+  enabled: true
+  # Largest message in bytes; messages per second per connection.
+  max_message_bytes: 65536
+  messages_per_second: 50
+  # Swarms per peer, peers per swarm, WebSocket connections at once.
+  max_swarms_per_peer: 32
+  max_peers_per_swarm: 256
+  max_connections: 10000
+  # Seconds to authenticate; ping interval and how long a ping may go unanswered.
+  auth_timeout_secs: 10
+  ping_interval_secs: 15
+  ping_timeout_secs: 10
+  # Refused messages before a connection is closed.
+  strikes: 10
 
 turn:
   # UDP and TCP address of STUN/TURN.

@@ -9,6 +9,7 @@ mod dns;
 mod http;
 mod metrics;
 mod service;
+mod signaling;
 mod supervisor;
 mod tls;
 

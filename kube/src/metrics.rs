@@ -15,6 +15,11 @@ pub struct Metrics {
     pub apps_published: IntGauge,
     pub cert_not_after: IntGaugeVec,
     pub acme_orders: IntCounterVec,
+    pub signal_messages: IntCounterVec,
+    pub signal_errors: IntCounterVec,
+    pub signal_connections: IntGauge,
+    pub signal_peers: IntGauge,
+    pub signal_swarms: IntGauge,
     pub dns_queries: IntCounterVec,
     pub dns_rrl: IntCounterVec,
     pub dns_malformed: IntCounterVec,
@@ -74,6 +79,31 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let signal_messages = IntCounterVec::new(
+            Opts::new(
+                "kube_signal_messages_total",
+                "Signaling messages, by direction and type.",
+            ),
+            &["direction", "type"],
+        )
+        .expect("valid metric");
+        let signal_errors = IntCounterVec::new(
+            Opts::new(
+                "kube_signal_errors_total",
+                "Signaling error replies, by code.",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let signal_connections = IntGauge::new(
+            "kube_signal_connections",
+            "Open signaling WebSocket connections.",
+        )
+        .expect("valid metric");
+        let signal_peers = IntGauge::new("kube_signal_peers", "Authenticated signaling peers.")
+            .expect("valid metric");
+        let signal_swarms = IntGauge::new("kube_signal_swarms", "Swarms with at least one peer.")
+            .expect("valid metric");
         let dns_queries = IntCounterVec::new(
             Opts::new(
                 "kube_dns_queries_total",
@@ -116,6 +146,11 @@ impl Metrics {
             Box::new(apps_published.clone()),
             Box::new(cert_not_after.clone()),
             Box::new(acme_orders.clone()),
+            Box::new(signal_messages.clone()),
+            Box::new(signal_errors.clone()),
+            Box::new(signal_connections.clone()),
+            Box::new(signal_peers.clone()),
+            Box::new(signal_swarms.clone()),
             Box::new(dns_queries.clone()),
             Box::new(dns_rrl.clone()),
             Box::new(dns_malformed.clone()),
@@ -134,6 +169,11 @@ impl Metrics {
             apps_published,
             cert_not_after,
             acme_orders,
+            signal_messages,
+            signal_errors,
+            signal_connections,
+            signal_peers,
+            signal_swarms,
             dns_queries,
             dns_rrl,
             dns_malformed,

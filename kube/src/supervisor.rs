@@ -16,6 +16,7 @@ use crate::dns::{DnsDeps, DnsHandle, DnsService};
 use crate::http::{HttpDeps, HttpService};
 use crate::metrics::Metrics;
 use crate::service::{Board, Context, Running, Service, ServiceStatus};
+use crate::signaling::{SignalDeps, SignalService};
 use crate::tls::{Tls, TlsDeps, TlsHandle};
 
 pub fn context(cfg: &Config) -> Context {
@@ -34,6 +35,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     p.extend(DnsService::check(&cfg.dns, &cx));
     p.extend(AdminService::check(&cfg.admin, &cx));
     p.extend(HttpService::check(&cfg.http, &cx));
+    p.extend(SignalService::check(&cfg.signal, &cx));
     if !cfg.processes.is_empty() {
         p.push(Problem::new(
             "processes",
@@ -148,6 +150,18 @@ async fn start_all(
     running.push(tls.running);
     let tls = tls.handle;
 
+    let signal = SignalService::start(
+        cfg.signal.clone(),
+        cx,
+        SignalDeps {
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{}: {e}", SignalService::NAME))?;
+    running.push(signal.running);
+    let signal = signal.handle;
+
     let https = Arc::new(OnceLock::new());
     let admin = AdminService::start(
         cfg.admin.clone(),
@@ -171,6 +185,7 @@ async fn start_all(
         cx,
         HttpDeps {
             tls: tls.clone(),
+            signal,
             apps,
             metrics: metrics.clone(),
         },

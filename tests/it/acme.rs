@@ -255,12 +255,34 @@ async fn renewal_is_swapped_in_under_an_open_connection() {
     let port = s.kube.https.port();
     let (mut old, old_cert) = h2(s.kube.https, "kube.test", &root).await;
     assert_eq!(get(&mut old, "kube.test", port).await, 200);
+    // A WebSocket (signaling) opened before the swap, too.
+    let mut ws = tests::ws_connect(
+        s.kube.https,
+        "kube.test",
+        &root,
+        "/.well-known/kube/signal",
+        "",
+    )
+    .await;
+    let challenge = next_text(&mut ws).await;
+    assert!(challenge.contains("challenge"), "{challenge}");
     let second = issued(&s.kube, "kube.test", Some(&first)).await;
     assert_ne!(first, second);
     assert_eq!(
         get(&mut old, "kube.test", port).await,
         200,
         "the open HTTP/2 connection stays up"
+    );
+    // The WebSocket still carries messages both ways after the swap.
+    use futures_util::SinkExt;
+    let ask = r#"{"v":1,"type":"ice-servers"}"#;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(ask.into()))
+        .await
+        .expect("the WebSocket stays open");
+    let reply = next_text(&mut ws).await;
+    assert!(
+        reply.contains("unauthenticated"),
+        "answered over the old connection: {reply}"
     );
     let (mut new, new_cert) = h2(s.kube.https, "kube.test", &root).await;
     assert_ne!(
@@ -397,4 +419,18 @@ fn an_unwritable_certificate_store_fails_the_start_clearly() {
     .err()
     .expect("an unwritable store must stop the start");
     assert!(err.contains("not writable"), "{err}");
+}
+
+async fn next_text(ws: &mut tests::Ws) -> String {
+    use futures_util::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            return t.to_string();
+        }
+    }
 }

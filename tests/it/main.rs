@@ -7,3 +7,4 @@ mod bundles;
 mod config;
 mod dns;
 mod lifecycle;
+mod signal;

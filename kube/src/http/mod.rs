@@ -39,6 +39,8 @@ pub enum HttpError {
 /// Handles the `http` service needs.
 pub struct HttpDeps {
     pub tls: TlsHandle,
+    /// Signaling, served at `/.well-known/kube/signal` when enabled.
+    pub signal: Option<crate::signaling::SignalHandle>,
     pub apps: AppsHandle,
     pub metrics: Arc<Metrics>,
 }
@@ -105,9 +107,21 @@ impl Service for HttpService {
             apps: deps.apps,
             metrics: deps.metrics,
         });
-        let router = Router::new()
-            .fallback(handle_https)
-            .with_state(shared.clone());
+        let mut router = Router::new();
+        if let Some(signal) = deps.signal {
+            router = router.route(
+                "/.well-known/kube/signal",
+                axum::routing::get(move |ws: axum::extract::ws::WebSocketUpgrade, headers: http::HeaderMap| async move {
+                    let origin = headers
+                        .get(header::ORIGIN)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    signal.upgrade(ws, origin)
+                }),
+            );
+        }
+        let router = router.fallback(handle_https).with_state(shared.clone());
         let redirect = Router::new().fallback(handle_redirect).with_state(shared);
 
         let cancel = CancellationToken::new();
