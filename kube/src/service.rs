@@ -120,3 +120,60 @@ impl Board {
             .clone()
     }
 }
+
+/// The running part of most services: background tasks with one stop switch, and the
+/// addresses they listen on. `stop` cancels, waits until the deadline, then aborts.
+pub struct Tasks {
+    name: &'static str,
+    bound: Vec<(&'static str, SocketAddr)>,
+    cancel: tokio_util::sync::CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Tasks {
+    pub fn new(name: &'static str, cancel: tokio_util::sync::CancellationToken) -> Tasks {
+        Tasks {
+            name,
+            bound: Vec::new(),
+            cancel,
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    pub fn listening(mut self, label: &'static str, addr: SocketAddr) -> Tasks {
+        self.bound.push((label, addr));
+        self
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+}
+
+impl Running for Tasks {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.bound.clone()
+    }
+    fn stop(self: Box<Self>, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let Tasks {
+                name,
+                cancel,
+                mut tasks,
+                ..
+            } = *self;
+            cancel.cancel();
+            let all = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
+                tracing::warn!(
+                    service = name,
+                    "still busy at the shutdown deadline: aborting"
+                );
+                tasks.abort_all();
+            }
+        })
+    }
+}

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::service::{Context, Running, Service, StartError, Started};
+use crate::service::{Context, Service, StartError, Started, Tasks};
 
 /// What the hub task hears.
 enum Event {
@@ -185,7 +185,8 @@ impl Service for SignalService {
         let hub = Hub::new(limits, None);
         let (events, rx) = mpsc::channel(4096);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_hub(hub, rx, deps.metrics, cancel.clone()));
+        let mut tasks = Tasks::new("signal", cancel.clone());
+        tasks.spawn(run_hub(hub, rx, deps.metrics, cancel));
         Ok(Started {
             handle: Some(SignalHandle {
                 events,
@@ -194,30 +195,7 @@ impl Service for SignalService {
                 ping_interval: Duration::from_secs(s.ping_interval_secs),
                 ping_timeout: Duration::from_secs(s.ping_timeout_secs),
             }),
-            running: Box::new(RunningSignal { cancel, task }),
-        })
-    }
-}
-
-struct RunningSignal {
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running for RunningSignal {
-    fn name(&self) -> &'static str {
-        "signal"
-    }
-    fn bound(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
-        Vec::new()
-    }
-    fn stop(
-        self: Box<Self>,
-        _deadline: Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            self.cancel.cancel();
-            let _ = self.task.await;
+            running: Box::new(tasks),
         })
     }
 }

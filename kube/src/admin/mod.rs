@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -26,7 +26,7 @@ use crate::apps::{self, AppsHandle, StoreError, bundle::BundleError};
 use crate::dns::{DnsHandle, records::RecordSpec};
 use crate::http::HttpsHandle;
 use crate::metrics::Metrics;
-use crate::service::{Board, Context, Running, Service, StartError, Started};
+use crate::service::{Board, Context, Service, StartError, Started, Tasks};
 use crate::tls::TlsHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,8 @@ impl Service for AdminService {
             .with_state(shared);
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
-        let task = tokio::spawn(async move {
+        let mut tasks = Tasks::new("admin", cancel).listening("admin", addr);
+        tasks.spawn(async move {
             let serve =
                 axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
@@ -123,37 +124,7 @@ impl Service for AdminService {
         tracing::info!(%addr, "admin listening");
         Ok(Started {
             handle: (),
-            running: Box::new(RunningAdmin { addr, cancel, task }),
-        })
-    }
-}
-
-struct RunningAdmin {
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running for RunningAdmin {
-    fn name(&self) -> &'static str {
-        "admin"
-    }
-    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
-        vec![("admin", self.addr)]
-    }
-    fn stop(
-        self: Box<Self>,
-        deadline: Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            self.cancel.cancel();
-            let mut task = self.task;
-            if tokio::time::timeout_at(deadline.into(), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
+            running: Box::new(tasks),
         })
     }
 }
@@ -424,8 +395,17 @@ async fn dns_add(State(st): State<Arc<Shared>>, Json(spec): Json<RecordSpec>) ->
     let Some(dns) = st.deps.dns.clone() else {
         return dns_disabled();
     };
-    match tokio::task::spawn_blocking(move || dns.add(spec)).await {
-        Ok(Ok(())) => Json(json!({"added": true})).into_response(),
+    let r = tokio::task::spawn_blocking(move || dns.add(spec)).await;
+    dns_answer(r, |()| json!({"added": true}))
+}
+
+/// The one mapping from a DNS change's outcome to an answer.
+fn dns_answer<T>(
+    r: Result<Result<T, crate::dns::DnsError>, tokio::task::JoinError>,
+    ok: impl FnOnce(T) -> serde_json::Value,
+) -> Response {
+    match r {
+        Ok(Ok(v)) => Json(ok(v)).into_response(),
         Ok(Err(e @ crate::dns::DnsError::Record(_))) => {
             error(StatusCode::BAD_REQUEST, "bad_record", e)
         }
@@ -452,20 +432,9 @@ async fn dns_remove(State(st): State<Arc<Shared>>, Json(r): Json<RemoveRecord>) 
     let Some(dns) = st.deps.dns.clone() else {
         return dns_disabled();
     };
-    match tokio::task::spawn_blocking(move || dns.remove(&r.name, &r.kind, r.value.as_deref()))
-        .await
-    {
-        Ok(Ok(n)) => Json(json!({"removed": n})).into_response(),
-        Ok(Err(e @ crate::dns::DnsError::Record(_))) => {
-            error(StatusCode::BAD_REQUEST, "bad_record", e)
-        }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "dns", e),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "dns task failed",
-        ),
-    }
+    let r =
+        tokio::task::spawn_blocking(move || dns.remove(&r.name, &r.kind, r.value.as_deref())).await;
+    dns_answer(r, |n| json!({"removed": n}))
 }
 
 /// Removes an upload's staging dir when the request ends, however it ends.

@@ -101,25 +101,7 @@ pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
         );
     }
     println!("\ncertificates ({} mode):", str_of(&s["tls"]["mode"]));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    for cert in s["certificates"].as_array().into_iter().flatten() {
-        let names: Vec<String> = cert["names"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(str_of)
-            .collect();
-        let not_after = cert["not_after"].as_u64().unwrap_or(0);
-        let days = (not_after.saturating_sub(now)) / 86_400;
-        println!(
-            "  {}  expires in {days} days  issuer {}",
-            names.join(", "),
-            str_of(&cert["issuer"])
-        );
-    }
+    print_certs(&s);
     if let Some(dns) = s.get("dns").filter(|d| !d.is_null()) {
         println!(
             "\ndns: zone {} serial {}, {} records ({} added at run time)",

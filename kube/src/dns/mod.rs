@@ -27,7 +27,7 @@ use self::rrl::{Rrl, Verdict};
 use self::zone::{Zone, ZoneInput};
 use crate::datadir;
 use crate::metrics::Metrics;
-use crate::service::{Context, Running, Service, StartError, Started};
+use crate::service::{Context, Service, StartError, Started, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -375,7 +375,7 @@ impl Service for DnsService {
             .rrl
             .enabled
             .then(|| Arc::new(Mutex::new(Rrl::new(&section.rrl))));
-        let mut tasks = JoinSet::new();
+        let mut tasks = Tasks::new("dns", cancel.clone()).listening("dns", addr);
         // Two receivers on one socket keep both cores busy under load.
         for _ in 0..2 {
             tasks.spawn(serve_udp(
@@ -395,11 +395,7 @@ impl Service for DnsService {
         tracing::info!(%addr, zone = %handle.zone().origin(), serial = handle.zone().serial(), "dns listening");
         Ok(Started {
             handle,
-            running: Box::new(RunningDns {
-                addr,
-                cancel,
-                tasks,
-            }),
+            running: Box::new(tasks),
         })
     }
 }
@@ -434,34 +430,6 @@ async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> 
         addr: listen,
         source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
     })
-}
-
-struct RunningDns {
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    tasks: JoinSet<()>,
-}
-
-impl Running for RunningDns {
-    fn name(&self) -> &'static str {
-        "dns"
-    }
-    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
-        vec![("dns", self.addr)]
-    }
-    fn stop(
-        self: Box<Self>,
-        deadline: Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            self.cancel.cancel();
-            let mut tasks = self.tasks;
-            let all = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
-                tasks.abort_all();
-            }
-        })
-    }
 }
 
 /// The counter an answer counts under.

@@ -13,46 +13,23 @@ use tokio_util::sync::CancellationToken;
 use super::TlsHandle;
 use super::acme::{self, plan};
 use crate::metrics::Metrics;
-use crate::service::Running;
+use crate::service::Tasks;
 
 /// How often a running KUBE checks whether its local certificate is due.
 const LOCAL_CHECK: Duration = Duration::from_secs(6 * 3600);
 /// How often `files` mode looks at the files' modification times.
 const FILES_CHECK: Duration = Duration::from_secs(2);
 
-/// A background task with a stop switch.
-pub struct Task {
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running for Task {
-    fn name(&self) -> &'static str {
-        "tls"
-    }
-    fn bound(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
-        Vec::new()
-    }
-    fn stop(
-        self: Box<Self>,
-        _deadline: std::time::Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            self.cancel.cancel();
-            let _ = self.task.await;
-        })
-    }
-}
-
 fn every(
     period: Duration,
     handle: TlsHandle,
     what: &'static str,
     check: fn(&TlsHandle) -> Result<(), super::TlsError>,
-) -> Task {
+) -> Tasks {
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
-    let task = tokio::spawn(async move {
+    let mut tasks = Tasks::new("tls", cancel);
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -68,18 +45,18 @@ fn every(
             }
         }
     });
-    Task { cancel, task }
+    tasks
 }
 
 /// The local leaf is reissued while KUBE runs (a laptop KUBE may run for months).
-pub fn local(handle: TlsHandle) -> Task {
+pub fn local(handle: TlsHandle) -> Tasks {
     every(LOCAL_CHECK, handle, "local certificate renewal", |h| {
         h.refresh_local(None)
     })
 }
 
 /// `files` mode: a replaced pair of files is served from the next handshake.
-pub fn files(handle: TlsHandle) -> Task {
+pub fn files(handle: TlsHandle) -> Tasks {
     every(FILES_CHECK, handle, "certificate file reload", |h| {
         h.reload_files().map(|_| ())
     })
@@ -155,16 +132,17 @@ pub fn acme(
     ctx: acme::Ctx,
     domain: String,
     metrics: Arc<Metrics>,
-) -> Task {
+) -> Tasks {
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
-    let task = tokio::spawn(async move {
+    let mut tasks = Tasks::new("tls", cancel);
+    tasks.spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = acme_loop(handle, shared, ctx, domain, metrics) => {}
         }
     });
-    Task { cancel, task }
+    tasks
 }
 
 async fn acme_loop(
