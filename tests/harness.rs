@@ -79,6 +79,7 @@ impl Kube {
             .env("KUBE_HTTP_HTTPS_LISTEN", "127.0.0.1:0")
             .env("KUBE_ADMIN_LISTEN", "127.0.0.1:0")
             .env("KUBE_DNS_LISTEN", "127.0.0.1:0")
+            .env("KUBE_TURN_LISTEN", "127.0.0.1:0")
             .env("KUBE_LOG", "info,kube=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -174,6 +175,15 @@ impl Kube {
 
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
+    }
+
+    /// An address from the ready line (`turn`, `dns`, …).
+    pub fn ready_addr(&self, label: &str) -> Option<SocketAddr> {
+        let out = self.stdout();
+        let line = out.lines().find(|l| l.starts_with("kube ready "))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{label}=")))
+            .and_then(|a| a.parse().ok())
     }
 
     pub fn pid(&self) -> u32 {

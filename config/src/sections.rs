@@ -271,18 +271,52 @@ impl Default for Signal {
     }
 }
 
-/// `turn`: STUN/TURN for NAT traversal.
+/// `turn`: STUN/TURN for NAT traversal (UDP).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Turn {
-    /// UDP and TCP address.
+    /// Serve STUN/TURN at all.
+    pub enabled: bool,
+    /// UDP address.
     pub listen: SocketAddr,
+    /// The realm of long-term credentials. Empty: the domain.
+    pub realm: String,
+    /// Shared secret of the REST credential scheme. Empty: one is generated into
+    /// `<data_dir>/turn.secret` (0600) and kept.
+    pub secret: String,
+    /// Seconds the credentials handed out by signaling stay valid.
+    pub credential_ttl_secs: u64,
+    /// The address put in relayed-address answers. Unset: the listen address (which must
+    /// then not be 0.0.0.0).
+    pub relay_address: Option<std::net::IpAddr>,
+    /// Relay ports are taken from this range (inclusive).
+    pub relay_port_min: u16,
+    pub relay_port_max: u16,
+    /// Peer ranges (CIDR) the relay may reach although they are refused by default
+    /// (loopback, private, link-local, …). Tests open 127.0.0.0/8 here.
+    pub allow_peers: Vec<String>,
+    /// Allocations at once, in total and per user.
+    pub max_allocations: u32,
+    pub max_allocations_per_user: u32,
+    /// Bytes per second one allocation may relay in each direction.
+    pub max_bytes_per_sec: u64,
 }
 
 impl Default for Turn {
     fn default() -> Self {
         Turn {
+            enabled: true,
             listen: addr("127.0.0.1:3478"),
+            realm: String::new(),
+            secret: String::new(),
+            credential_ttl_secs: 86_400,
+            relay_address: None,
+            relay_port_min: 49_152,
+            relay_port_max: 65_535,
+            allow_peers: Vec::new(),
+            max_allocations: 1_000,
+            max_allocations_per_user: 10,
+            max_bytes_per_sec: 1_000_000,
         }
     }
 }

@@ -113,8 +113,26 @@ signal:
   strikes: 10
 
 turn:
-  # UDP and TCP address of STUN/TURN.
+  # STUN/TURN on UDP (REST credentials handed out by signaling).
+  enabled: true
   listen: {turn}
+  # Realm of the credentials; empty: the domain.
+  realm: ""
+  # Shared secret; empty: generated into <data_dir>/turn.secret and kept.
+  secret: ""
+  # Seconds handed-out credentials stay valid.
+  credential_ttl_secs: 86400
+  # Address announced for relays; null: the listen address.
+  relay_address: null
+  # Relay ports.
+  relay_port_min: 49152
+  relay_port_max: 65535
+  # Peer CIDRs the relay may reach although refused by default (loopback, private, …).
+  allow_peers: []
+  # Allocations in total and per user; bytes per second per allocation.
+  max_allocations: 1000
+  max_allocations_per_user: 10
+  max_bytes_per_sec: 1000000
 
 # The headless replica of admitted spaces; its keys arrive with the service.
 echo: {{}}

@@ -12,6 +12,7 @@ mod service;
 mod signaling;
 mod supervisor;
 mod tls;
+mod turn;
 
 use std::process::ExitCode;
 

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub apps_published: IntGauge,
     pub cert_not_after: IntGaugeVec,
     pub acme_orders: IntCounterVec,
+    pub turn_allocations: IntGauge,
+    pub turn_refused: IntCounterVec,
+    pub turn_packets: IntCounterVec,
+    pub turn_dropped: IntCounter,
+    pub turn_relayed_bytes: IntCounter,
     pub signal_messages: IntCounterVec,
     pub signal_errors: IntCounterVec,
     pub signal_connections: IntGauge,
@@ -77,6 +82,34 @@ impl Metrics {
                 "ACME certificate orders, by result.",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        let turn_allocations =
+            IntGauge::new("kube_turn_allocations", "Live TURN allocations.").expect("valid metric");
+        let turn_refused = IntCounterVec::new(
+            Opts::new(
+                "kube_turn_refused_total",
+                "TURN requests refused by KUBE's policy, by reason (the peer range, or a quota).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let turn_packets = IntCounterVec::new(
+            Opts::new(
+                "kube_turn_relayed_packets_total",
+                "Packets relayed, by direction (out: to peers).",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let turn_dropped = IntCounter::new(
+            "kube_turn_dropped_packets_total",
+            "Relayed packets dropped over an allocation's bandwidth.",
+        )
+        .expect("valid metric");
+        let turn_relayed_bytes = IntCounter::new(
+            "kube_turn_relayed_bytes_total",
+            "Bytes relayed between clients and peers, both directions.",
         )
         .expect("valid metric");
         let signal_messages = IntCounterVec::new(
@@ -146,6 +179,11 @@ impl Metrics {
             Box::new(apps_published.clone()),
             Box::new(cert_not_after.clone()),
             Box::new(acme_orders.clone()),
+            Box::new(turn_allocations.clone()),
+            Box::new(turn_refused.clone()),
+            Box::new(turn_packets.clone()),
+            Box::new(turn_dropped.clone()),
+            Box::new(turn_relayed_bytes.clone()),
             Box::new(signal_messages.clone()),
             Box::new(signal_errors.clone()),
             Box::new(signal_connections.clone()),
@@ -169,6 +207,11 @@ impl Metrics {
             apps_published,
             cert_not_after,
             acme_orders,
+            turn_allocations,
+            turn_refused,
+            turn_packets,
+            turn_dropped,
+            turn_relayed_bytes,
             signal_messages,
             signal_errors,
             signal_connections,

@@ -124,6 +124,9 @@ pub struct SignalService;
 
 pub struct SignalDeps {
     pub metrics: Arc<Metrics>,
+    /// KUBE's TURN server, when it runs: `ice-servers` hands out its URLs and credentials.
+    pub turn: Option<crate::turn::TurnHandle>,
+    pub domain: String,
 }
 
 impl Service for SignalService {
@@ -181,8 +184,22 @@ impl Service for SignalService {
             auth_timeout: Duration::from_secs(s.auth_timeout_secs),
             strikes: s.strikes,
         };
-        // ICE servers are offered once KUBE's TURN runs; until then `ice-servers` says so.
-        let hub = Hub::new(limits, None);
+        let ice = deps.turn.map(|t| {
+            // Clients reach TURN by the domain's name and the bound port.
+            let host = if config::is_local_domain(&deps.domain) && t.addr.ip().is_loopback() {
+                t.addr.ip().to_string()
+            } else {
+                deps.domain.clone()
+            };
+            let at = format!("{host}:{}", t.addr.port());
+            signal::hub::Ice {
+                stun: vec![format!("stun:{at}")],
+                turn: vec![format!("turn:{at}?transport=udp")],
+                secret: t.secret,
+                ttl_secs: t.ttl_secs,
+            }
+        });
+        let hub = Hub::new(limits, ice);
         let (events, rx) = mpsc::channel(4096);
         let cancel = CancellationToken::new();
         let mut tasks = Tasks::new("signal", cancel.clone());

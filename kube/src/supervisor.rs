@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::service::{Board, Context, Running, Service, ServiceStatus};
 use crate::signaling::{SignalDeps, SignalService};
 use crate::tls::{Tls, TlsDeps, TlsHandle};
+use crate::turn::TurnService;
 
 pub fn context(cfg: &Config) -> Context {
     Context {
@@ -36,6 +37,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     p.extend(AdminService::check(&cfg.admin, &cx));
     p.extend(HttpService::check(&cfg.http, &cx));
     p.extend(SignalService::check(&cfg.signal, &cx));
+    p.extend(TurnService::check(&cfg.turn, &cx));
     if !cfg.processes.is_empty() {
         p.push(Problem::new(
             "processes",
@@ -150,15 +152,19 @@ async fn start_all(
     running.push(tls.running);
     let tls = tls.handle;
 
-    let signal = SignalService::start(
-        cfg.signal.clone(),
-        cx,
-        SignalDeps {
-            metrics: metrics.clone(),
-        },
-    )
-    .await
-    .map_err(|e| anyhow!("{}: {e}", SignalService::NAME))?;
+    let turn = TurnService::start(cfg.turn.clone(), cx, metrics.clone())
+        .await
+        .map_err(|e| anyhow!("{}: {e}", TurnService::NAME))?;
+    running.push(turn.running);
+
+    let signal_deps = SignalDeps {
+        metrics: metrics.clone(),
+        turn: turn.handle,
+        domain: cx.domain.clone(),
+    };
+    let signal = SignalService::start(cfg.signal.clone(), cx, signal_deps)
+        .await
+        .map_err(|e| anyhow!("{}: {e}", SignalService::NAME))?;
     running.push(signal.running);
     let signal = signal.handle;
 

@@ -8,3 +8,4 @@ mod config;
 mod dns;
 mod lifecycle;
 mod signal;
+mod turn;

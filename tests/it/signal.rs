@@ -311,3 +311,31 @@ async fn ws_garbage(kube: &Kube) {
     let r = kube.client().get(kube.url("", "/")).send().await.unwrap();
     assert_eq!(r.status(), 200, "still serving");
 }
+
+#[tokio::test]
+async fn ice_servers_point_at_kubes_turn_with_rest_credentials() {
+    let kube = Kube::start();
+    let (mut a, a_id) = peer(&kube, 1).await;
+    send(&mut a, json!({"type": "ice-servers"})).await;
+    let ice = recv(&mut a).await;
+    assert_eq!(ice["type"], "ice-servers", "{ice}");
+    let turn = kube.ready_addr("turn").unwrap();
+    assert_eq!(ice["servers"][0]["urls"], json!([format!("stun:{turn}")]));
+    assert_eq!(
+        ice["servers"][1]["urls"],
+        json!([format!("turn:{turn}?transport=udp")])
+    );
+    let user = ice["servers"][1]["username"].as_str().unwrap();
+    let (expiry, who) = user.split_once(':').unwrap();
+    assert_eq!(who, a_id);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(expiry.parse::<u64>().unwrap() > now, "not yet expired");
+    let secret = std::fs::read_to_string(kube.data_dir.join("turn.secret")).unwrap();
+    assert_eq!(
+        ice["servers"][1]["credential"],
+        signal::ice::password(secret.trim().as_bytes(), user)
+    );
+}

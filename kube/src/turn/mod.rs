@@ -1,0 +1,536 @@
+//! The `turn` service: STUN/TURN on UDP through the `turn` crate (webrtc-rs), with our
+//! policy around it: REST credentials checked against the shared secret (expired ones
+//! refused), a front door (`filter`) that refuses permissions to peers `policy` forbids,
+//! and relays bounded in number and bandwidth.
+//!
+//! TURN over TCP or TLS is not offered: the `turn` crate serves packet connections only
+//! (its `Server` takes a fixed list of `Conn`s at start, one read loop each), and RFC 6062
+//! TCP allocations are not implemented there. Carrying TURN over TCP would need a server
+//! per accepted stream, or a crate that speaks it.
+
+pub mod filter;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use config::Problem;
+use tokio::net::UdpSocket;
+use webrtc_util::Conn;
+
+use self::filter::Verdict;
+use self::policy::PeerPolicy;
+use crate::metrics::Metrics;
+use crate::service::{Context, Running, Service, StartError, Started};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("cannot listen on {addr} (turn): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("turn.secret: {0}")]
+    Secret(#[from] crate::datadir::DataDirError),
+    #[error("turn server: {0}")]
+    Server(String),
+}
+
+/// What signaling needs to hand out ICE servers.
+#[derive(Clone, Debug)]
+pub struct TurnHandle {
+    pub addr: SocketAddr,
+    pub secret: Vec<u8>,
+    pub ttl_secs: u64,
+}
+
+pub struct TurnService;
+
+impl Service for TurnService {
+    const NAME: &'static str = "turn";
+    type Section = config::Turn;
+    type Deps = Arc<Metrics>;
+    type Handle = Option<TurnHandle>;
+
+    fn check(s: &config::Turn, _cx: &Context) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (i, cidr) in s.allow_peers.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() {
+                p.push(Problem::new(
+                    format!("turn.allow_peers[{i}]"),
+                    format!("{cidr:?} is not a CIDR (e.g. 127.0.0.0/8)"),
+                ));
+            }
+        }
+        if s.relay_port_min == 0 || s.relay_port_min > s.relay_port_max {
+            p.push(Problem::new(
+                "turn.relay_port_min",
+                "must be at least 1 and not above turn.relay_port_max",
+            ));
+        }
+        for (key, v) in [
+            ("turn.max_allocations", u64::from(s.max_allocations)),
+            (
+                "turn.max_allocations_per_user",
+                u64::from(s.max_allocations_per_user),
+            ),
+            ("turn.max_bytes_per_sec", s.max_bytes_per_sec),
+            ("turn.credential_ttl_secs", s.credential_ttl_secs),
+        ] {
+            if v == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+        p
+    }
+
+    async fn start(
+        s: config::Turn,
+        cx: &Context,
+        metrics: Arc<Metrics>,
+    ) -> Result<Started<Option<TurnHandle>>, StartError> {
+        if !s.enabled {
+            return Ok(Started {
+                handle: None,
+                running: Box::new(crate::service::Idle("turn")),
+            });
+        }
+        let secret = if s.secret.is_empty() {
+            secret_from(&cx.data_dir)?
+        } else {
+            s.secret.clone().into_bytes()
+        };
+        let realm = if s.realm.is_empty() {
+            cx.domain.clone()
+        } else {
+            s.realm.clone()
+        };
+        let socket = UdpSocket::bind(s.listen)
+            .await
+            .map_err(|source| TurnError::Bind {
+                addr: s.listen,
+                source,
+            })?;
+        let addr = socket.local_addr()?;
+        let relay_ip = s.relay_address.unwrap_or_else(|| {
+            if addr.ip().is_unspecified() {
+                default_route_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            } else {
+                addr.ip()
+            }
+        });
+        let allow: Vec<ipnet::IpNet> = s
+            .allow_peers
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let mut own = vec![relay_ip];
+        if !addr.ip().is_unspecified() {
+            own.push(addr.ip());
+        }
+        // KUBE's own addresses are refused unless opened on purpose (loopback in tests).
+        own.retain(|ip| !allow.iter().any(|n| n.contains(ip)));
+        let users = Arc::new(Users::default());
+        let front = Arc::new(FrontDoor {
+            socket,
+            policy: PeerPolicy::new(&allow, &own),
+            realm: realm.clone(),
+            secret: secret.clone(),
+            metrics: metrics.clone(),
+            users: users.clone(),
+            max_per_user: s.max_allocations_per_user,
+        });
+        let relays = Relays {
+            inner: turn::relay::relay_range::RelayAddressGeneratorRanges {
+                relay_address: relay_ip,
+                min_port: s.relay_port_min,
+                max_port: s.relay_port_max,
+                max_retries: 10,
+                address: if addr.ip().is_unspecified() {
+                    "0.0.0.0".into()
+                } else {
+                    addr.ip().to_string()
+                },
+                net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
+            },
+            live: Arc::new(AtomicU32::new(0)),
+            max: s.max_allocations,
+            bytes_per_sec: s.max_bytes_per_sec,
+            metrics: metrics.clone(),
+        };
+        let (closed_tx, mut closed_rx) =
+            tokio::sync::mpsc::channel::<turn::allocation::AllocationInfo>(1024);
+        let server = turn::server::Server::new(turn::server::config::ServerConfig {
+            conn_configs: vec![turn::server::config::ConnConfig {
+                conn: front,
+                relay_addr_generator: Box::new(relays),
+            }],
+            realm,
+            auth_handler: Arc::new(RestAuth {
+                secret: secret.clone(),
+            }),
+            channel_bind_timeout: Duration::from_secs(0),
+            alloc_close_notify: Some(closed_tx),
+        })
+        .await
+        .map_err(|e| TurnError::Server(e.to_string()))?;
+        let watcher = tokio::spawn(async move {
+            while let Some(info) = closed_rx.recv().await {
+                users.release(&info.username);
+            }
+        });
+        tracing::info!(%addr, %relay_ip, "turn listening (udp)");
+        Ok(Started {
+            handle: Some(TurnHandle {
+                addr,
+                secret,
+                ttl_secs: s.credential_ttl_secs,
+            }),
+            running: Box::new(RunningTurn {
+                addr,
+                server,
+                watcher,
+            }),
+        })
+    }
+}
+
+/// The generated shared secret, kept in the data dir.
+fn secret_from(data_dir: &std::path::Path) -> Result<Vec<u8>, TurnError> {
+    let path = data_dir.join("turn.secret");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().as_bytes().to_vec());
+    }
+    let s = hex::encode(rand::random::<[u8; 32]>());
+    crate::datadir::write_private(&path, format!("{s}\n").as_bytes())?;
+    Ok(s.into_bytes())
+}
+
+/// The source address the kernel would use towards the internet (no packet is sent).
+fn default_route_ip() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+struct RunningTurn {
+    addr: SocketAddr,
+    server: turn::server::Server,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Running for RunningTurn {
+    fn name(&self) -> &'static str {
+        "turn"
+    }
+    fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("turn", self.addr)]
+    }
+    fn stop(
+        self: Box<Self>,
+        _deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if let Err(e) = self.server.close().await {
+                tracing::debug!(error = %e, "turn server close");
+            }
+            self.watcher.abort();
+        })
+    }
+}
+
+/// Long-term credentials in the REST scheme: the username carries its expiry, the password
+/// is the HMAC of the username under the shared secret.
+struct RestAuth {
+    secret: Vec<u8>,
+}
+
+impl turn::auth::AuthHandler for RestAuth {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        _src: SocketAddr,
+    ) -> Result<Vec<u8>, turn::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match signal::ice::expiry(username) {
+            Some(expiry) if expiry > now => {}
+            _ => return Err(turn::Error::ErrNoSuchUser),
+        }
+        let password = signal::ice::password(&self.secret, username);
+        Ok(turn::auth::generate_auth_key(username, realm, &password))
+    }
+}
+
+/// Live allocations per user (for `turn.max_allocations_per_user`).
+#[derive(Default)]
+struct Users {
+    live: Mutex<HashMap<String, u32>>,
+    /// Allocate requests seen, by transaction id, until their answer goes out.
+    pending: Mutex<HashMap<[u8; 12], String>>,
+}
+
+impl Users {
+    fn count(&self, user: &str) -> u32 {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn release(&self, user: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = live.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(user);
+            }
+        }
+    }
+}
+
+/// The listening socket as the TURN server sees it: incoming packets pass the front door
+/// first; outgoing Allocate successes are counted per user.
+struct FrontDoor {
+    socket: UdpSocket,
+    policy: PeerPolicy,
+    realm: String,
+    secret: Vec<u8>,
+    metrics: Arc<Metrics>,
+    users: Arc<Users>,
+    max_per_user: u32,
+}
+
+#[async_trait]
+impl Conn for FrontDoor {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.recv(buf).await?)
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            match filter::judge(&buf[..n], &self.policy, &self.realm, &self.secret) {
+                Verdict::Pass => {}
+                Verdict::Refuse { response, reason } => {
+                    self.metrics.turn_refused.with_label_values(&[reason]).inc();
+                    if !response.is_empty() {
+                        let _ = self.socket.send_to(&response, from).await;
+                    }
+                    continue;
+                }
+            }
+            if let Some((txid, user)) = filter::allocate_request(&buf[..n]) {
+                if self.users.count(&user) >= self.max_per_user {
+                    self.metrics
+                        .turn_refused
+                        .with_label_values(&["user-quota"])
+                        .inc();
+                    if let Some(r) = filter::quota_reached(&buf[..n], &self.realm, &self.secret) {
+                        let _ = self.socket.send_to(&r, from).await;
+                    }
+                    continue;
+                }
+                self.users
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(txid, user);
+            }
+            return Ok((n, from));
+        }
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if let Some((txid, success)) = filter::allocate_answer(buf) {
+            let user = self
+                .users
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&txid);
+            if let (Some(user), true) = (user, success) {
+                *self
+                    .users
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(user)
+                    .or_insert(0) += 1;
+            }
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// Relay sockets from the configured port range, at most `max` at once, each bounded to
+/// `bytes_per_sec` in each direction.
+struct Relays {
+    inner: turn::relay::relay_range::RelayAddressGeneratorRanges,
+    live: Arc<AtomicU32>,
+    max: u32,
+    bytes_per_sec: u64,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl turn::relay::RelayAddressGenerator for Relays {
+    fn validate(&self) -> Result<(), turn::Error> {
+        self.inner.validate()
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        if self.live.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            self.metrics
+                .turn_refused
+                .with_label_values(&["total-quota"])
+                .inc();
+            return Err(turn::Error::Other("allocation quota reached".into()));
+        }
+        match self.inner.allocate_conn(use_ipv4, requested_port).await {
+            Ok((conn, addr)) => {
+                self.metrics.turn_allocations.inc();
+                let relay = Relay {
+                    inner: conn,
+                    live: self.live.clone(),
+                    metrics: self.metrics.clone(),
+                    out: Mutex::new(Bucket::new(self.bytes_per_sec)),
+                    inb: Mutex::new(Bucket::new(self.bytes_per_sec)),
+                };
+                Ok((Arc::new(relay), addr))
+            }
+            Err(e) => {
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A byte bucket: `rate` bytes a second, a second's worth of burst.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One allocation's relay socket: counted, and bounded in bandwidth (excess is dropped,
+/// as a congested path would).
+struct Relay {
+    inner: Arc<dyn Conn + Send + Sync>,
+    live: Arc<AtomicU32>,
+    metrics: Arc<Metrics>,
+    out: Mutex<Bucket>,
+    inb: Mutex<Bucket>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.turn_allocations.dec();
+    }
+}
+
+#[async_trait]
+impl Conn for Relay {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        self.inner.connect(addr).await
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        self.inner.recv(buf).await
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.inner.recv_from(buf).await?;
+            if self.inb.lock().unwrap_or_else(|p| p.into_inner()).take(n) {
+                self.metrics.turn_packets.with_label_values(&["in"]).inc();
+                self.metrics.turn_relayed_bytes.inc_by(n as u64);
+                return Ok((n, from));
+            }
+            self.metrics.turn_dropped.inc();
+        }
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.inner.send(buf).await
+    }
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if !self
+            .out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(buf.len())
+        {
+            self.metrics.turn_dropped.inc();
+            return Ok(buf.len());
+        }
+        self.metrics.turn_packets.with_label_values(&["out"]).inc();
+        self.metrics.turn_relayed_bytes.inc_by(buf.len() as u64);
+        self.inner.send_to(buf, target).await
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr()
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.inner.close().await
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}

@@ -1,0 +1,281 @@
+//! STUN/TURN with coturn's own clients (`turnutils_uclient` relaying to `turnutils_peer`),
+//! and a raw STUN client asking for a permission to each refused range.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use stun::attributes::ATTR_REALM;
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_CREATE_PERMISSION, Message, MessageType, Setter,
+};
+use stun::textattrs::{Nonce, Realm, Username};
+use tests::pebble::free_port;
+use tests::{Kube, Opts, require_tools};
+
+const SECRET: &str = "s3cret";
+
+fn have_coturn() -> bool {
+    let ok = Command::new("turnutils_uclient").arg("-h").output().is_ok();
+    if !ok {
+        assert!(
+            !require_tools(),
+            "turnutils_uclient is required (Debian package coturn)"
+        );
+        eprintln!("coturn's clients not installed: skipped");
+    }
+    ok
+}
+
+fn start(extra: &str) -> (Kube, SocketAddr) {
+    let kube = Kube::start_with(Opts {
+        config: Some(format!(
+            "turn:\n  secret: {SECRET}\n  relay_port_min: 40000\n  relay_port_max: 49000\n{extra}"
+        )),
+        ..Default::default()
+    })
+    .unwrap_or_else(|log| panic!("kube did not start:\n{log}"));
+    let turn = kube.ready_addr("turn").expect("turn= in the ready line");
+    (kube, turn)
+}
+
+/// Runs turnutils_uclient against `turn`, relaying to a turnutils_peer; returns its output.
+fn uclient(turn: SocketAddr, auth: &[&str]) -> String {
+    let peer_port = free_port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("turnutils_peer");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new("timeout")
+        .args(["20", "turnutils_uclient"])
+        .args(auth)
+        .args([
+            "-p",
+            &turn.port().to_string(),
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+        ])
+        .args(["-n", "20", "-m", "2", "-l", "200", "-y", "127.0.0.1"])
+        .output()
+        .expect("turnutils_uclient");
+    let _ = peer.kill();
+    let _ = peer.wait();
+    // turnutils_uclient exits 0 even when it fails: its output says what happened.
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn received(out: &str) -> u64 {
+    out.lines()
+        .filter_map(|l| l.split("tot_recv_msgs=").nth(1))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn coturn_client_relays_when_loopback_is_allowed() {
+    if !have_coturn() {
+        return;
+    }
+    let (kube, turn) = start("  allow_peers: [127.0.0.0/8]\n");
+    let out = uclient(turn, &["-W", SECRET, "-u", "alice"]);
+    assert!(
+        out.contains("Total lost packets 0 (0.000000%)"),
+        "{out}\n{}",
+        kube.log()
+    );
+    assert_eq!(
+        received(&out),
+        80,
+        "every message came back through the relay: {out}"
+    );
+    let m = reqwest::blocking_metrics(&kube);
+    assert!(
+        m.contains("kube_turn_relayed_packets_total{direction=\"out\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn loopback_is_refused_by_default() {
+    if !have_coturn() {
+        return;
+    }
+    let (kube, turn) = start("");
+    let out = uclient(turn, &["-W", SECRET, "-u", "alice"]);
+    assert!(out.contains("403"), "{out}");
+    assert_eq!(received(&out), 0, "{out}");
+    let m = reqwest::blocking_metrics(&kube);
+    assert!(m.contains("kube_turn_refused_total"), "{m}");
+}
+
+#[test]
+fn wrong_or_expired_credentials_are_refused() {
+    if !have_coturn() {
+        return;
+    }
+    let (_kube, turn) = start("  allow_peers: [127.0.0.0/8]\n");
+    let wrong = uclient(turn, &["-W", "not-the-secret", "-u", "alice"]);
+    assert_eq!(received(&wrong), 0, "{wrong}");
+    assert!(wrong.contains("error 4"), "{wrong}");
+    let expired_user = "1000:alice";
+    let password = signal::ice::password(SECRET.as_bytes(), expired_user);
+    let expired = uclient(turn, &["-u", expired_user, "-w", &password]);
+    assert_eq!(received(&expired), 0, "{expired}");
+    assert!(expired.contains("error 4"), "{expired}");
+}
+
+mod reqwest {
+    pub fn blocking_metrics(kube: &tests::Kube) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            ::reqwest::get(kube.admin_url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    }
+}
+
+// ---- a raw STUN client ----
+
+fn roundtrip(s: &UdpSocket, to: SocketAddr, setters: Vec<Box<dyn Setter>>) -> Message {
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    s.send_to(&m.raw, to).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).expect("an answer");
+    let mut r = Message::new();
+    r.unmarshal_binary(&buf[..n]).unwrap();
+    r
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+#[test]
+fn a_permission_to_each_refused_range_gets_403() {
+    let (_kube, turn) = start("");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let user = format!(
+        "{}:tester",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600
+    );
+    let password = signal::ice::password(SECRET.as_bytes(), &user);
+    let transport = || {
+        Box::new(turn::proto::reqtrans::RequestedTransport {
+            protocol: turn::proto::PROTO_UDP,
+        })
+    };
+    // Unauthenticated first: the server names its realm and a nonce (RFC 8489 §9.2).
+    let first = roundtrip(
+        &s,
+        turn,
+        vec![
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            transport(),
+        ],
+    );
+    assert_eq!(code(&first), Some(401));
+    let realm: Realm = stun::textattrs::TextAttribute::get_from_as(&first, ATTR_REALM).unwrap();
+    let nonce: Nonce =
+        stun::textattrs::TextAttribute::get_from_as(&first, stun::attributes::ATTR_NONCE).unwrap();
+    let signed = |method, extra: Vec<Box<dyn Setter>>| -> Vec<Box<dyn Setter>> {
+        let mut v: Vec<Box<dyn Setter>> = vec![
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
+        v.extend(extra);
+        v.push(Box::new(Username::new(
+            stun::attributes::ATTR_USERNAME,
+            user.clone(),
+        )));
+        v.push(Box::new(realm.clone()));
+        v.push(Box::new(nonce.clone()));
+        v.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            user.clone(),
+            realm.to_string(),
+            password.clone(),
+        )));
+        v
+    };
+    let alloc = roundtrip(&s, turn, signed(METHOD_ALLOCATE, vec![transport()]));
+    assert_eq!(code(&alloc), None, "allocated: {alloc}");
+    for peer in [
+        "0.0.0.1",
+        "10.1.2.3",
+        "100.64.0.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "172.16.0.1",
+        "192.0.0.1",
+        "192.0.2.1",
+        "192.88.99.1",
+        "192.168.1.1",
+        "198.18.0.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "240.0.0.1",
+        "::1",
+        "::",
+        "64:ff9b::a00:1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:192.168.0.1",
+    ] {
+        let ip: std::net::IpAddr = peer.parse().unwrap();
+        let addr = turn::proto::peeraddr::PeerAddress { ip, port: 9 };
+        let r = roundtrip(
+            &s,
+            turn,
+            signed(METHOD_CREATE_PERMISSION, vec![Box::new(addr)]),
+        );
+        assert_eq!(code(&r), Some(403), "{peer}: {r}");
+        let mi = MessageIntegrity::new_long_term_integrity(
+            user.clone(),
+            realm.to_string(),
+            password.clone(),
+        );
+        let mut r = r;
+        mi.check(&mut r)
+            .unwrap_or_else(|e| panic!("{peer}: the 403 is signed: {e}"));
+    }
+    // A public address is granted (the relay never sends to it in this test).
+    let public = turn::proto::peeraddr::PeerAddress {
+        ip: "8.8.8.8".parse().unwrap(),
+        port: 9,
+    };
+    let r = roundtrip(
+        &s,
+        turn,
+        signed(METHOD_CREATE_PERMISSION, vec![Box::new(public)]),
+    );
+    assert_eq!(code(&r), None, "{r}");
+}
