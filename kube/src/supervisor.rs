@@ -51,6 +51,12 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
 pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let cfg = loaded.config.clone();
     let started_at = Instant::now();
+    // Every WebSocket, TURN relay and TCP DNS client is a file descriptor: take the hard
+    // limit rather than the usual soft 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let cx = context(&cfg);
     datadir::create_private_dir(&cx.data_dir).context("creating the data dir")?;
     let _lock = datadir::lock(&cx.data_dir)?;
