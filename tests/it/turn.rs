@@ -172,40 +172,65 @@ fn code(m: &Message) -> Option<u16> {
     e.get_from(m).ok().map(|_| e.code.0)
 }
 
-#[test]
-fn a_permission_to_each_refused_range_gets_403() {
-    let (_kube, turn) = start("");
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let user = format!(
-        "{}:tester",
-        std::time::SystemTime::now()
+fn transport() -> Box<turn::proto::reqtrans::RequestedTransport> {
+    Box::new(turn::proto::reqtrans::RequestedTransport {
+        protocol: turn::proto::PROTO_UDP,
+    })
+}
+
+/// A client with long-term REST credentials for `name`, on its own UDP socket.
+struct Client {
+    s: UdpSocket,
+    turn: SocketAddr,
+    user: String,
+    password: String,
+    realm: Realm,
+    nonce: Nonce,
+}
+
+impl Client {
+    fn new(turn: SocketAddr, name: &str) -> Client {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600
-    );
-    let password = signal::ice::password(SECRET.as_bytes(), &user);
-    let transport = || {
-        Box::new(turn::proto::reqtrans::RequestedTransport {
-            protocol: turn::proto::PROTO_UDP,
-        })
-    };
-    // Unauthenticated first: the server names its realm and a nonce (RFC 8489 §9.2).
-    let first = roundtrip(
-        &s,
-        turn,
-        vec![
-            Box::new(stun::agent::TransactionId::new()),
-            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-            transport(),
-        ],
-    );
-    assert_eq!(code(&first), Some(401));
-    let realm: Realm = stun::textattrs::TextAttribute::get_from_as(&first, ATTR_REALM).unwrap();
-    let nonce: Nonce =
-        stun::textattrs::TextAttribute::get_from_as(&first, stun::attributes::ATTR_NONCE).unwrap();
-    let signed = |method, extra: Vec<Box<dyn Setter>>| -> Vec<Box<dyn Setter>> {
+            .unwrap();
+        let user = format!("{}:{name}", now.as_secs() + 600);
+        let password = signal::ice::password(SECRET.as_bytes(), &user);
+        // Unauthenticated first: the server names its realm and a nonce (RFC 8489 §9.2).
+        let first = roundtrip(
+            &s,
+            turn,
+            vec![
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+                transport(),
+            ],
+        );
+        assert_eq!(code(&first), Some(401));
+        let realm: Realm = stun::textattrs::TextAttribute::get_from_as(&first, ATTR_REALM).unwrap();
+        let nonce: Nonce =
+            stun::textattrs::TextAttribute::get_from_as(&first, stun::attributes::ATTR_NONCE)
+                .unwrap();
+        Client {
+            s,
+            turn,
+            user,
+            password,
+            realm,
+            nonce,
+        }
+    }
+
+    fn integrity(&self) -> MessageIntegrity {
+        MessageIntegrity::new_long_term_integrity(
+            self.user.clone(),
+            self.realm.to_string(),
+            self.password.clone(),
+        )
+    }
+
+    fn ask(&self, method: stun::message::Method, extra: Vec<Box<dyn Setter>>) -> Message {
         let mut v: Vec<Box<dyn Setter>> = vec![
             Box::new(stun::agent::TransactionId::new()),
             Box::new(MessageType::new(method, CLASS_REQUEST)),
@@ -213,18 +238,24 @@ fn a_permission_to_each_refused_range_gets_403() {
         v.extend(extra);
         v.push(Box::new(Username::new(
             stun::attributes::ATTR_USERNAME,
-            user.clone(),
+            self.user.clone(),
         )));
-        v.push(Box::new(realm.clone()));
-        v.push(Box::new(nonce.clone()));
-        v.push(Box::new(MessageIntegrity::new_long_term_integrity(
-            user.clone(),
-            realm.to_string(),
-            password.clone(),
-        )));
-        v
-    };
-    let alloc = roundtrip(&s, turn, signed(METHOD_ALLOCATE, vec![transport()]));
+        v.push(Box::new(self.realm.clone()));
+        v.push(Box::new(self.nonce.clone()));
+        v.push(Box::new(self.integrity()));
+        roundtrip(&self.s, self.turn, v)
+    }
+
+    fn allocate(&self) -> Message {
+        self.ask(METHOD_ALLOCATE, vec![transport()])
+    }
+}
+
+#[test]
+fn a_permission_to_each_refused_range_gets_403() {
+    let (_kube, turn) = start("");
+    let client = Client::new(turn, "tester");
+    let alloc = client.allocate();
     assert_eq!(code(&alloc), None, "allocated: {alloc}");
     for peer in [
         "0.0.0.1",
@@ -252,30 +283,72 @@ fn a_permission_to_each_refused_range_gets_403() {
     ] {
         let ip: std::net::IpAddr = peer.parse().unwrap();
         let addr = turn::proto::peeraddr::PeerAddress { ip, port: 9 };
-        let r = roundtrip(
-            &s,
-            turn,
-            signed(METHOD_CREATE_PERMISSION, vec![Box::new(addr)]),
-        );
+        let mut r = client.ask(METHOD_CREATE_PERMISSION, vec![Box::new(addr)]);
         assert_eq!(code(&r), Some(403), "{peer}: {r}");
-        let mi = MessageIntegrity::new_long_term_integrity(
-            user.clone(),
-            realm.to_string(),
-            password.clone(),
-        );
-        let mut r = r;
-        mi.check(&mut r)
+        client
+            .integrity()
+            .check(&mut r)
             .unwrap_or_else(|e| panic!("{peer}: the 403 is signed: {e}"));
+        // ChannelBind names a peer too, and is refused the same way.
+        let channel = turn::proto::channum::ChannelNumber(0x4000);
+        let addr = turn::proto::peeraddr::PeerAddress { ip, port: 9 };
+        let r = client.ask(
+            stun::message::METHOD_CHANNEL_BIND,
+            vec![Box::new(channel), Box::new(addr)],
+        );
+        assert_eq!(code(&r), Some(403), "channel bind {peer}: {r}");
     }
     // A public address is granted (the relay never sends to it in this test).
     let public = turn::proto::peeraddr::PeerAddress {
         ip: "8.8.8.8".parse().unwrap(),
         port: 9,
     };
-    let r = roundtrip(
-        &s,
-        turn,
-        signed(METHOD_CREATE_PERMISSION, vec![Box::new(public)]),
-    );
+    let r = client.ask(METHOD_CREATE_PERMISSION, vec![Box::new(public)]);
     assert_eq!(code(&r), None, "{r}");
+}
+
+#[test]
+fn allocations_are_bounded_per_user_and_in_total() {
+    let (kube, turn) = start("  max_allocations_per_user: 1\n  max_allocations: 2\n");
+    let a1 = Client::new(turn, "alice");
+    assert_eq!(code(&a1.allocate()), None);
+    let a2 = Client::new(turn, "alice");
+    assert_eq!(
+        code(&a2.allocate()),
+        Some(486),
+        "a second allocation of the same user"
+    );
+    let b = Client::new(turn, "bob");
+    assert_eq!(code(&b.allocate()), None);
+    let c = Client::new(turn, "carol");
+    let r = c.allocate();
+    assert!(code(&r).is_some_and(|c| c >= 400), "over the total: {r}");
+    let m = reqwest::blocking_metrics(&kube);
+    assert!(
+        m.contains("kube_turn_refused_total{reason=\"user-quota\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kube_turn_refused_total{reason=\"total-quota\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("kube_turn_allocations 2"), "{m}");
+}
+
+#[test]
+fn bandwidth_is_bounded_per_allocation() {
+    if !have_coturn() {
+        return;
+    }
+    // 2 KB/s each way: 80 messages of 200 bytes within seconds cannot all pass.
+    let (kube, turn) = start("  allow_peers: [127.0.0.0/8]\n  max_bytes_per_sec: 2000\n");
+    let out = uclient(turn, &["-W", SECRET, "-u", "alice"]);
+    assert!(received(&out) < 80, "{out}");
+    let m = reqwest::blocking_metrics(&kube);
+    let dropped = m
+        .lines()
+        .find_map(|l| l.strip_prefix("kube_turn_dropped_packets_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "{m}");
 }
