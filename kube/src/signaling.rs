@@ -56,7 +56,12 @@ impl SignalHandle {
     pub fn upgrade(&self, ws: WebSocketUpgrade, origin: String) -> Response {
         let this = self.clone();
         // Far larger than any refused-with-a-reply message: the socket just closes.
+        // Signaling frames are small: small buffers keep ten thousand idle peers cheap
+        // (tungstenite's 128 KiB default read buffer would cost that much per peer).
         ws.max_message_size(self.max_frame * 4)
+            .max_frame_size(self.max_frame * 4)
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
             .on_upgrade(move |socket| async move { this.connection(socket, origin).await })
     }
 
