@@ -2,6 +2,9 @@
 //! base58btc of the multicodec `ed25519-pub` key, per the did:key method spec) and the one
 //! signature check every service uses.
 
+pub mod credential;
+pub mod space;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 
 /// The multicodec prefix of an Ed25519 public key (varint of 0xed).

@@ -1,0 +1,155 @@
+//! Credentials (pure): signed statements `{id, issuer, subject, assertion, issued, expires?,
+//! proof}`. The signed bytes are the RFC 8785 canonical JSON of everything but `id` and the
+//! signature itself; `id` is the SHA-256 of those bytes, hex. A browser produces the same
+//! bytes with any JCS implementation. See `CREDENTIALS.md`.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{KeyError, PublicKey};
+
+/// A role in a space. Ordered: an admin may grant any role, nobody else grants one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Reader,
+    Replicator,
+    Editor,
+    Admin,
+}
+
+/// What a credential states.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum Assertion {
+    /// The space key (issuer) creates the space; the subject is its first admin.
+    SpaceGenesis { space: String },
+    /// The subject is a member of `space` with `role`.
+    SpaceMember { space: String, role: Role },
+    /// `device` may sign for `identity` (issued by the identity).
+    AuthorizedDevice { identity: String, device: String },
+    /// The credential with this id no longer holds.
+    Revocation { credential: String },
+}
+
+/// The signature and who made it (the issuer, or a device authorized for it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    pub signer: String,
+    /// base64url (no padding) of the Ed25519 signature over the signed bytes.
+    pub signature: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub id: String,
+    pub issuer: String,
+    pub subject: String,
+    pub assertion: Assertion,
+    /// Unix seconds.
+    pub issued: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    pub proof: Proof,
+}
+
+/// The part that is signed: the credential without `id` and without the signature.
+#[derive(Serialize)]
+struct Signed<'a> {
+    issuer: &'a str,
+    subject: &'a str,
+    assertion: &'a Assertion,
+    issued: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<u64>,
+    signer: &'a str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("the id is not the hash of the signed bytes")]
+    WrongId,
+    #[error("the signature is not base64url")]
+    Encoding,
+    #[error("cannot encode the credential canonically: {0}")]
+    Canonical(String),
+}
+
+/// The exact bytes a credential's proof signs.
+pub fn signed_bytes(
+    issuer: &str,
+    subject: &str,
+    assertion: &Assertion,
+    issued: u64,
+    expires: Option<u64>,
+    signer: &str,
+) -> Result<Vec<u8>, CredentialError> {
+    let signed = Signed {
+        issuer,
+        subject,
+        assertion,
+        issued,
+        expires,
+        signer,
+    };
+    serde_jcs::to_vec(&signed).map_err(|e| CredentialError::Canonical(e.to_string()))
+}
+
+impl Credential {
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, CredentialError> {
+        signed_bytes(
+            &self.issuer,
+            &self.subject,
+            &self.assertion,
+            self.issued,
+            self.expires,
+            &self.proof.signer,
+        )
+    }
+
+    /// Makes a credential; `sign` signs bytes with the key whose did is `signer`.
+    pub fn issue(
+        issuer: &str,
+        subject: &str,
+        assertion: Assertion,
+        issued: u64,
+        expires: Option<u64>,
+        signer: &str,
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
+    ) -> Result<Credential, CredentialError> {
+        let bytes = signed_bytes(issuer, subject, &assertion, issued, expires, signer)?;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sign(&bytes));
+        Ok(Credential {
+            id: hex::encode(Sha256::digest(&bytes)),
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            assertion,
+            issued,
+            expires,
+            proof: Proof {
+                signer: signer.to_owned(),
+                signature,
+            },
+        })
+    }
+
+    /// Checks the id and that `proof.signer` signed exactly these bytes. Whether the signer
+    /// may sign for the issuer is the space's question (see `space`).
+    pub fn verify_proof(&self) -> Result<PublicKey, CredentialError> {
+        let bytes = self.signed_bytes()?;
+        if hex::encode(Sha256::digest(&bytes)) != self.id {
+            return Err(CredentialError::WrongId);
+        }
+        let signer = PublicKey::from_did(&self.proof.signer)?;
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&self.proof.signature)
+            .map_err(|_| CredentialError::Encoding)?;
+        signer.verify(&bytes, &sig)?;
+        Ok(signer)
+    }
+}
