@@ -153,3 +153,45 @@ impl Credential {
         Ok(signer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    /// The vector in CREDENTIALS.md: key seeds 0x01… (issuer, signer) and 0x02… (subject).
+    #[test]
+    fn byte_level_vector() {
+        let issuer = SigningKey::from_bytes(&[1; 32]);
+        let subject = SigningKey::from_bytes(&[2; 32]);
+        let did = |k: &SigningKey| {
+            PublicKey::from_bytes(k.verifying_key().as_bytes())
+                .unwrap()
+                .to_did()
+        };
+        let space = did(&SigningKey::from_bytes(&[3; 32]));
+        let c = Credential::issue(
+            &did(&issuer),
+            &did(&subject),
+            Assertion::SpaceMember {
+                space,
+                role: Role::Editor,
+            },
+            1_700_000_000,
+            None,
+            &did(&issuer),
+            |b| issuer.sign(b).to_bytes(),
+        )
+        .unwrap();
+        let bytes = String::from_utf8(c.signed_bytes().unwrap()).unwrap();
+        assert_eq!(bytes, VECTOR_BYTES);
+        assert_eq!(c.id, VECTOR_ID);
+        assert_eq!(c.proof.signature, VECTOR_SIGNATURE);
+        c.verify_proof().unwrap();
+    }
+
+    const VECTOR_BYTES: &str = r#"{"assertion":{"role":"editor","space":"did:key:z6MkvRXNYcE7MMduynWTgeKbDaT1iijDSC8pZqXZc8rHPrf2","type":"SpaceMember"},"issued":1700000000,"issuer":"did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX","signer":"did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX","subject":"did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH"}"#;
+    const VECTOR_ID: &str = "0852e3171365b01d77111936c5bccb9209853f984ba9264869ae83b6e0e59818";
+    const VECTOR_SIGNATURE: &str =
+        "dJARS7RDQUeFO5Xzt1kC_6kVtbxKRW2qLWjY6Bxrw78vbck78T8lMi_ybmkCIDGqCfuYpknys32ctNfj-r_yCw";
+}

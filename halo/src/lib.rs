@@ -109,6 +109,26 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
+    /// Published did:key documents pair each DID with its key in base58 (`publicKeyBase58`).
+    #[test]
+    fn published_did_key_vectors() {
+        for (did, key58) in [
+            (
+                "did:key:z6MkmjY8GnV5i9YTDtPETC2uUAW6ejw3nk5mXF5yci5ab7th",
+                "8HH5gYEeNc3z7PYXmd54d4x6qAfCNrqQqEB3nS7Zfu7K",
+            ),
+            (
+                "did:key:z6Mkgg342Ycpuk263R9d8Aq6MUaxPn1DDeHyGo38EefXmgDL",
+                "3Dn1SJNPaCXcvvJvSbsFWP2xaCjMom3can8CQNhWrTRx",
+            ),
+        ] {
+            let raw: [u8; 32] = bs58::decode(key58).into_vec().unwrap().try_into().unwrap();
+            let pk = PublicKey::from_bytes(&raw).unwrap();
+            assert_eq!(pk.to_did(), did);
+            assert_eq!(PublicKey::from_did(did).unwrap().as_bytes(), &raw);
+        }
+    }
+
     #[test]
     fn did_key_round_trip_and_errors() {
         let sk = SigningKey::from_bytes(&[7u8; 32]);
