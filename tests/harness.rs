@@ -203,6 +203,33 @@ impl Kube {
         self.signal_and_wait("-TERM")
     }
 
+    /// Sends `signal` (`-HUP`, …) and returns at once.
+    pub fn send_signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// The Prometheus exposition from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// As [`Kube::metrics`], for tests that are not async.
+    pub fn metrics_blocking(&self) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(self.metrics())
+    }
+
     /// Sends `signal` (`-INT`, `-TERM`) and waits (bounded) for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

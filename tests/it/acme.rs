@@ -178,12 +178,7 @@ async fn dns01_gets_the_apex_and_a_wildcard() {
         Some(0),
         "{dns}"
     );
-    let m = reqwest::get(s.kube.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.kube.metrics().await;
     assert!(
         m.contains("kube_acme_orders_total{result=\"success\"} 1"),
         "{m}"
@@ -329,12 +324,7 @@ async fn a_failing_directory_keeps_the_last_good_certificate() {
         200,
         "still served"
     );
-    let m = reqwest::get(s.kube.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.kube.metrics().await;
     assert!(
         m.contains("kube_acme_orders_total{result=\"failure\"} 1"),
         "{m}"

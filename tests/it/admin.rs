@@ -83,12 +83,7 @@ async fn metrics_pass_promtool() {
     let c = kube.client();
     c.get(kube.url("m", "/")).send().await.unwrap();
     c.get(kube.url("m", "/missing")).send().await.unwrap();
-    let text = reqwest::get(kube.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = kube.metrics().await;
     for name in [
         "kube_build_info{version=",
         "kube_http_requests_total{app=\"m\",class=\"2xx\"} 1",

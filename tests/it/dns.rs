@@ -237,7 +237,7 @@ fn dig_and_kdig_get_authoritative_answers() {
     }
 
     // Metrics count by type and rcode.
-    let m = get(&kube.admin_url("/metrics"));
+    let m = kube.metrics_blocking();
     assert!(
         m.contains("kube_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}"),
         "{m}"
@@ -247,15 +247,6 @@ fn dig_and_kdig_get_authoritative_answers() {
         "{m}"
     );
     assert!(m.contains("kube_dns_zone_serial "), "{m}");
-}
-
-/// A blocking GET, for tests that are not async.
-fn get(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
 
 /// A blocking admin API call with the KUBE's token.
@@ -361,10 +352,7 @@ fn sighup_reloads_records_from_kube_yml() {
         format!("{ZONE}    - {{ name: new, type: TXT, value: '\"reloaded\"' }}\n"),
     )
     .unwrap();
-    let _ = Command::new("kill")
-        .arg("-HUP")
-        .arg(kube.pid().to_string())
-        .status();
+    kube.send_signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while short(&kube, &["new.kube.test", "TXT"]) != vec!["\"reloaded\""] {
         assert!(
@@ -380,10 +368,7 @@ fn sighup_reloads_records_from_kube_yml() {
         format!("{ZONE}    - {{ name: new, type: A, value: nope }}\n"),
     )
     .unwrap();
-    let _ = Command::new("kill")
-        .arg("-HUP")
-        .arg(kube.pid().to_string())
-        .status();
+    kube.send_signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !kube.log().contains("reload refused") {
         assert!(
@@ -486,7 +471,7 @@ fn rate_limiting_limits_one_prefix_not_another() {
     // Another /24 is not limited by the first one's burst.
     let other = burst("127.0.1.1:0", dns, 5);
     assert_eq!(other.iter().filter(|a| !a.1).count(), 5, "{other:?}");
-    let m = get(&kube.admin_url("/metrics"));
+    let m = kube.metrics_blocking();
     assert!(
         m.contains("kube_dns_rrl_limited_total{action=\"dropped\"}"),
         "{m}"
@@ -549,7 +534,7 @@ fn garbage_is_dropped_and_the_server_keeps_answering() {
         }
         assert!(Instant::now() < deadline, "no answer after garbage");
     }
-    let m = get(&kube.admin_url("/metrics"));
+    let m = kube.metrics_blocking();
     assert!(
         m.contains("kube_dns_malformed_total{transport=\"udp\"}"),
         "{m}"

@@ -137,12 +137,7 @@ async fn swarms_and_delivery_within_them() {
         json!({"v": 1, "type": "peer-left", "swarm": SWARM, "peer": b_id})
     );
 
-    let m = reqwest::get(kube.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = kube.metrics().await;
     assert!(
         m.contains("kube_signal_messages_total{direction=\"in\",type=\"signal\"} 3"),
         "{m}"

@@ -101,7 +101,7 @@ fn coturn_client_relays_when_loopback_is_allowed() {
         80,
         "every message came back through the relay: {out}"
     );
-    let m = reqwest::blocking_metrics(&kube);
+    let m = kube.metrics_blocking();
     assert!(
         m.contains("kube_turn_relayed_packets_total{direction=\"out\"}"),
         "{m}"
@@ -117,7 +117,7 @@ fn loopback_is_refused_by_default() {
     let out = uclient(turn, &["-W", SECRET, "-u", "alice"]);
     assert!(out.contains("403"), "{out}");
     assert_eq!(received(&out), 0, "{out}");
-    let m = reqwest::blocking_metrics(&kube);
+    let m = kube.metrics_blocking();
     assert!(m.contains("kube_turn_refused_total"), "{m}");
 }
 
@@ -135,23 +135,6 @@ fn wrong_or_expired_credentials_are_refused() {
     let expired = uclient(turn, &["-u", expired_user, "-w", &password]);
     assert_eq!(received(&expired), 0, "{expired}");
     assert!(expired.contains("error 4"), "{expired}");
-}
-
-mod reqwest {
-    pub fn blocking_metrics(kube: &tests::Kube) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            ::reqwest::get(kube.admin_url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
-    }
 }
 
 // ---- a raw STUN client ----
@@ -323,7 +306,7 @@ fn allocations_are_bounded_per_user_and_in_total() {
     let c = Client::new(turn, "carol");
     let r = c.allocate();
     assert!(code(&r).is_some_and(|c| c >= 400), "over the total: {r}");
-    let m = reqwest::blocking_metrics(&kube);
+    let m = kube.metrics_blocking();
     assert!(
         m.contains("kube_turn_refused_total{reason=\"user-quota\"} 1"),
         "{m}"
@@ -344,7 +327,7 @@ fn bandwidth_is_bounded_per_allocation() {
     let (kube, turn) = start("  allow_peers: [127.0.0.0/8]\n  max_bytes_per_sec: 2000\n");
     let out = uclient(turn, &["-W", SECRET, "-u", "alice"]);
     assert!(received(&out) < 80, "{out}");
-    let m = reqwest::blocking_metrics(&kube);
+    let m = kube.metrics_blocking();
     let dropped = m
         .lines()
         .find_map(|l| l.strip_prefix("kube_turn_dropped_packets_total "))
