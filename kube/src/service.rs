@@ -177,3 +177,24 @@ impl Running for Tasks {
         })
     }
 }
+
+/// The next TCP connection, or None once `cancel` fires. Accept errors (out of file
+/// descriptors and the like) are logged and retried after a short pause instead of spinning.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    cancel: &tokio_util::sync::CancellationToken,
+    service: &'static str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(service, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}

@@ -576,16 +576,8 @@ async fn serve_tcp(
     let idle = Duration::from_secs(section.tcp_idle_timeout_secs);
     let mut conns = JoinSet::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dns accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = crate::service::accept(&listener, &cancel, "dns").await else {
+            break;
         };
         while conns.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {

@@ -227,17 +227,8 @@ async fn accept_loop(
 ) {
     let mut conns = JoinSet::new();
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = crate::service::accept(&listener, &cancel, "http").await else {
+            break;
         };
         // Reap finished connection tasks so the set does not grow without bound.
         while conns.try_join_next().is_some() {}
