@@ -321,10 +321,65 @@ impl Default for Turn {
     }
 }
 
-/// `echo`: the headless replica of admitted spaces. Its keys arrive with the service.
+/// `echo`: the headless replica of admitted spaces.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Echo {}
+pub struct Echo {
+    /// Which space admins this KUBE serves: `any`, or a list of identity keys (did:key). A
+    /// space is replicated only when it admits KUBE's key as `replicator`, through a
+    /// credential one of these admins issued.
+    pub admit: Admit,
+}
+
+/// `echo.admit`: `any`, or a list of did:keys (in an environment variable, comma-separated).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Admit {
+    #[default]
+    Any,
+    Admins(Vec<String>),
+}
+
+impl Serialize for Admit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Admit::Any => s.serialize_str("any"),
+            Admit::Admins(list) => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Admit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match StringOrList::deserialize(d)? {
+            StringOrList::One(s) if s.trim() == "any" => Ok(Admit::Any),
+            StringOrList::One(s) => Ok(Admit::Admins(split_list(&s))),
+            StringOrList::Many(list) => Ok(Admit::Admins(list)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a string or a list of strings")]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A list of strings that an environment variable may give comma-separated.
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match StringOrList::deserialize(d)? {
+        StringOrList::One(s) => split_list(&s),
+        StringOrList::Many(list) => list,
+    })
+}
 
 /// `apps`: published app bundles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -370,12 +425,21 @@ pub struct Process {
 pub struct Admin {
     /// Address of the admin listener. Keep it on loopback or a private network.
     pub listen: SocketAddr,
+    /// Operator keys (did:key) whose signed requests the admin API accepts, besides the
+    /// bearer token in `<data_dir>/admin.token`.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub operators: Vec<String>,
+    /// Seconds a signed request's timestamp may differ from this server's clock; a request's
+    /// nonce is remembered for twice that, so a replay is refused.
+    pub signature_window_secs: u64,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: addr("127.0.0.1:9180"),
+            operators: Vec::new(),
+            signature_window_secs: 60,
         }
     }
 }

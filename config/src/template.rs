@@ -134,8 +134,11 @@ turn:
   max_allocations_per_user: 10
   max_bytes_per_sec: 1000000
 
-# The headless replica of admitted spaces; its keys arrive with the service.
-echo: {{}}
+echo:
+  # Which space admins this KUBE serves: any, or a list of identity keys (did:key). A space
+  # is replicated only when it admits KUBE's key (`kube identity`) as replicator, through a
+  # credential one of these admins issued.
+  admit: any
 
 apps:
   # Versions kept per app for rollback (the current one included).
@@ -151,6 +154,11 @@ processes: []
 admin:
   # The admin API, /metrics, /healthz and /readyz. Keep it on loopback or a private network.
   listen: 127.0.0.1:9180
+  # Operator keys (did:key) whose signed requests the admin API accepts, besides the bearer
+  # token in <data_dir>/admin.token. `kube identity new FILE` makes one.
+  operators: []
+  # Seconds a signed request's timestamp may differ from this server's clock.
+  signature_window_secs: 60
 
 metrics:
   # Serve Prometheus metrics at /metrics on the admin listener.

@@ -1,11 +1,23 @@
 //! HALO identities (pure, no I/O): Ed25519 public keys written as `did:key` (multibase
 //! base58btc of the multicodec `ed25519-pub` key, per the did:key method spec) and the one
-//! signature check every service uses.
+//! signature check every service uses; credentials, spaces, invitations, admission and
+//! operator-signed requests on top.
 
+pub mod admission;
 pub mod credential;
+pub mod invitation;
+pub mod keyfile;
+pub mod request;
 pub mod space;
 
 use ed25519_dalek::{Signature, VerifyingKey};
+
+pub use ed25519_dalek::SigningKey;
+
+/// The did:key of a private key's public half.
+pub fn did(key: &SigningKey) -> String {
+    PublicKey(key.verifying_key()).to_did()
+}
 
 /// The multicodec prefix of an Ed25519 public key (varint of 0xed).
 const ED25519_PUB: [u8; 2] = [0xed, 0x01];

@@ -27,6 +27,9 @@ pub enum Rejection {
     NoChain,
 }
 
+/// How far KUBE lets other clocks be off when it judges a credential's times.
+pub const SKEW_SECS: u64 = 300;
+
 /// The clock and how far other clocks may be off.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {

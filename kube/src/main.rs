@@ -7,6 +7,7 @@ mod cli;
 mod datadir;
 mod dns;
 mod http;
+mod identity;
 mod metrics;
 mod service;
 mod signaling;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow};
 use config::{Config, Loaded, Problem};
 
-use crate::admin::{AdminDeps, AdminService};
+use crate::admin::{AdminDeps, AdminHandle, AdminService};
 use crate::apps::Apps;
 use crate::datadir;
 use crate::dns::{DnsDeps, DnsHandle, DnsService};
@@ -38,6 +38,9 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     p.extend(HttpService::check(&cfg.http, &cx));
     p.extend(SignalService::check(&cfg.signal, &cx));
     p.extend(TurnService::check(&cfg.turn, &cx));
+    if let config::Admit::Admins(list) = &cfg.echo.admit {
+        p.extend(crate::identity::check_dids("echo.admit", list));
+    }
     if !cfg.processes.is_empty() {
         p.push(Problem::new(
             "processes",
@@ -69,7 +72,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // Installed before anything starts: a signal during start-up must not kill the
     // process with the default action.
     let mut signals = Signals::new()?;
-    let (dns, tls) = match start_all(&cfg, &cx, &metrics, &board, &mut running).await {
+    let identity =
+        crate::identity::load_or_create(&cx.data_dir).context("KUBE's identity (identity.key)")?;
+    let identity = halo::did(&identity);
+    let handles = match start_all(&cfg, &cx, &identity, &metrics, &board, &mut running).await {
         Ok(handles) => handles,
         Err(e) => {
             stop_all(running, grace).await;
@@ -104,10 +110,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     board.set_ready(true);
     print_banner(&cfg, &cx, &bound, started_at.elapsed());
 
+    let mut live = cfg.clone();
     loop {
         match signals.next().await {
             Signal::Stop => break,
-            Signal::Reload => reload(loaded.file.as_deref(), &cfg, dns.as_ref(), &tls),
+            Signal::Reload => reload(loaded.file.as_deref(), &mut live, &handles),
         }
     }
     tracing::info!("stopping");
@@ -118,13 +125,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a reload reaches in the running services.
+struct Handles {
+    dns: Option<DnsHandle>,
+    tls: TlsHandle,
+    admin: AdminHandle,
+}
+
 async fn start_all(
     cfg: &Config,
     cx: &Context,
+    identity: &str,
     metrics: &Arc<Metrics>,
     board: &Arc<Board>,
     running: &mut Vec<Box<dyn Running>>,
-) -> anyhow::Result<(Option<DnsHandle>, TlsHandle)> {
+) -> anyhow::Result<Handles> {
     let apps = Apps::start(cfg.apps.clone(), cx, ())
         .await
         .map_err(|e| anyhow!("{}: {e}", Apps::NAME))?;
@@ -186,11 +201,14 @@ async fn start_all(
             tls: tls.clone(),
             dns: dns.clone(),
             https: https.clone(),
+            identity: identity.to_owned(),
+            admit: crate::identity::admission_policy(&cfg.echo.admit),
         },
     )
     .await
     .map_err(|e| anyhow!("{}: {e}", AdminService::NAME))?;
     running.push(admin.running);
+    let admin = admin.handle;
 
     let http = HttpService::start(
         cfg.http.clone(),
@@ -208,7 +226,7 @@ async fn start_all(
     let _ = https.set(http.handle);
     // ACME may answer challenges from here on.
     tls.listeners_ready();
-    Ok((dns, tls))
+    Ok(Handles { dns, tls, admin })
 }
 
 async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
@@ -253,14 +271,9 @@ impl Signals {
 }
 
 /// SIGHUP: reads the configuration again. A bad one is refused with its problems and the
-/// running one stays. DNS records apply live; other changed sections are named as needing
-/// a restart until live reload reaches them.
-fn reload(
-    file: Option<&std::path::Path>,
-    running: &Config,
-    dns: Option<&DnsHandle>,
-    tls: &TlsHandle,
-) {
+/// running one stays. DNS records and admin operators apply live (and become part of `live`);
+/// other changed sections are named as needing a restart until live reload reaches them.
+fn reload(file: Option<&std::path::Path>, live: &mut Config, handles: &Handles) {
     let next = match config::load_with(file, std::env::vars(), check) {
         Ok(l) => l.config,
         Err(e) => {
@@ -268,14 +281,26 @@ fn reload(
             return;
         }
     };
-    if let Some(dns) = dns
-        && next.dns != running.dns
+    if let Some(dns) = &handles.dns
+        && next.dns != live.dns
     {
         match dns.reload(next.dns.clone()) {
-            Ok(()) => tracing::info!(serial = dns.zone().serial(), "dns records reloaded"),
+            Ok(()) => {
+                tracing::info!(serial = dns.zone().serial(), "dns records reloaded");
+                live.dns = next.dns.clone();
+            }
             Err(e) => tracing::error!(error = %e, "dns reload refused; the old zone stays"),
         }
     }
+    if next.admin.listen == live.admin.listen && next.admin != live.admin {
+        handles.admin.reload(&next.admin);
+        tracing::info!(
+            operators = next.admin.operators.len(),
+            "admin operators reloaded"
+        );
+        live.admin = next.admin.clone();
+    }
+    let tls = &handles.tls;
     // `files` mode: certificate files replaced in place are picked up now.
     match tls.reload_files() {
         Ok(true) => tracing::info!("certificate files reloaded"),
@@ -286,15 +311,16 @@ fn reload(
     }
     let mut restart = Vec::new();
     let sections = [
-        ("domain", next.domain != running.domain),
-        ("data_dir", next.data_dir != running.data_dir),
-        ("http", next.http != running.http),
-        ("tls", next.tls != running.tls),
-        ("acme", next.acme != running.acme),
-        ("apps", next.apps != running.apps),
-        ("admin", next.admin != running.admin),
-        ("metrics", next.metrics != running.metrics),
-        ("log", next.log != running.log),
+        ("domain", next.domain != live.domain),
+        ("data_dir", next.data_dir != live.data_dir),
+        ("http", next.http != live.http),
+        ("tls", next.tls != live.tls),
+        ("acme", next.acme != live.acme),
+        ("apps", next.apps != live.apps),
+        ("admin", next.admin != live.admin),
+        ("echo", next.echo != live.echo),
+        ("metrics", next.metrics != live.metrics),
+        ("log", next.log != live.log),
     ];
     for (name, changed) in sections {
         if changed {

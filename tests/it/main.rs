@@ -6,6 +6,8 @@ mod apps;
 mod bundles;
 mod config;
 mod dns;
+mod identity;
+mod invite;
 mod lifecycle;
 mod signal;
 mod turn;

@@ -26,7 +26,7 @@ async fn open(kube: &Kube) -> Ws {
     .await
 }
 
-async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -41,7 +41,7 @@ async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
-async fn send(ws: &mut Ws, mut v: Value) {
+pub(crate) async fn send(ws: &mut Ws, mut v: Value) {
     v.as_object_mut().unwrap().insert("v".into(), 1.into());
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
@@ -53,7 +53,7 @@ fn did(key: &SigningKey) -> String {
 }
 
 /// Connects and authenticates as the key made from `seed`.
-async fn peer(kube: &Kube, seed: u8) -> (Ws, String) {
+pub(crate) async fn peer(kube: &Kube, seed: u8) -> (Ws, String) {
     let key = SigningKey::from_bytes(&[seed; 32]);
     let mut ws = open(kube).await;
     let challenge = recv(&mut ws).await;

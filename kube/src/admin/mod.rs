@@ -1,8 +1,9 @@
-//! The `admin` service: the JSON admin API behind a bearer token (`<data_dir>/admin.token`),
-//! and `/metrics`, `/healthz`, `/readyz` on the same listener.
+//! The `admin` service: the JSON admin API behind operator signatures (HALO keys listed in
+//! `admin.operators`, see `halo::request`) or a bearer token (`<data_dir>/admin.token`), and
+//! `/metrics`, `/healthz`, `/readyz` on the same listener.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use config::Problem;
 use futures_util::StreamExt;
+use halo::request::{Signed, Verifier};
 use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,12 +53,61 @@ pub struct AdminDeps {
     pub dns: Option<DnsHandle>,
     /// Filled in once `http` has started (it starts after `admin`).
     pub https: Arc<std::sync::OnceLock<HttpsHandle>>,
+    /// KUBE's own key, as did:key.
+    pub identity: String,
+    /// `echo.admit`, for the admission question ECHO asks (and operators may ask here).
+    pub admit: halo::admission::Admit,
 }
 
 struct Shared {
     deps: AdminDeps,
     token_hash: [u8; 32],
     domain: String,
+    operators: Mutex<Operators>,
+}
+
+/// Who may sign, and the nonces seen: replaced whole on reload.
+struct Operators {
+    dids: Vec<String>,
+    verifier: Verifier,
+}
+
+impl Operators {
+    fn new(section: &config::Admin) -> Operators {
+        Operators {
+            dids: section.operators.clone(),
+            verifier: Verifier::new(operator_keys(section), section.signature_window_secs),
+        }
+    }
+}
+
+/// `check` refused bad keys before start or reload; a key that still fails is skipped.
+fn operator_keys(section: &config::Admin) -> Vec<halo::PublicKey> {
+    section
+        .operators
+        .iter()
+        .filter_map(|d| halo::PublicKey::from_did(d).ok())
+        .collect()
+}
+
+/// What a reload may change while the listener stays.
+#[derive(Clone)]
+pub struct AdminHandle {
+    shared: Arc<Shared>,
+}
+
+impl AdminHandle {
+    /// New operator keys and window; nonces already seen stay remembered.
+    pub fn reload(&self, section: &config::Admin) {
+        let mut ops = lock(&self.shared.operators);
+        ops.verifier
+            .set_operators(operator_keys(section), section.signature_window_secs);
+        ops.dids = section.operators.clone();
+    }
+}
+
+fn lock(m: &Mutex<Operators>) -> std::sync::MutexGuard<'_, Operators> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct AdminService;
@@ -65,17 +116,24 @@ impl Service for AdminService {
     const NAME: &'static str = "admin";
     type Section = config::Admin;
     type Deps = AdminDeps;
-    type Handle = ();
+    type Handle = AdminHandle;
 
-    fn check(_section: &config::Admin, _cx: &Context) -> Vec<Problem> {
-        Vec::new()
+    fn check(section: &config::Admin, _cx: &Context) -> Vec<Problem> {
+        let mut p = crate::identity::check_dids("admin.operators", &section.operators);
+        if section.signature_window_secs == 0 || section.signature_window_secs > 3600 {
+            p.push(Problem::new(
+                "admin.signature_window_secs",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        p
     }
 
     async fn start(
         section: config::Admin,
         cx: &Context,
         deps: AdminDeps,
-    ) -> Result<Started<()>, StartError> {
+    ) -> Result<Started<AdminHandle>, StartError> {
         let token = crate::datadir::admin_token(&cx.data_dir).map_err(AdminError::from)?;
         let listener =
             TcpListener::bind(section.listen)
@@ -89,9 +147,15 @@ impl Service for AdminService {
             deps,
             token_hash: Sha256::digest(token.as_bytes()).into(),
             domain: cx.domain.clone(),
+            operators: Mutex::new(Operators::new(&section)),
         });
+        let handle = AdminHandle {
+            shared: shared.clone(),
+        };
         let api = Router::new()
             .route("/api/status", get(status))
+            .route("/api/identity", get(identity))
+            .route("/api/echo/admission", post(admission))
             .route("/api/apps", get(list_apps))
             .route(
                 "/api/apps/{name}",
@@ -123,29 +187,145 @@ impl Service for AdminService {
         });
         tracing::info!(%addr, "admin listening");
         Ok(Started {
-            handle: (),
+            handle,
             running: Box::new(tasks),
         })
     }
 }
 
-/// Bearer token check for `/api`. Operator signatures (HALO) will sit beside it.
+/// `/api` requires an operator's signature (`Kube-Ed25519 …`, see `halo::request`) or the
+/// bearer token. A signed request's body reaches the handler through a check of its hash:
+/// a body other than the one signed fails to read, so the handler refuses it.
 async fn authorize(State(st): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let given = req
+    let auth = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(auth) = auth else {
+        return unauthorized("a signed request (Kube-Ed25519) or a bearer token is required");
+    };
+    if let Some(signed) = Signed::parse(&auth) {
+        let signed = match signed {
+            Ok(s) => s,
+            Err(e) => return unauthorized(e),
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let verified =
+            lock(&st.operators)
+                .verifier
+                .verify(&signed, req.method().as_str(), &path, now);
+        return match verified {
+            Ok(operator) => {
+                tracing::debug!(%operator, method = %req.method(), %path, "signed admin request");
+                let (parts, body) = req.into_parts();
+                let body = hash_checked(body, signed.body);
+                next.run(Request::from_parts(parts, body)).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key = %signed.key, "signed admin request refused");
+                unauthorized(e)
+            }
+        };
+    }
+    let given = auth
+        .strip_prefix("Bearer ")
         .map(|t| Sha256::digest(t.trim().as_bytes()));
     // Comparing digests keeps the comparison independent of where the token differs.
     match given {
         Some(d) if d.as_slice() == st.token_hash => next.run(req).await,
-        _ => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        ),
+        _ => unauthorized("a valid bearer token is required"),
     }
+}
+
+fn unauthorized(message: impl std::fmt::Display) -> Response {
+    error(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the body does not match the hash the request signed")]
+struct BodyMismatch;
+
+/// The body, failing at its end unless it hashed to `expected` (lowercase hex SHA-256).
+fn hash_checked(body: Body, expected: String) -> Body {
+    let hasher = Arc::new(Mutex::new(Sha256::new()));
+    let feed = hasher.clone();
+    let data = body.into_data_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            feed.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .update(bytes);
+        }
+        chunk.map_err(axum::BoxError::from)
+    });
+    let end = futures_util::stream::once(async move {
+        let digest =
+            std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())).finalize();
+        (hex::encode(digest) != expected).then(|| Err(axum::BoxError::from(BodyMismatch)))
+    })
+    .filter_map(std::future::ready);
+    Body::from_stream(data.chain(end))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdmissionQuery {
+    space: String,
+    credentials: Vec<halo::credential::Credential>,
+}
+
+/// Would this KUBE replicate a space with these credentials? The same decision ECHO makes
+/// (`halo::admission::decide`), so an operator or app developer can see why not.
+async fn admission(
+    State(st): State<Arc<Shared>>,
+    body: Result<Json<AdmissionQuery>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(q) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let clock = halo::space::Clock {
+        now,
+        skew: halo::space::SKEW_SECS,
+    };
+    let decision = halo::admission::decide(
+        &st.deps.admit,
+        &st.deps.identity,
+        &q.space,
+        &q.credentials,
+        clock,
+    );
+    Json(match decision {
+        halo::admission::Decision::Replicate { granted_by, role } => json!({
+            "replicate": true, "granted_by": granted_by, "role": role,
+        }),
+        halo::admission::Decision::Refuse(why) => json!({
+            "replicate": false, "reason": why.to_string(),
+        }),
+    })
+    .into_response()
+}
+
+/// KUBE's key and its operators (`kube identity` asks the running KUBE through this).
+async fn identity(State(st): State<Arc<Shared>>) -> Response {
+    Json(json!({
+        "identity": st.deps.identity,
+        "operators": lock(&st.operators).dids,
+    }))
+    .into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
@@ -250,6 +430,7 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "domain": st.domain,
+        "identity": st.deps.identity,
         "ready": st.deps.board.is_ready(),
         "uptime_secs": st.deps.board.uptime().as_secs(),
         "services": st.deps.board.services(),

@@ -11,10 +11,9 @@ use serde_json::{Value, json};
 use super::AppCommand;
 use super::client::Client;
 
-pub async fn run(file: Option<&Path>, command: AppCommand) -> anyhow::Result<()> {
-    let c = Client::connect(file)?;
+pub async fn run(c: &Client, command: AppCommand) -> anyhow::Result<()> {
     match command {
-        AppCommand::Publish { bundle, name } => publish(&c, &bundle, &name).await,
+        AppCommand::Publish { bundle, name } => publish(c, &bundle, &name).await,
         AppCommand::List => {
             let apps = c.send(c.request(reqwest::Method::GET, "/api/apps")).await?;
             let list = apps.as_array().cloned().unwrap_or_default();
@@ -51,10 +50,11 @@ pub async fn run(file: Option<&Path>, command: AppCommand) -> anyhow::Result<()>
                 None => json!({}),
             };
             let r = c
-                .send(
-                    c.request(reqwest::Method::POST, &format!("/api/apps/{name}/rollback"))
-                        .json(&body),
-                )
+                .send(c.request_json(
+                    reqwest::Method::POST,
+                    &format!("/api/apps/{name}/rollback"),
+                    &body,
+                ))
                 .await?;
             println!(
                 "{name} is at version {} {}",
@@ -90,6 +90,17 @@ async fn publish(c: &Client, bundle: &Path, name: &str) -> anyhow::Result<()> {
         );
     };
     let size = std::fs::metadata(&archive)?.len();
+    // A signed upload names its body's hash up front: one read of the file before sending.
+    let hash = {
+        let path = archive.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut f = std::fs::File::open(path)?;
+            let mut h = sha2::Sha256::default();
+            std::io::copy(&mut f, &mut h)?;
+            Ok(hex::encode(sha2::Digest::finalize(h)))
+        })
+        .await??
+    };
     let bar = ProgressBar::new(size);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
@@ -104,7 +115,7 @@ async fn publish(c: &Client, bundle: &Path, name: &str) -> anyhow::Result<()> {
         }
     });
     let req = c
-        .request(reqwest::Method::PUT, &format!("/api/apps/{name}"))
+        .request_body(reqwest::Method::PUT, &format!("/api/apps/{name}"), &hash)
         .header("content-type", "application/gzip")
         .header("content-length", size)
         .body(reqwest::Body::wrap_stream(stream));

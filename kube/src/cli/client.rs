@@ -1,5 +1,6 @@
 //! The admin API client the CLI uses: it finds the running KUBE through `<data_dir>/run.json`
-//! and authenticates with `<data_dir>/admin.token`.
+//! (or `admin.listen`) and signs each request with an operator key (`--key`, `KUBE_KEY`), or
+//! else sends the bearer token from `<data_dir>/admin.token`.
 
 use std::path::Path;
 
@@ -8,44 +9,113 @@ use serde_json::Value;
 
 use crate::datadir;
 
+enum Auth {
+    Token(String),
+    Key(halo::SigningKey),
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    auth: Auth,
 }
 
 impl Client {
-    pub fn connect(file: Option<&Path>) -> anyhow::Result<Client> {
+    pub fn connect(file: Option<&Path>, key: Option<&Path>) -> anyhow::Result<Client> {
         let cfg = super::local::load(file)?.config;
         let run = datadir::run_info_path(&cfg.data_dir);
-        let text = std::fs::read_to_string(&run).with_context(|| {
-            format!(
-                "is kube running on data dir {}? ({} not readable)",
-                cfg.data_dir.display(),
-                run.display()
-            )
-        })?;
-        let info: datadir::RunInfo =
-            serde_json::from_str(&text).with_context(|| format!("reading {}", run.display()))?;
-        let token_path = datadir::token_path(&cfg.data_dir);
-        let token = std::fs::read_to_string(&token_path)
-            .with_context(|| format!("reading the admin token {}", token_path.display()))?
-            .trim()
-            .to_owned();
+        let info = std::fs::read_to_string(&run)
+            .with_context(|| {
+                format!(
+                    "is kube running on data dir {}? ({} not readable)",
+                    cfg.data_dir.display(),
+                    run.display()
+                )
+            })
+            .and_then(|text| {
+                serde_json::from_str::<datadir::RunInfo>(&text)
+                    .with_context(|| format!("reading {}", run.display()))
+            });
+        let (admin, auth) = match key {
+            // An operator may not be able to read the data dir: admin.listen finds KUBE.
+            Some(key) => {
+                let key = crate::identity::load(key).context("the operator key (--key)")?;
+                let admin = info
+                    .map(|i| i.admin)
+                    .unwrap_or_else(|_| cfg.admin.listen.to_string());
+                (admin, Auth::Key(key))
+            }
+            None => {
+                let info = info?;
+                let token_path = datadir::token_path(&cfg.data_dir);
+                let token = std::fs::read_to_string(&token_path)
+                    .with_context(|| {
+                        format!(
+                            "reading the admin token {} (or sign with --key)",
+                            token_path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned();
+                (info.admin, Auth::Token(token))
+            }
+        };
         let http = reqwest::Client::builder()
             .build()
             .context("building the HTTP client")?;
         Ok(Client {
             http,
-            base: format!("http://{}", info.admin),
-            token,
+            base: format!("http://{admin}"),
+            auth,
         })
     }
 
+    /// A request without a body.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.request_body(method, path, &halo::request::body_hash(b""))
+    }
+
+    /// A request with a JSON body.
+    pub fn request_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        let bytes = body.to_string().into_bytes();
+        self.request_body(method, path, &halo::request::body_hash(&bytes))
+            .header("content-type", "application/json")
+            .body(bytes)
+    }
+
+    /// A request whose body (set by the caller) hashes to `body_sha256` (lowercase hex).
+    pub fn request_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body_sha256: &str,
+    ) -> reqwest::RequestBuilder {
+        let req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        match &self.auth {
+            Auth::Token(token) => req.bearer_auth(token),
+            Auth::Key(key) => {
+                let ts = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let signed = halo::request::sign_hashed(
+                    key,
+                    method.as_str(),
+                    path,
+                    body_sha256,
+                    ts,
+                    rand::random(),
+                );
+                req.header("authorization", signed.header())
+            }
+        }
     }
 
     /// Sends a request and returns its JSON, or the server's error message.
@@ -64,8 +134,7 @@ impl Client {
     }
 }
 
-pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
-    let c = Client::connect(file)?;
+pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
     let s = c
         .send(c.request(reqwest::Method::GET, "/api/status"))
         .await?;
@@ -75,7 +144,7 @@ pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
     }
     let str_of = |v: &Value| v.as_str().unwrap_or("").to_owned();
     println!(
-        "KUBE {} for {}  ({}, up {}s)",
+        "KUBE {} for {}  ({}, up {}s)\nidentity {}",
         str_of(&s["version"]),
         str_of(&s["domain"]),
         if s["ready"].as_bool() == Some(true) {
@@ -83,7 +152,8 @@ pub async fn status(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
         } else {
             "not ready"
         },
-        s["uptime_secs"]
+        s["uptime_secs"],
+        str_of(&s["identity"])
     );
     println!("\nservices:");
     for svc in s["services"].as_array().into_iter().flatten() {
@@ -172,8 +242,7 @@ fn print_certs(s: &Value) {
     }
 }
 
-pub async fn cert(file: Option<&Path>, command: super::CertCommand) -> anyhow::Result<()> {
-    let c = Client::connect(file)?;
+pub async fn cert(c: &Client, command: super::CertCommand) -> anyhow::Result<()> {
     match command {
         super::CertCommand::List => {
             let s = c

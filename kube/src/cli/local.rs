@@ -1,4 +1,4 @@
-//! Commands that need no running KUBE: `init`, `config check`, `trust`.
+//! Commands that need no running KUBE: `init`, `config check`, `trust`, `identity`.
 
 use std::path::Path;
 
@@ -53,5 +53,49 @@ pub fn trust(file: Option<&Path>) -> anyhow::Result<()> {
         )
     })?;
     print!("{pem}");
+    Ok(())
+}
+
+/// KUBE's did:key (from `<data_dir>/identity.key`) and the operators the config lists.
+pub fn identity(file: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = load(file)?.config;
+    let path = crate::identity::path(&cfg.data_dir);
+    if !path.exists() {
+        bail!(
+            "no identity at {} yet: `kube start` creates it on first start",
+            path.display()
+        );
+    }
+    let key = crate::identity::load(&path)?;
+    println!("{}", halo::did(&key));
+    if cfg.admin.operators.is_empty() {
+        println!("operators: none (admin.operators); the admin token works for local scripts");
+    } else {
+        println!("operators:");
+        for op in &cfg.admin.operators {
+            println!("  {op}");
+        }
+    }
+    match &cfg.echo.admit {
+        config::Admit::Any => println!("echo.admit: any space admin"),
+        config::Admit::Admins(list) => {
+            println!("echo.admit:");
+            for admin in list {
+                println!("  {admin}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `kube identity new FILE`: an operator key.
+pub fn new_key(path: &Path) -> anyhow::Result<()> {
+    let key = crate::identity::create(path)?;
+    println!("{}", halo::did(&key));
+    eprintln!(
+        "wrote {}; add the key above to admin.operators, then use --key {} (or KUBE_KEY)",
+        path.display(),
+        path.display()
+    );
     Ok(())
 }

@@ -22,6 +22,10 @@ pub struct Cli {
     /// override it.
     #[arg(short = 'c', long = "config", global = true, env = "KUBE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Sign admin requests with this operator key (PKCS#8 PEM, listed in admin.operators)
+    /// instead of using the data dir's admin token.
+    #[arg(long = "key", global = true, env = "KUBE_KEY")]
+    pub key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,6 +64,11 @@ pub enum Command {
     },
     /// Print the local CA certificate (PEM), to trust it in a browser or OS.
     Trust,
+    /// KUBE's own key (did:key) and its operators; `new FILE` makes an operator key.
+    Identity {
+        #[command(subcommand)]
+        command: Option<IdentityCommand>,
+    },
     /// Certificates: what is served, and renewal.
     Cert {
         #[command(subcommand)]
@@ -73,6 +82,13 @@ pub enum CertCommand {
     List,
     /// Ask for a new certificate now.
     Renew,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IdentityCommand {
+    /// Write a new Ed25519 key (PKCS#8 PEM, 0600) to FILE and print its did:key, to list in
+    /// admin.operators and use with --key.
+    New { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,10 +128,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             command: ConfigCommand::Check,
         } => Ok(local::config_check(cli.config.as_deref())),
         Command::Trust => local::trust(cli.config.as_deref()).map(|_| 0),
-        Command::Status { json } => client::status(cli.config.as_deref(), json).await.map(|_| 0),
-        Command::Cert { command } => client::cert(cli.config.as_deref(), command)
-            .await
-            .map(|_| 0),
-        Command::App { command } => app::run(cli.config.as_deref(), command).await.map(|_| 0),
+        Command::Identity {
+            command: Some(IdentityCommand::New { file }),
+        } => local::new_key(&file).map(|_| 0),
+        Command::Identity { command: None } => local::identity(cli.config.as_deref()).map(|_| 0),
+        Command::Status { json } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref())?;
+            client::status(&c, json).await.map(|_| 0)
+        }
+        Command::Cert { command } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref())?;
+            client::cert(&c, command).await.map(|_| 0)
+        }
+        Command::App { command } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref())?;
+            app::run(&c, command).await.map(|_| 0)
+        }
     }
 }
