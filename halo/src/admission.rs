@@ -2,9 +2,7 @@
 //! admit KUBE's key as a `replicator` (or a higher role) through a valid credential, and that
 //! credential's issuer must be an admin the operator's policy (`echo.admit`) accepts.
 
-use std::collections::HashSet;
-
-use crate::credential::{Assertion, Credential, Role};
+use crate::credential::{Credential, Role};
 use crate::space::{self, Clock};
 
 /// The operator's policy: which space admins this KUBE serves.
@@ -45,32 +43,20 @@ pub fn decide(
     clock: Clock,
 ) -> Decision {
     let membership = space::validate(space, credentials, clock);
-    let rejected: HashSet<&str> = membership
-        .rejected
-        .iter()
-        .map(|(id, _)| id.as_str())
-        .collect();
     let mut best: Option<Refusal> = None;
-    for c in credentials {
-        let Assertion::SpaceMember { role, .. } = c.assertion else {
-            continue;
-        };
-        // Unrejected member credentials are exactly those an admin on a chain issued.
-        if c.subject != kube || rejected.contains(c.id.as_str()) {
-            continue;
-        }
-        if role < Role::Replicator {
-            best.get_or_insert(Refusal::RoleTooLow(role));
+    for g in membership.grants.iter().filter(|g| g.subject == kube) {
+        if g.role < Role::Replicator {
+            best.get_or_insert(Refusal::RoleTooLow(g.role));
             continue;
         }
         match policy {
-            Admit::Admins(list) if !list.contains(&c.issuer) => {
-                best = Some(Refusal::AdminNotAllowed(c.issuer.clone()));
+            Admit::Admins(list) if !list.contains(&g.issuer) => {
+                best = Some(Refusal::AdminNotAllowed(g.issuer.clone()));
             }
             _ => {
                 return Decision::Replicate {
-                    granted_by: c.issuer.clone(),
-                    role,
+                    granted_by: g.issuer.clone(),
+                    role: g.role,
                 };
             }
         }
@@ -83,6 +69,7 @@ mod tests {
     use ed25519_dalek::{Signer, SigningKey};
 
     use super::*;
+    use crate::credential::Assertion;
 
     fn key(seed: u8) -> (SigningKey, String) {
         let k = SigningKey::from_bytes(&[seed; 32]);
@@ -194,6 +181,12 @@ mod tests {
             d(&Admit::Any, &creds),
             Decision::Refuse(Refusal::NotAdmitted)
         );
+        // A forged credential carrying the real one's id does not hide it.
+        let real = member(&alice, Role::Replicator);
+        let mut forged = member(&stranger, Role::Replicator);
+        forged.id = real.id.clone();
+        let creds = vec![genesis.clone(), forged, real];
+        assert!(matches!(d(&Admit::Any, &creds), Decision::Replicate { .. }));
         // No credentials at all.
         assert_eq!(d(&Admit::Any, &[]), Decision::Refuse(Refusal::NotAdmitted));
     }

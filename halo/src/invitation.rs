@@ -29,8 +29,10 @@ use crate::credential::{Assertion, Credential, Role};
 
 /// Wrong codes an invitation survives: the third wrong one kills it.
 pub const CODE_ATTEMPTS: u8 = 3;
-/// Guests a host talks to at once; more are refused until one finishes.
+/// Guests a host talks to at once; more are refused until one finishes or times out.
 pub const MAX_PENDING: usize = 16;
+/// Seconds a guest has to answer a challenge.
+pub const PENDING_SECS: u64 = 60;
 const CONTEXT: &str = "kube-invite-v1";
 
 /// What the admin hands to the guest (a link or a QR code); the code, if any, goes by
@@ -155,6 +157,8 @@ pub enum InvitationError {
     BadCredential(String),
     #[error("unexpected message {0} in this state")]
     Unexpected(&'static str),
+    #[error("a message from {0}, not from the invitation's host: ignored")]
+    NotFromHost(String),
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -217,7 +221,8 @@ fn check_code(code: &str) -> Result<(), InvitationError> {
     }
 }
 
-/// A fresh 6-digit code from 4 random bytes (bias below 2⁻²²).
+/// A fresh 6-digit code from 4 random bytes (the modulo bias makes no code more than
+/// 1 + 2⁻¹² times as likely as another).
 pub fn new_code(random: [u8; 4]) -> String {
     format!("{:06}", u32::from_le_bytes(random) % 1_000_000)
 }
@@ -231,6 +236,7 @@ pub enum HostState {
 }
 
 struct Pending {
+    since: u64,
     guest: String,
     guest_eph: String,
     host_eph: String,
@@ -319,7 +325,7 @@ impl Host {
                 invitation,
                 guest,
                 eph,
-            } => self.hello(from, invitation, guest, eph, random),
+            } => self.hello(from, invitation, guest, eph, now, random),
             Message::Proof { signature, mac } => self.proof(from, signature, mac, now),
             _ => self.refuse(Refusal::BadProof),
         }
@@ -331,6 +337,7 @@ impl Host {
         invitation: String,
         guest: String,
         eph: String,
+        now: u64,
         random: [u8; 32],
     ) -> Message {
         if invitation != self.invitation.id {
@@ -345,6 +352,9 @@ impl Host {
         {
             return self.refuse(Refusal::WrongKey);
         }
+        // Guests that never answered make room for new ones.
+        self.pending
+            .retain(|_, p| now.saturating_sub(p.since) <= PENDING_SECS);
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(from) {
             return self.refuse(Refusal::Busy);
         }
@@ -355,6 +365,7 @@ impl Host {
         self.pending.insert(
             from.to_owned(),
             Pending {
+                since: now,
                 guest,
                 guest_eph: eph,
                 host_eph: host_eph.clone(),
@@ -369,7 +380,11 @@ impl Host {
 
     fn proof(&mut self, from: &str, signature: String, mac: Option<String>, now: u64) -> Message {
         // A challenge answers once: a replayed proof finds nothing pending.
-        let Some(p) = self.pending.remove(from) else {
+        let Some(p) = self
+            .pending
+            .remove(from)
+            .filter(|p| now.saturating_sub(p.since) <= PENDING_SECS)
+        else {
             return self.refuse(Refusal::BadProof);
         };
         let id = &self.invitation.id;
@@ -485,14 +500,18 @@ impl Guest {
         ))
     }
 
-    /// Handles the host's message.
-    pub fn handle(&mut self, msg: Message) -> Result<GuestStep, InvitationError> {
+    /// Handles a message from the signaling peer `from`. Messages from anyone but the
+    /// invitation's host are refused without changing the state, so another peer in the
+    /// swarm cannot break the attempt.
+    pub fn handle(&mut self, from: &str, msg: Message) -> Result<GuestStep, InvitationError> {
+        if from != self.invitation.host {
+            return Err(InvitationError::NotFromHost(from.to_owned()));
+        }
         if self.done {
             return Err(InvitationError::Unexpected("after the end"));
         }
         match msg {
             Message::Challenge { eph, signature } if !self.challenged => {
-                self.challenged = true;
                 let me = did(&self.key);
                 let id = &self.invitation.id;
                 let challenge = transcript("challenge", id, &me, &self.eph, &eph);
@@ -501,6 +520,7 @@ impl Guest {
                 let sig = unb64(&signature).ok_or(InvitationError::HostNotAuthentic)?;
                 host.verify(challenge.as_bytes(), &sig)
                     .map_err(|_| InvitationError::HostNotAuthentic)?;
+                self.challenged = true;
                 let proof = transcript("proof", id, &me, &self.eph, &eph);
                 let mac = match &self.code {
                     Some(code) => {

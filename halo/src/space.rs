@@ -37,10 +37,20 @@ pub struct Clock {
     pub skew: u64,
 }
 
+/// A `SpaceMember` credential that counts: valid, on a chain, not revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub subject: String,
+    pub issuer: String,
+    pub role: Role,
+}
+
 /// The space as its credentials make it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Membership {
     pub roles: BTreeMap<String, Role>,
+    /// Every member credential that counts, in the order given.
+    pub grants: Vec<Grant>,
     /// Device key → the identity it signs for.
     pub devices: BTreeMap<String, String>,
     pub rejected: Vec<(String, Rejection)>,
@@ -128,7 +138,22 @@ pub fn validate(space: &str, credentials: &[Credential], clock: Clock) -> Member
     }
     let roles = walk(space, &good, &revoked, &signer_ok);
 
-    // 4. Report what does not count, once each.
+    // 4. Report what does not count, once each; collect the member grants that do. (Ids are
+    //    no key here: a forged credential may carry a good one's id, and is not in `good`.)
+    let mut grants = Vec::new();
+    for c in &good {
+        if let Assertion::SpaceMember { role, .. } = c.assertion
+            && !revoked.contains(c.id.as_str())
+            && signer_ok(c)
+            && roles.get(c.issuer.as_str()) == Some(&Role::Admin)
+        {
+            grants.push(Grant {
+                subject: c.subject.clone(),
+                issuer: c.issuer.clone(),
+                role,
+            });
+        }
+    }
     let mut reported: HashSet<String> = rejected.iter().map(|(id, _)| id.clone()).collect();
     for c in &good {
         if reported.contains(&c.id) {
@@ -161,6 +186,7 @@ pub fn validate(space: &str, credentials: &[Credential], clock: Clock) -> Member
         .collect();
     Membership {
         roles: roles.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        grants,
         devices: live_devices,
         rejected,
     }

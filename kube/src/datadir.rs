@@ -143,6 +143,9 @@ pub struct RunInfo {
     pub http: Option<String>,
     pub domain: String,
     pub public_https_port: Option<u16>,
+    /// KUBE's did:key: what operator signatures name.
+    #[serde(default)]
+    pub identity: String,
 }
 
 pub fn run_info_path(dir: &Path) -> PathBuf {

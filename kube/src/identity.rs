@@ -70,14 +70,32 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, IdentityError> {
     }
 }
 
-/// Writes a new key file (0600); never replaces one.
+/// Writes a new key file (0600); never replaces one, even one that appears meanwhile: the
+/// key goes to a temporary file first and is linked into place, which fails if the name
+/// exists.
 pub fn create(path: &Path) -> Result<SigningKey, IdentityError> {
     if path.exists() {
         return Err(IdentityError::Exists(path.to_owned()));
     }
     let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    write_key(path, &key)?;
-    Ok(key)
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.new",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    write_key(&tmp, &key)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(IdentityError::Exists(path.to_owned()))
+        }
+        Err(source) => Err(IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn write_key(path: &Path, key: &SigningKey) -> Result<(), IdentityError> {

@@ -102,6 +102,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         http: http.map(|a| a.to_string()),
         domain: cx.domain.clone(),
         public_https_port: cfg.http.public_https_port,
+        identity: identity.clone(),
     };
     datadir::write_private(
         &datadir::run_info_path(&cx.data_dir),

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use halo::SigningKey;
-use halo::request::{Signed, body_hash, sign};
+use halo::request::{Signed, Target, body_hash, sign};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tests::{Kube, Opts, kube_bin};
@@ -19,14 +19,7 @@ fn now() -> u64 {
 }
 
 fn nonce() -> [u8; 16] {
-    let mut n = [0u8; 16];
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        .to_le_bytes();
-    n.copy_from_slice(&t);
-    n
+    rand::random()
 }
 
 fn with_operator(op: &SigningKey) -> Kube {
@@ -35,6 +28,25 @@ fn with_operator(op: &SigningKey) -> Kube {
         ..Opts::default()
     })
     .unwrap_or_else(|log| panic!("kube did not start:\n{log}"))
+}
+
+/// KUBE's did:key, from the unauthenticated `/identity`.
+async fn server_did(kube: &Kube) -> String {
+    let v: Value = reqwest::get(kube.admin_url("/identity"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["identity"].as_str().unwrap().to_owned()
+}
+
+fn to<'a>(server: &'a str, method: &'a str, path: &'a str) -> Target<'a> {
+    Target {
+        server,
+        method,
+        path,
+    }
 }
 
 async fn send(
@@ -110,9 +122,11 @@ async fn operator_signed_requests() {
     let stranger = SigningKey::from_bytes(&[42; 32]);
     let kube = with_operator(&op);
     let t = now();
+    let me = server_did(&kube).await;
+    let me = me.as_str();
 
     // Accepted.
-    let s = sign(&op, "GET", "/api/status", b"", t, nonce());
+    let s = sign(&op, to(me, "GET", "/api/status"), b"", t, nonce());
     let (status, v) = send(&kube, "GET", "/api/status", Some(&s), "").await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["domain"], "localhost");
@@ -127,7 +141,7 @@ async fn operator_signed_requests() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Signed by a key that is not an operator's.
-    let s = sign(&stranger, "GET", "/api/status", b"", t, nonce());
+    let s = sign(&stranger, to(me, "GET", "/api/status"), b"", t, nonce());
     let (status, v) = send(&kube, "GET", "/api/status", Some(&s), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
@@ -136,38 +150,61 @@ async fn operator_signed_requests() {
     );
 
     // Stale: ten minutes old (the window is 60 s).
-    let s = sign(&op, "GET", "/api/status", b"", t - 600, nonce());
+    let s = sign(&op, to(me, "GET", "/api/status"), b"", t - 600, nonce());
     let (status, v) = send(&kube, "GET", "/api/status", Some(&s), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(v["message"].as_str().unwrap().contains("clock"), "{v}");
 
     // Signed for another path.
-    let s = sign(&op, "GET", "/api/apps", b"", t, nonce());
+    let s = sign(&op, to(me, "GET", "/api/apps"), b"", t, nonce());
     let (status, _) = send(&kube, "GET", "/api/status", Some(&s), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Signed for another KUBE (one with another identity).
+    let other = "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH";
+    let s = sign(&op, to(other, "GET", "/api/status"), b"", t, nonce());
+    let (status, _) = send(&kube, "GET", "/api/status", Some(&s), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A streamed upload other than the one signed: refused, no app.
+    let signed_bundle = tests::raw_targz(&[]);
+    let s = sign(
+        &op,
+        to(me, "PUT", "/api/apps/tampered"),
+        &signed_bundle,
+        t,
+        nonce(),
+    );
+    let r = reqwest::Client::new()
+        .put(kube.admin_url("/api/apps/tampered"))
+        .header("authorization", s.header())
+        .body(b"not the signed bundle".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(!kube.data_dir.join("apps/tampered").exists());
 
     // Body tampered: signed for one record, sent with another. Refused, nothing added.
     let signed_body = r#"{"name": "a", "type": "TXT", "value": "\"signed\"", "ttl": 10}"#;
     let sent_body = r#"{"name": "a", "type": "TXT", "value": "\"evil\"", "ttl": 10}"#;
     let s = sign(
         &op,
-        "POST",
-        "/api/dns/records",
+        to(me, "POST", "/api/dns/records"),
         signed_body.as_bytes(),
         t,
         nonce(),
     );
     let (status, v) = send(&kube, "POST", "/api/dns/records", Some(&s), sent_body).await;
     assert!(status.is_client_error(), "{status} {v}");
-    let s = sign(&op, "GET", "/api/dns", b"", t, nonce());
+    let s = sign(&op, to(me, "GET", "/api/dns"), b"", t, nonce());
     let (_, dns) = send(&kube, "GET", "/api/dns", Some(&s), "").await;
     assert!(!dns.to_string().contains("evil"), "{dns}");
 
     // The same body as signed goes through.
     let s = sign(
         &op,
-        "POST",
-        "/api/dns/records",
+        to(me, "POST", "/api/dns/records"),
         signed_body.as_bytes(),
         t,
         nonce(),
@@ -250,6 +287,24 @@ async fn cli_signs_with_an_operator_key() {
         String::from_utf8_lossy(&out.stdout).contains("signed"),
         "{out:?}"
     );
+
+    // The path is signed as it goes on the wire: a name that needs percent-encoding reaches
+    // the handler (and its own error) instead of failing the signature.
+    let out = run(&["app", "remove", "a b"], false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("401"), "{err}");
+
+    // An operator without the data dir: KUBE found at admin.listen, its key at /identity.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(kube_bin())
+        .args(["status", "--key"])
+        .arg(&key_file)
+        .env("KUBE_DATA_DIR", elsewhere.path())
+        .env("KUBE_ADMIN_LISTEN", kube.admin.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 
     // A key that is not an operator's is refused by name.
     let other = dir.path().join("other.key");

@@ -112,7 +112,7 @@ async fn attempt(
             "signaling names the authenticated sender"
         );
         let reply = host.handle(&from, at_host, now(), rand::random());
-        let (_, at_guest) = relay(
+        let (from_host, at_guest) = relay(
             &mut m.host_ws,
             &mut m.guest_ws,
             &m.guest_did,
@@ -120,7 +120,7 @@ async fn attempt(
             &reply,
         )
         .await;
-        match guest.handle(at_guest) {
+        match guest.handle(&from_host, at_guest) {
             Ok(GuestStep::Send(next)) => {
                 proof = Some(next.clone());
                 to_host = next;

@@ -36,11 +36,12 @@ fn attempt(
     )?;
     let from = did(guest_key);
     let reply = host.handle(&from, hello, now, [seed.wrapping_add(100); 32]);
-    let GuestStep::Send(proof) = guest.handle(reply)? else {
+    let host_did = inv.host.clone();
+    let GuestStep::Send(proof) = guest.handle(&host_did, reply)? else {
         panic!("a proof to send")
     };
     let answer = host.handle(&from, proof, now, [0; 32]);
-    match guest.handle(answer)? {
+    match guest.handle(&host_did, answer)? {
         GuestStep::Done(c) => Ok(c),
         GuestStep::Send(m) => panic!("unexpected {m:?}"),
     }
@@ -145,7 +146,7 @@ fn replayed_proof_is_refused() {
     let (mut guest, hello) =
         Guest::new(inv.clone(), Some("000000".into()), bob.clone(), [1; 32]).unwrap();
     let challenge = host.handle(&did(&bob), hello, NOW, [2; 32]);
-    let GuestStep::Send(proof) = guest.handle(challenge).unwrap() else {
+    let GuestStep::Send(proof) = guest.handle(&inv.host, challenge).unwrap() else {
         panic!()
     };
     // Wrong code once; the same proof again finds no challenge and costs nothing.
@@ -201,13 +202,29 @@ fn a_relay_cannot_impersonate_the_host_or_alter_the_proof() {
         eph: fake_eph,
         signature: b64(&relay.sign(signed.as_bytes()).to_bytes()),
     };
-    assert_eq!(guest.handle(forged), Err(InvitationError::HostNotAuthentic));
+    // Sent by another peer: ignored. Relayed as if from the host: its signature fails, and
+    // the guest still takes the real challenge afterwards.
+    assert_eq!(
+        guest.handle(&did(&relay), forged.clone()),
+        Err(InvitationError::NotFromHost(did(&relay)))
+    );
+    assert_eq!(
+        guest.handle(&inv.host, forged),
+        Err(InvitationError::HostNotAuthentic)
+    );
+    let mut host = Host::new(inv.clone(), Some("123456".into()), admin.clone()).unwrap();
+    let real = host.handle(&did(&bob), hello, NOW, [2; 32]);
+    assert!(matches!(
+        guest.handle(&inv.host, real),
+        Ok(GuestStep::Send(Message::Proof { .. }))
+    ));
 
     let mut host = Host::new(inv.clone(), Some("123456".into()), admin.clone()).unwrap();
     let (mut guest, hello) =
         Guest::new(inv.clone(), Some("123456".into()), bob.clone(), [1; 32]).unwrap();
     let challenge = host.handle(&did(&bob), hello, NOW, [2; 32]);
-    let GuestStep::Send(Message::Proof { mac, .. }) = guest.handle(challenge).unwrap() else {
+    let GuestStep::Send(Message::Proof { mac, .. }) = guest.handle(&inv.host, challenge).unwrap()
+    else {
         panic!()
     };
     // The relay swaps in its own signature over the same transcript: refused, no attempt used.
@@ -286,4 +303,35 @@ fn messages_are_json_with_a_type() {
     assert_eq!(inv.swarm().len(), 64);
     assert_eq!(new_code([0xff; 4]), format!("{:06}", u32::MAX % 1_000_000));
     assert_eq!(new_code([0; 4]), "000000");
+}
+
+#[test]
+fn silent_guests_time_out_and_make_room() {
+    let admin = key(1);
+    let inv = invitation(&admin, Method::Code);
+    let mut host = Host::new(inv.clone(), Some("123456".into()), admin.clone()).unwrap();
+    for i in 0..MAX_PENDING as u8 {
+        let k = key(100 + i);
+        let (_, hello) =
+            Guest::new(inv.clone(), Some("000000".into()), k.clone(), [i; 32]).unwrap();
+        assert!(matches!(
+            host.handle(&did(&k), hello, NOW, [i; 32]),
+            Message::Challenge { .. }
+        ));
+    }
+    let bob = key(2);
+    let (_, hello) = Guest::new(inv.clone(), Some("123456".into()), bob.clone(), [1; 32]).unwrap();
+    assert!(matches!(
+        host.handle(&did(&bob), hello.clone(), NOW, [3; 32]),
+        Message::Refused {
+            code: Refusal::Busy,
+            ..
+        }
+    ));
+    // A minute later the silent ones are gone and bob gets in.
+    let later = NOW + PENDING_SECS + 1;
+    assert!(
+        attempt(&mut host, &inv, &bob, Some("123456"), later, 4).is_ok(),
+        "admitted once the silent guests timed out"
+    );
 }

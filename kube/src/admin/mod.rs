@@ -73,10 +73,19 @@ struct Operators {
 }
 
 impl Operators {
-    fn new(section: &config::Admin) -> Operators {
+    fn new(section: &config::Admin, identity: &str) -> Operators {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Operators {
             dids: section.operators.clone(),
-            verifier: Verifier::new(operator_keys(section), section.signature_window_secs),
+            verifier: Verifier::new(
+                identity.to_owned(),
+                operator_keys(section),
+                section.signature_window_secs,
+                started,
+            ),
         }
     }
 }
@@ -120,10 +129,11 @@ impl Service for AdminService {
 
     fn check(section: &config::Admin, _cx: &Context) -> Vec<Problem> {
         let mut p = crate::identity::check_dids("admin.operators", &section.operators);
-        if section.signature_window_secs == 0 || section.signature_window_secs > 3600 {
+        let max = halo::request::MAX_WINDOW_SECS;
+        if section.signature_window_secs == 0 || section.signature_window_secs > max {
             p.push(Problem::new(
                 "admin.signature_window_secs",
-                "must be between 1 and 3600 seconds",
+                format!("must be between 1 and {max} seconds"),
             ));
         }
         p
@@ -143,11 +153,12 @@ impl Service for AdminService {
                     source,
                 })?;
         let addr = listener.local_addr()?;
+        let operators = Operators::new(&section, &deps.identity);
         let shared = Arc::new(Shared {
             deps,
             token_hash: Sha256::digest(token.as_bytes()).into(),
             domain: cx.domain.clone(),
-            operators: Mutex::new(Operators::new(&section)),
+            operators: Mutex::new(operators),
         });
         let handle = AdminHandle {
             shared: shared.clone(),
@@ -171,6 +182,7 @@ impl Service for AdminService {
             .layer(middleware::from_fn_with_state(shared.clone(), authorize));
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/identity", get(public_identity))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .merge(api)
@@ -317,6 +329,11 @@ async fn admission(
         }),
     })
     .into_response()
+}
+
+/// KUBE's public key, unauthenticated: operator clients sign requests for it.
+async fn public_identity(State(st): State<Arc<Shared>>) -> Response {
+    Json(json!({"identity": st.deps.identity})).into_response()
 }
 
 /// KUBE's key and its operators (`kube identity` asks the running KUBE through this).

@@ -11,7 +11,11 @@ use crate::datadir;
 
 enum Auth {
     Token(String),
-    Key(halo::SigningKey),
+    /// An operator key, and the did:key of the KUBE the requests are for.
+    Key {
+        key: Box<halo::SigningKey>,
+        server: String,
+    },
 }
 
 pub struct Client {
@@ -21,7 +25,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn connect(file: Option<&Path>, key: Option<&Path>) -> anyhow::Result<Client> {
+    pub async fn connect(file: Option<&Path>, key: Option<&Path>) -> anyhow::Result<Client> {
         let cfg = super::local::load(file)?.config;
         let run = datadir::run_info_path(&cfg.data_dir);
         let info = std::fs::read_to_string(&run)
@@ -39,11 +43,19 @@ impl Client {
         let (admin, auth) = match key {
             // An operator may not be able to read the data dir: admin.listen finds KUBE.
             Some(key) => {
-                let key = crate::identity::load(key).context("the operator key (--key)")?;
-                let admin = info
-                    .map(|i| i.admin)
-                    .unwrap_or_else(|_| cfg.admin.listen.to_string());
-                (admin, Auth::Key(key))
+                let key = Box::new(crate::identity::load(key).context("the operator key (--key)")?);
+                let (admin, server) = match info {
+                    Ok(i) if !i.identity.is_empty() => (i.admin, Some(i.identity)),
+                    Ok(i) => (i.admin, None),
+                    Err(_) => (cfg.admin.listen.to_string(), None),
+                };
+                (
+                    admin,
+                    Auth::Key {
+                        key,
+                        server: server.unwrap_or_default(),
+                    },
+                )
             }
             None => {
                 let info = info?;
@@ -63,11 +75,16 @@ impl Client {
         let http = reqwest::Client::builder()
             .build()
             .context("building the HTTP client")?;
-        Ok(Client {
-            http,
-            base: format!("http://{admin}"),
-            auth,
-        })
+        let base = format!("http://{admin}");
+        let auth = match auth {
+            // Without run.json, KUBE's public key comes from its admin listener.
+            Auth::Key { key, server } if server.is_empty() => {
+                let server = fetch_identity(&http, &base).await?;
+                Auth::Key { key, server }
+            }
+            other => other,
+        };
+        Ok(Client { http, base, auth })
     }
 
     /// A request without a body.
@@ -95,24 +112,30 @@ impl Client {
         path: &str,
         body_sha256: &str,
     ) -> reqwest::RequestBuilder {
-        let req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
+        let url = format!("{}{path}", self.base);
+        let req = self.http.request(method.clone(), &url);
         match &self.auth {
             Auth::Token(token) => req.bearer_auth(token),
-            Auth::Key(key) => {
+            Auth::Key { key, server } => {
+                // Sign the path as it goes on the wire: the URL parser percent-encodes and
+                // resolves dot segments the way reqwest will.
+                let on_wire = match reqwest::Url::parse(&url) {
+                    Ok(u) => match u.query() {
+                        Some(q) => format!("{}?{q}", u.path()),
+                        None => u.path().to_owned(),
+                    },
+                    Err(_) => path.to_owned(),
+                };
                 let ts = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let signed = halo::request::sign_hashed(
-                    key,
-                    method.as_str(),
-                    path,
-                    body_sha256,
-                    ts,
-                    rand::random(),
-                );
+                let to = halo::request::Target {
+                    server,
+                    method: method.as_str(),
+                    path: &on_wire,
+                };
+                let signed = halo::request::sign_hashed(key, to, body_sha256, ts, rand::random());
                 req.header("authorization", signed.header())
             }
         }
@@ -132,6 +155,21 @@ impl Client {
         }
         Ok(body)
     }
+}
+
+async fn fetch_identity(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let v: Value = http
+        .get(format!("{base}/identity"))
+        .send()
+        .await
+        .map_err(|e| anyhow!("no answer from kube at {base}: {e}"))?
+        .json()
+        .await
+        .context("reading KUBE's identity")?;
+    v["identity"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{base}/identity names no identity"))
 }
 
 pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {

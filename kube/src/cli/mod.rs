@@ -133,15 +133,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => local::new_key(&file).map(|_| 0),
         Command::Identity { command: None } => local::identity(cli.config.as_deref()).map(|_| 0),
         Command::Status { json } => {
-            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref())?;
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
             client::status(&c, json).await.map(|_| 0)
         }
         Command::Cert { command } => {
-            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref())?;
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
             client::cert(&c, command).await.map(|_| 0)
         }
         Command::App { command } => {
-            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref())?;
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
             app::run(&c, command).await.map(|_| 0)
         }
     }
