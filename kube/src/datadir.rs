@@ -19,6 +19,77 @@ pub enum DataDirError {
         "another kube is already running on data dir {dir} ({holder}); stop it first or use another data_dir"
     )]
     Locked { dir: PathBuf, holder: String },
+    #[error(
+        "data dir {dir} has format {found}, newer than this kube ({version}) understands (up to {FORMAT}); run the newer kube, or restore a backup made by this version"
+    )]
+    TooNew {
+        dir: PathBuf,
+        found: u32,
+        version: &'static str,
+    },
+    #[error("{path}: not a data dir format file: {reason}")]
+    BadFormat { path: PathBuf, reason: String },
+}
+
+/// The layout of the data dir this binary reads and writes. A newer binary migrates an
+/// older layout on start; an older binary refuses a newer one.
+///
+/// - 0: no `format.json` (kube before the format was recorded); same files as 1.
+/// - 1: `format.json` present.
+pub const FORMAT: u32 = 1;
+
+/// `<data_dir>/format.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FormatFile {
+    pub format: u32,
+    /// The kube version that last wrote it.
+    pub written_by: String,
+}
+
+pub fn format_path(dir: &Path) -> PathBuf {
+    dir.join("format.json")
+}
+
+/// The data dir's format: 0 when it has none yet.
+pub fn read_format(dir: &Path) -> Result<u32, DataDirError> {
+    let path = format_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str::<FormatFile>(&text)
+            .map(|f| f.format)
+            .map_err(|e| DataDirError::BadFormat {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// Checks the format on start (with the lock held): refuses a newer one, migrates an older
+/// one step by step, and records the current one.
+pub fn check_format(dir: &Path) -> Result<(), DataDirError> {
+    let found = read_format(dir)?;
+    if found > FORMAT {
+        return Err(DataDirError::TooNew {
+            dir: dir.to_owned(),
+            found,
+            version: env!("CARGO_PKG_VERSION"),
+        });
+    }
+    if found < FORMAT {
+        // 0 → 1: the layout is unchanged; only the record is new.
+        tracing::info!(from = found, to = FORMAT, "data dir format migrated");
+    }
+    let record = FormatFile {
+        format: FORMAT,
+        written_by: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+    let current = std::fs::read_to_string(format_path(dir)).unwrap_or_default();
+    if current != text {
+        write_atomic(&format_path(dir), text.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {

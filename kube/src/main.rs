@@ -3,6 +3,7 @@
 
 mod admin;
 mod apps;
+mod backup;
 mod cli;
 mod datadir;
 mod dns;

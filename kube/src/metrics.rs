@@ -199,6 +199,23 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // Series whose label values are a known, small set start at zero, so dashboards and
+        // alerts see them (and their rates) before the first event.
+        for result in ["success", "failure"] {
+            acme_orders.with_label_values(&[result]);
+        }
+        for direction in ["in", "out"] {
+            turn_packets.with_label_values(&[direction]);
+        }
+        for reason in ["user-quota", "total-quota"] {
+            turn_refused.with_label_values(&[reason]);
+        }
+        for action in ["slipped", "dropped"] {
+            dns_rrl.with_label_values(&[action]);
+        }
+        for transport in ["udp", "tcp"] {
+            dns_malformed.with_label_values(&[transport]);
+        }
         Metrics {
             registry,
             http_requests,

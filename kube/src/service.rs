@@ -198,3 +198,14 @@ pub async fn accept(
         }
     }
 }
+
+/// What a reload did: sections applied live, sections that wait for a restart.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReloadReport {
+    pub applied: Vec<&'static str>,
+    pub restart: Vec<&'static str>,
+}
+
+/// A reload asked for through the admin API (`kube reload`): the supervisor answers with
+/// the report, or the configuration's problems (the running configuration then stays).
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;

@@ -15,7 +15,9 @@ use crate::datadir;
 use crate::dns::{DnsDeps, DnsHandle, DnsService};
 use crate::http::{HttpDeps, HttpService};
 use crate::metrics::Metrics;
-use crate::service::{Board, Context, Running, Service, ServiceStatus};
+use crate::service::{
+    Board, Context, ReloadReport, ReloadRequest, Running, Service, ServiceStatus,
+};
 use crate::signaling::{SignalDeps, SignalService};
 use crate::tls::{Tls, TlsDeps, TlsHandle};
 use crate::turn::TurnService;
@@ -63,6 +65,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let cx = context(&cfg);
     datadir::create_private_dir(&cx.data_dir).context("creating the data dir")?;
     let _lock = datadir::lock(&cx.data_dir)?;
+    datadir::check_format(&cx.data_dir)?;
 
     let metrics = Arc::new(Metrics::new());
     let board = Board::new();
@@ -75,7 +78,17 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let identity =
         crate::identity::load_or_create(&cx.data_dir).context("KUBE's identity (identity.key)")?;
     let identity = halo::did(&identity);
-    let handles = match start_all(&cfg, &cx, &identity, &metrics, &board, &mut running).await {
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let started = start_all(
+        &cfg,
+        &cx,
+        &identity,
+        &metrics,
+        &board,
+        reload_tx,
+        &mut running,
+    );
+    let handles = match started.await {
         Ok(handles) => handles,
         Err(e) => {
             stop_all(running, grace).await;
@@ -112,10 +125,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     print_banner(&cfg, &cx, &bound, started_at.elapsed());
 
     let mut live = cfg.clone();
+    let mut reload_requests = reload_rx;
     loop {
-        match signals.next().await {
-            Signal::Stop => break,
-            Signal::Reload => reload(loaded.file.as_deref(), &mut live, &handles),
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    let _ = reload(loaded.file.as_deref(), &mut live, &handles);
+                }
+            },
+            Some(reply) = reload_requests.recv() => {
+                let _ = reply.send(reload(loaded.file.as_deref(), &mut live, &handles));
+            }
         }
     }
     tracing::info!("stopping");
@@ -139,6 +160,7 @@ async fn start_all(
     identity: &str,
     metrics: &Arc<Metrics>,
     board: &Arc<Board>,
+    reload: tokio::sync::mpsc::Sender<ReloadRequest>,
     running: &mut Vec<Box<dyn Running>>,
 ) -> anyhow::Result<Handles> {
     let apps = Apps::start(cfg.apps.clone(), cx, ())
@@ -204,6 +226,7 @@ async fn start_all(
             https: https.clone(),
             identity: identity.to_owned(),
             admit: crate::identity::admission_policy(&cfg.echo.admit),
+            reload,
         },
     )
     .await
@@ -274,12 +297,17 @@ impl Signals {
 /// SIGHUP: reads the configuration again. A bad one is refused with its problems and the
 /// running one stays. DNS records and admin operators apply live (and become part of `live`);
 /// other changed sections are named as needing a restart until live reload reaches them.
-fn reload(file: Option<&std::path::Path>, live: &mut Config, handles: &Handles) {
+fn reload(
+    file: Option<&std::path::Path>,
+    live: &mut Config,
+    handles: &Handles,
+) -> Result<ReloadReport, String> {
+    let mut report = ReloadReport::default();
     let next = match config::load_with(file, std::env::vars(), check) {
         Ok(l) => l.config,
         Err(e) => {
             tracing::error!("reload refused, the running configuration stays:\n{e}");
-            return;
+            return Err(e.to_string());
         }
     };
     if let Some(dns) = &handles.dns
@@ -289,25 +317,39 @@ fn reload(file: Option<&std::path::Path>, live: &mut Config, handles: &Handles) 
             Ok(()) => {
                 tracing::info!(serial = dns.zone().serial(), "dns records reloaded");
                 live.dns = next.dns.clone();
+                report.applied.push("dns");
             }
-            Err(e) => tracing::error!(error = %e, "dns reload refused; the old zone stays"),
+            Err(e) => {
+                tracing::error!(error = %e, "dns reload refused; the old zone stays");
+                return Err(format!("dns: {e}"));
+            }
         }
     }
-    if next.admin.listen == live.admin.listen && next.admin != live.admin {
+    // Operators apply even when the listen address changed (which waits for a restart):
+    // removing a key must never wait.
+    if next.admin.operators != live.admin.operators
+        || next.admin.signature_window_secs != live.admin.signature_window_secs
+    {
         handles.admin.reload(&next.admin);
         tracing::info!(
             operators = next.admin.operators.len(),
             "admin operators reloaded"
         );
-        live.admin = next.admin.clone();
+        live.admin.operators = next.admin.operators.clone();
+        live.admin.signature_window_secs = next.admin.signature_window_secs;
+        report.applied.push("admin.operators");
     }
     let tls = &handles.tls;
     // `files` mode: certificate files replaced in place are picked up now.
     match tls.reload_files() {
-        Ok(true) => tracing::info!("certificate files reloaded"),
+        Ok(true) => {
+            tracing::info!("certificate files reloaded");
+            report.applied.push("tls.files");
+        }
         Ok(false) => {}
         Err(e) => {
-            tracing::error!(error = %e, "certificate files refused; the old certificate stays")
+            tracing::error!(error = %e, "certificate files refused; the old certificate stays");
+            return Err(format!("tls: {e}"));
         }
     }
     let mut restart = Vec::new();
@@ -319,6 +361,8 @@ fn reload(file: Option<&std::path::Path>, live: &mut Config, handles: &Handles) 
         ("acme", next.acme != live.acme),
         ("apps", next.apps != live.apps),
         ("admin", next.admin != live.admin),
+        ("signal", next.signal != live.signal),
+        ("turn", next.turn != live.turn),
         ("echo", next.echo != live.echo),
         ("metrics", next.metrics != live.metrics),
         ("log", next.log != live.log),
@@ -331,6 +375,8 @@ fn reload(file: Option<&std::path::Path>, live: &mut Config, handles: &Handles) 
     if !restart.is_empty() {
         tracing::warn!(sections = ?restart, "changed sections apply at the next restart");
     }
+    report.restart = restart;
+    Ok(report)
 }
 
 fn print_banner(

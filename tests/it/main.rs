@@ -3,11 +3,14 @@
 mod acme;
 mod admin;
 mod apps;
+mod backup;
 mod bundles;
 mod config;
+mod deploy;
 mod dns;
 mod identity;
 mod invite;
 mod lifecycle;
+mod reload;
 mod signal;
 mod turn;

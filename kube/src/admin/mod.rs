@@ -3,6 +3,7 @@
 //! `/metrics`, `/healthz`, `/readyz` on the same listener.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -57,12 +58,15 @@ pub struct AdminDeps {
     pub identity: String,
     /// `echo.admit`, for the admission question ECHO asks (and operators may ask here).
     pub admit: halo::admission::Admit,
+    /// Asks the supervisor to read the configuration again (`kube reload`).
+    pub reload: tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
 }
 
 struct Shared {
     deps: AdminDeps,
     token_hash: [u8; 32],
     domain: String,
+    data_dir: std::path::PathBuf,
     operators: Mutex<Operators>,
 }
 
@@ -158,6 +162,7 @@ impl Service for AdminService {
             deps,
             token_hash: Sha256::digest(token.as_bytes()).into(),
             domain: cx.domain.clone(),
+            data_dir: cx.data_dir.clone(),
             operators: Mutex::new(operators),
         });
         let handle = AdminHandle {
@@ -167,6 +172,8 @@ impl Service for AdminService {
             .route("/api/status", get(status))
             .route("/api/identity", get(identity))
             .route("/api/echo/admission", post(admission))
+            .route("/api/reload", post(reload))
+            .route("/api/backup", get(backup))
             .route("/api/apps", get(list_apps))
             .route(
                 "/api/apps/{name}",
@@ -331,6 +338,85 @@ async fn admission(
     .into_response()
 }
 
+/// A snapshot of the data dir as `.tar.gz` (see `backup`): written to a temporary file in
+/// the data dir off the async threads, then streamed; the file is unlinked once open.
+async fn backup(State(st): State<Arc<Shared>>) -> Response {
+    let tmp = st.data_dir.join(format!(
+        ".backup-{}.tar.gz",
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    let (path, apps, identity) = (tmp.clone(), st.deps.apps.clone(), st.deps.identity.clone());
+    let data_dir = st.data_dir.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| crate::backup::BackupError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        crate::backup::write(
+            &data_dir,
+            std::io::BufWriter::new(file),
+            &apps,
+            &identity,
+            now,
+        )
+    })
+    .await;
+    let opened = match written {
+        Ok(Ok(())) => tokio::fs::File::open(&tmp).await,
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::error!(error = %e, "backup failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", e);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", e);
+        }
+    };
+    let _ = std::fs::remove_file(&tmp);
+    match opened {
+        Ok(file) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/gzip"),
+            )],
+            Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", e),
+    }
+}
+
+/// Reloads the configuration (as SIGHUP does) and says what applied, or why not.
+async fn reload(State(st): State<Arc<Shared>>) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if st.deps.reload.send(tx).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "kube is stopping",
+        );
+    }
+    match rx.await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(problems)) => error(StatusCode::UNPROCESSABLE_ENTITY, "config_refused", problems),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "kube is stopping",
+        ),
+    }
+}
+
 /// KUBE's public key, unauthenticated: operator clients sign requests for it.
 async fn public_identity(State(st): State<Arc<Shared>>) -> Response {
     Json(json!({"identity": st.deps.identity})).into_response()
@@ -459,8 +545,40 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
         "acme": st.deps.tls.acme_status(),
         "dns": st.deps.dns.as_ref().map(|d| d.status()),
         "apps": app_views(&st),
+        "signal": {
+            "connections": st.deps.metrics.signal_connections.get(),
+            "peers": st.deps.metrics.signal_peers.get(),
+            "swarms": st.deps.metrics.signal_swarms.get(),
+        },
+        "turn": {
+            "allocations": st.deps.metrics.turn_allocations.get(),
+            "relayed_bytes": st.deps.metrics.turn_relayed_bytes.get(),
+        },
+        "disk": {
+            "data_dir": st.data_dir.display().to_string(),
+            "bytes": disk_use(&st.data_dir),
+        },
     }))
     .into_response()
+}
+
+/// Bytes under `dir` (files only; symlinks not followed), for `kube status`.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 async fn list_apps(State(st): State<Arc<Shared>>) -> Response {

@@ -171,6 +171,14 @@ impl AppStore {
     }
 
     /// A fresh directory for one upload; removed by `publish` whatever happens.
+    /// Holds off publishes, rollbacks and removals (and their pruning) while the guard
+    /// lives, so a backup sees one consistent set of versions and blobs.
+    pub fn hold_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
         let dir = self
             .root

@@ -222,6 +222,21 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
                 .unwrap_or(0)
         );
     }
+    println!(
+        "\nsignaling: {} peers in {} swarms ({} connections)",
+        s["signal"]["peers"], s["signal"]["swarms"], s["signal"]["connections"]
+    );
+    println!(
+        "turn: {} allocations, {} bytes relayed",
+        s["turn"]["allocations"], s["turn"]["relayed_bytes"]
+    );
+    println!("echo: not in this version");
+    let bytes = s["disk"]["bytes"].as_u64().unwrap_or(0);
+    println!(
+        "disk: {:.1} MiB in {}",
+        bytes as f64 / (1024.0 * 1024.0),
+        str_of(&s["disk"]["data_dir"])
+    );
     println!("\napps:");
     let apps = s["apps"].as_array().cloned().unwrap_or_default();
     if apps.is_empty() {
@@ -295,5 +310,129 @@ pub async fn cert(c: &Client, command: super::CertCommand) -> anyhow::Result<()>
             println!("renewal started; `kube cert list` shows its progress");
         }
     }
+    Ok(())
+}
+
+pub async fn reload(c: &Client) -> anyhow::Result<()> {
+    let r = c
+        .send(c.request(reqwest::Method::POST, "/api/reload"))
+        .await
+        .context("reload refused; the running configuration stays")?;
+    let list = |v: &Value| -> String {
+        let names: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if names.is_empty() {
+            "nothing".into()
+        } else {
+            names.join(", ")
+        }
+    };
+    println!("reloaded: applied {}", list(&r["applied"]));
+    if r["restart"].as_array().is_some_and(|a| !a.is_empty()) {
+        println!(
+            "changed, applies at the next restart: {}",
+            list(&r["restart"])
+        );
+    }
+    Ok(())
+}
+
+/// `kube health`: 0 when the admin listener answers `/healthz` (or `/readyz`).
+pub async fn health(file: Option<&Path>, ready: bool) -> i32 {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let addr = match super::local::load(file) {
+        Ok(l) => {
+            let run = datadir::run_info_path(&l.config.data_dir);
+            std::fs::read_to_string(run)
+                .ok()
+                .and_then(|t| serde_json::from_str::<datadir::RunInfo>(&t).ok())
+                .and_then(|i| i.admin.parse().ok())
+                .unwrap_or(l.config.admin.listen)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    // A wildcard listen address is reached on loopback.
+    let addr = match addr {
+        std::net::SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        std::net::SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match client.get(format!("http://{addr}{path}")).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("ok: {addr}{path}");
+            0
+        }
+        Ok(r) => {
+            eprintln!("unhealthy: {addr}{path} answered {}", r.status());
+            1
+        }
+        Err(e) => {
+            eprintln!("unhealthy: no answer from {addr}{path}: {e}");
+            1
+        }
+    }
+}
+
+/// `kube backup FILE`: streams the snapshot to FILE (0600), renamed into place when whole.
+pub async fn backup(c: &Client, file: &Path) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use tokio::io::AsyncWriteExt;
+    let resp = c
+        .request(reqwest::Method::GET, "/api/backup")
+        .send()
+        .await
+        .map_err(|e| anyhow!("no answer from kube at {}: {e}", c.base))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!("{status}: {}", body["message"].as_str().unwrap_or(""));
+    }
+    let tmp = file.with_file_name(format!(
+        ".{}.partial",
+        file.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("backup")
+    ));
+    let std_file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = tokio::fs::File::from_std(std_file);
+    let mut stream = resp.bytes_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("the backup stream broke off")?;
+        total += chunk.len() as u64;
+        out.write_all(&chunk).await?;
+    }
+    out.sync_all().await?;
+    drop(out);
+    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
+    println!("wrote {} ({total} bytes)", file.display());
     Ok(())
 }

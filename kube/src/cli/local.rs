@@ -99,3 +99,20 @@ pub fn new_key(path: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `kube restore FILE`: into the configured data dir, which must be missing or empty.
+pub fn restore(file: Option<&Path>, backup: &Path) -> anyhow::Result<()> {
+    let cfg = load(file)?.config;
+    let input = std::fs::File::open(backup)
+        .with_context(|| format!("opening the backup {}", backup.display()))?;
+    let m = crate::backup::restore(std::io::BufReader::new(input), &cfg.data_dir)?;
+    println!(
+        "restored {} into {} (kube {}, identity {}, format {})",
+        backup.display(),
+        cfg.data_dir.display(),
+        m.kube,
+        m.identity,
+        m.format
+    );
+    Ok(())
+}

@@ -64,6 +64,20 @@ pub enum Command {
     },
     /// Print the local CA certificate (PEM), to trust it in a browser or OS.
     Trust,
+    /// Write a consistent snapshot of the running KUBE's data dir (identity, TLS, apps, DNS
+    /// records, spaces) to FILE (.tar.gz, 0600: it holds private keys).
+    Backup { file: PathBuf },
+    /// Bring a backup back into an empty (or new) data dir; KUBE must not be running on it.
+    Restore { file: PathBuf },
+    /// Make the running KUBE read its configuration again (as SIGHUP does); prints what
+    /// applied, or the configuration's problems (the running one then stays).
+    Reload,
+    /// Exit 0 when the running KUBE answers /healthz (with --ready: /readyz), else 1. For
+    /// container health checks; needs no token.
+    Health {
+        #[arg(long)]
+        ready: bool,
+    },
     /// KUBE's own key (did:key) and its operators; `new FILE` makes an operator key.
     Identity {
         #[command(subcommand)]
@@ -132,6 +146,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             command: Some(IdentityCommand::New { file }),
         } => local::new_key(&file).map(|_| 0),
         Command::Identity { command: None } => local::identity(cli.config.as_deref()).map(|_| 0),
+        Command::Health { ready } => Ok(client::health(cli.config.as_deref(), ready).await),
+        Command::Backup { file } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
+            client::backup(&c, &file).await.map(|_| 0)
+        }
+        Command::Restore { file } => local::restore(cli.config.as_deref(), &file).map(|_| 0),
+        Command::Reload => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
+            client::reload(&c).await.map(|_| 0)
+        }
         Command::Status { json } => {
             let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
             client::status(&c, json).await.map(|_| 0)

@@ -1,0 +1,209 @@
+//! Backups while clients write, restored into an empty data dir and compared; the data dir
+//! format: an older layout is migrated, a newer one refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tests::{Kube, Opts, cli_in};
+
+/// Every file under `dir` but the per-run ones, by relative path.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                walk(root, &rel, out);
+            } else if t.is_file() {
+                out.insert(rel.clone(), std::fs::read(root.join(&rel)).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, Path::new(""), &mut out);
+    out.remove(Path::new("run.json"));
+    out.remove(Path::new("kube.lock"));
+    out
+}
+
+fn add_record(kube: &Kube, i: u32) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(kube.admin_url("/api/dns/records"))
+            .bearer_auth(kube.token())
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"name": "w{i}", "type": "TXT", "value": "\"{i}\""}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    });
+}
+
+#[test]
+fn backup_while_writing_then_restore_and_compare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kube = Arc::new(
+        Kube::start_with(Opts {
+            data_dir: Some(tmp.path().join("data")),
+            ..Opts::default()
+        })
+        .unwrap_or_else(|log| panic!("kube did not start:\n{log}")),
+    );
+    kube.publish(&[("index.html", b"v0")], "notes");
+
+    // Writers: new app versions and DNS records, while backups are taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (kube, stop) = (kube.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 1u32;
+            while !stop.load(Ordering::Relaxed) && i < 200 {
+                let page = format!("v{i}");
+                kube.publish(&[("index.html", page.as_bytes())], "notes");
+                add_record(&kube, i);
+                i += 1;
+            }
+            i
+        })
+    };
+    let during = tmp.path().join("during.tar.gz");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..3 {
+        let out = kube.cli(&["backup", during.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 2, "the writers ran ({written})");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&during).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "a backup holds private keys");
+
+    // A quiet backup equals the data dir, file for file.
+    let quiet = tmp.path().join("quiet.tar.gz");
+    assert!(
+        kube.cli(&["backup", quiet.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let restored = tmp.path().join("restored");
+    let out = cli_in(&restored, &["restore", quiet.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let original = files(&kube.data_dir);
+    let copy = files(&restored);
+    assert_eq!(
+        original.keys().collect::<Vec<_>>(),
+        copy.keys().collect::<Vec<_>>()
+    );
+    assert!(original == copy, "restored files differ");
+    let mode = std::fs::metadata(restored.join("identity.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Restoring over a data dir with content is refused.
+    let out = cli_in(&restored, &["restore", quiet.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    // The backup taken during the writes restores into a KUBE that serves a whole version.
+    let identity = String::from_utf8_lossy(&kube.cli(&["identity"]).stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    drop(kube);
+    let from_during = tmp.path().join("from-during");
+    let out = cli_in(&from_during, &["restore", during.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let again = Kube::start_with(Opts {
+        data_dir: Some(from_during.clone()),
+        ..Opts::default()
+    })
+    .unwrap_or_else(|log| panic!("restored kube did not start:\n{log}"));
+    let out = again.cli(&["identity"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&identity));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let page = again
+            .client()
+            .get(again.url("notes", "/"))
+            .send()
+            .await
+            .unwrap();
+        assert!(page.status().is_success());
+        let body = page.text().await.unwrap();
+        assert!(body.starts_with('v'), "{body}");
+        // The records of that moment are there too (at least the first ones).
+        let dns = reqwest::Client::new()
+            .get(again.admin_url("/api/dns"))
+            .bearer_auth(again.token())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(dns.contains("w1"), "{dns}");
+    });
+    // Every version the restored store lists is whole: each rolls back and serves.
+    let list = String::from_utf8_lossy(&again.cli(&["app", "list"]).stdout).into_owned();
+    assert!(list.contains("notes"), "{list}");
+}
+
+#[test]
+fn data_dir_format_is_recorded_migrated_and_guarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let kube = Kube::start_with(Opts {
+        data_dir: Some(data.clone()),
+        ..Opts::default()
+    })
+    .unwrap();
+    drop(kube);
+    let format: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("format.json")).unwrap()).unwrap();
+    assert_eq!(format["format"], 1);
+
+    // An older layout (no format.json) is migrated on start.
+    std::fs::remove_file(data.join("format.json")).unwrap();
+    let kube = Kube::start_with(Opts {
+        data_dir: Some(data.clone()),
+        ..Opts::default()
+    })
+    .unwrap();
+    drop(kube);
+    assert!(data.join("format.json").exists());
+
+    // A newer one is refused, saying why; nothing is changed.
+    std::fs::write(
+        data.join("format.json"),
+        r#"{"format": 7, "written_by": "9.0.0"}"#,
+    )
+    .unwrap();
+    let err = Kube::start_with(Opts {
+        data_dir: Some(data.clone()),
+        ..Opts::default()
+    })
+    .err()
+    .expect("refused");
+    assert!(err.contains("format 7") && err.contains("newer"), "{err}");
+    assert!(
+        std::fs::read_to_string(data.join("format.json"))
+            .unwrap()
+            .contains("\"format\": 7")
+    );
+}
