@@ -19,7 +19,9 @@ mod turn;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -36,13 +38,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Start => match cli::local_load(cli.config.as_deref()) {
             Ok(loaded) => {
-                init_logging(&loaded.config.log);
-                runtime.block_on(supervisor::run(loaded)).map(|_| 0)
+                let log = init_logging(&loaded.config.log);
+                runtime.block_on(supervisor::run(loaded, log)).map(|_| 0)
             }
             Err(e) => Err(e),
         },
         _ => {
-            init_logging(&config::Log {
+            let _ = init_logging(&config::Log {
                 level: "warn".into(),
                 format: config::LogFormat::Text,
             });
@@ -58,15 +60,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(log: &config::Log) {
-    let filter = EnvFilter::try_from_env("KUBE_LOG")
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Sets up logging; the returned control changes the level while running (`log.level` on
+/// reload), unless `KUBE_LOG` fixes it.
+fn init_logging(log: &config::Log) -> supervisor::LogLevel {
+    let fixed = std::env::var("KUBE_LOG").ok().filter(|f| !f.is_empty());
+    let filter = fixed
+        .as_deref()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = Registry::default().with(filter);
     match log.format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => registry.with(fmt.json()).init(),
+        config::LogFormat::Text => registry.with(fmt).init(),
     }
+    Box::new(move |level: &str| {
+        if fixed.is_some() {
+            return Err("KUBE_LOG is set and takes precedence over log.level".into());
+        }
+        let next = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(next).map_err(|e| e.to_string())
+    })
 }

@@ -33,6 +33,11 @@ enum Event {
     Closed {
         conn: ConnId,
     },
+    /// A reload: new limits and ICE servers.
+    Reload {
+        limits: Limits,
+        ice: Option<signal::hub::Ice>,
+    },
 }
 
 /// What a connection task is told to do.
@@ -49,9 +54,21 @@ pub struct SignalHandle {
     max_frame: usize,
     ping_interval: Duration,
     ping_timeout: Duration,
+    domain: String,
 }
 
 impl SignalHandle {
+    /// Applies a changed `signal` section (message, rate, swarm and connection limits) and
+    /// the TURN secret and credential lifetime: open connections stay. The WebSocket frame
+    /// cap and ping timing of open connections, and `enabled`, wait for a restart.
+    pub async fn reload(&self, s: &config::Signal, turn: Option<&crate::turn::TurnHandle>) {
+        let event = Event::Reload {
+            limits: limits(s),
+            ice: turn.map(|t| ice(t, &self.domain)),
+        };
+        let _ = self.events.send(event).await;
+    }
+
     /// Accepts a WebSocket upgrade on `/.well-known/kube/signal`.
     pub fn upgrade(&self, ws: WebSocketUpgrade, origin: String) -> Response {
         let this = self.clone();
@@ -180,31 +197,8 @@ impl Service for SignalService {
                 running: Box::new(crate::service::Idle("signal")),
             });
         }
-        let limits = Limits {
-            max_message_bytes: s.max_message_bytes,
-            messages_per_second: s.messages_per_second,
-            max_swarms_per_peer: s.max_swarms_per_peer,
-            max_peers_per_swarm: s.max_peers_per_swarm,
-            max_connections: s.max_connections,
-            auth_timeout: Duration::from_secs(s.auth_timeout_secs),
-            strikes: s.strikes,
-        };
-        let ice = deps.turn.map(|t| {
-            // Clients reach TURN by the domain's name and the bound port.
-            let host = if config::is_local_domain(&deps.domain) && t.addr.ip().is_loopback() {
-                t.addr.ip().to_string()
-            } else {
-                deps.domain.clone()
-            };
-            let at = format!("{host}:{}", t.addr.port());
-            signal::hub::Ice {
-                stun: vec![format!("stun:{at}")],
-                turn: vec![format!("turn:{at}?transport=udp")],
-                secret: t.secret,
-                ttl_secs: t.ttl_secs,
-            }
-        });
-        let hub = Hub::new(limits, ice);
+        let ice = deps.turn.as_ref().map(|t| ice(t, &deps.domain));
+        let hub = Hub::new(limits(&s), ice);
         let (events, rx) = mpsc::channel(4096);
         let cancel = CancellationToken::new();
         let mut tasks = Tasks::new("signal", cancel.clone());
@@ -216,9 +210,38 @@ impl Service for SignalService {
                 max_frame: s.max_message_bytes,
                 ping_interval: Duration::from_secs(s.ping_interval_secs),
                 ping_timeout: Duration::from_secs(s.ping_timeout_secs),
+                domain: deps.domain,
             }),
             running: Box::new(tasks),
         })
+    }
+}
+
+fn limits(s: &config::Signal) -> Limits {
+    Limits {
+        max_message_bytes: s.max_message_bytes,
+        messages_per_second: s.messages_per_second,
+        max_swarms_per_peer: s.max_swarms_per_peer,
+        max_peers_per_swarm: s.max_peers_per_swarm,
+        max_connections: s.max_connections,
+        auth_timeout: Duration::from_secs(s.auth_timeout_secs),
+        strikes: s.strikes,
+    }
+}
+
+/// ICE servers from KUBE's TURN: clients reach it by the domain's name and the bound port.
+fn ice(t: &crate::turn::TurnHandle, domain: &str) -> signal::hub::Ice {
+    let host = if config::is_local_domain(domain) && t.addr.ip().is_loopback() {
+        t.addr.ip().to_string()
+    } else {
+        domain.to_owned()
+    };
+    let at = format!("{host}:{}", t.addr.port());
+    signal::hub::Ice {
+        stun: vec![format!("stun:{at}")],
+        turn: vec![format!("turn:{at}?transport=udp")],
+        secret: t.secret(),
+        ttl_secs: t.ttl_secs(),
     }
 }
 
@@ -255,6 +278,11 @@ async fn run_hub(
                 Some(Event::Closed { conn }) => {
                     conns.remove(&conn);
                     hub.disconnect(conn)
+                }
+                Some(Event::Reload { limits, ice }) => {
+                    hub.set_limits(limits);
+                    hub.set_ice(ice);
+                    Vec::new()
                 }
             },
         };

@@ -53,7 +53,10 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
 }
 
 /// Runs KUBE until a stop signal. `loaded` has passed [`check`] already (`cli::local::load`).
-pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+/// Changes the log filter while running (`log.level` on reload).
+pub type LogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+pub async fn run(loaded: Loaded, log: LogLevel) -> anyhow::Result<()> {
     let cfg = loaded.config.clone();
     let started_at = Instant::now();
     // Every WebSocket, TURN relay and TCP DNS client is a file descriptor: take the hard
@@ -85,7 +88,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         &identity,
         &metrics,
         &board,
-        reload_tx,
+        Controls {
+            reload: reload_tx,
+            log,
+        },
         &mut running,
     );
     let handles = match started.await {
@@ -131,11 +137,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             signal = signals.next() => match signal {
                 Signal::Stop => break,
                 Signal::Reload => {
-                    let _ = reload(loaded.file.as_deref(), &mut live, &handles);
+                    let _ = reload(loaded.file.as_deref(), &mut live, &handles).await;
                 }
             },
             Some(reply) = reload_requests.recv() => {
-                let _ = reply.send(reload(loaded.file.as_deref(), &mut live, &handles));
+                let _ = reply.send(reload(loaded.file.as_deref(), &mut live, &handles).await);
             }
         }
     }
@@ -147,11 +153,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the running KUBE is steered: `kube reload` requests, and the log filter.
+struct Controls {
+    reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    log: LogLevel,
+}
+
 /// What a reload reaches in the running services.
 struct Handles {
     dns: Option<DnsHandle>,
     tls: TlsHandle,
     admin: AdminHandle,
+    apps: crate::apps::AppsHandle,
+    signal: Option<crate::signaling::SignalHandle>,
+    turn: Option<crate::turn::TurnHandle>,
+    log: LogLevel,
 }
 
 async fn start_all(
@@ -160,14 +176,16 @@ async fn start_all(
     identity: &str,
     metrics: &Arc<Metrics>,
     board: &Arc<Board>,
-    reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    controls: Controls,
     running: &mut Vec<Box<dyn Running>>,
 ) -> anyhow::Result<Handles> {
+    let Controls { reload, log } = controls;
     let apps = Apps::start(cfg.apps.clone(), cx, ())
         .await
         .map_err(|e| anyhow!("{}: {e}", Apps::NAME))?;
     running.push(apps.running);
     let apps = apps.handle;
+    let apps_handle = apps.clone();
 
     let names: Vec<String> = apps.list().into_iter().map(|a| a.name).collect();
     let dns = if cfg.dns.enabled {
@@ -203,7 +221,7 @@ async fn start_all(
 
     let signal_deps = SignalDeps {
         metrics: metrics.clone(),
-        turn: turn.handle,
+        turn: turn.handle.clone(),
         domain: cx.domain.clone(),
     };
     let signal = SignalService::start(cfg.signal.clone(), cx, signal_deps)
@@ -211,6 +229,8 @@ async fn start_all(
         .map_err(|e| anyhow!("{}: {e}", SignalService::NAME))?;
     running.push(signal.running);
     let signal = signal.handle;
+    let signal_handle = signal.clone();
+    let turn_handle = turn.handle;
 
     let https = Arc::new(OnceLock::new());
     let admin = AdminService::start(
@@ -250,7 +270,15 @@ async fn start_all(
     let _ = https.set(http.handle);
     // ACME may answer challenges from here on.
     tls.listeners_ready();
-    Ok(Handles { dns, tls, admin })
+    Ok(Handles {
+        dns,
+        tls,
+        admin,
+        apps: apps_handle,
+        signal: signal_handle,
+        turn: turn_handle,
+        log,
+    })
 }
 
 async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
@@ -294,10 +322,12 @@ impl Signals {
     }
 }
 
-/// SIGHUP: reads the configuration again. A bad one is refused with its problems and the
-/// running one stays. DNS records and admin operators apply live (and become part of `live`);
-/// other changed sections are named as needing a restart until live reload reaches them.
-fn reload(
+/// SIGHUP or `kube reload`: reads the configuration again. A bad one is refused with its
+/// problems and the running one stays. What can change in place does (and becomes part of
+/// `live`): DNS records, `files` certificates, admin operators, app limits, the log level,
+/// TURN secret and limits, signaling limits. Open connections, requests and allocations are
+/// untouched. Other changes are named as waiting for a restart.
+async fn reload(
     file: Option<&std::path::Path>,
     live: &mut Config,
     handles: &Handles,
@@ -339,6 +369,51 @@ fn reload(
         live.admin.signature_window_secs = next.admin.signature_window_secs;
         report.applied.push("admin.operators");
     }
+    if next.apps != live.apps {
+        handles
+            .apps
+            .set_limits(crate::apps::limits(&next.apps), next.apps.keep_versions);
+        live.apps = next.apps.clone();
+        report.applied.push("apps");
+    }
+    if next.log.level != live.log.level {
+        match (handles.log)(&next.log.level) {
+            Ok(()) => {
+                tracing::info!(level = %next.log.level, "log level changed");
+                live.log.level = next.log.level.clone();
+                report.applied.push("log.level");
+            }
+            Err(e) => tracing::warn!(error = %e, "log.level not changed"),
+        }
+    }
+    let mut turn_changed = false;
+    if let Some(turn) = &handles.turn
+        && next.turn != live.turn
+        && same_turn_sockets(&next.turn, &live.turn)
+    {
+        match turn.reload(&next.turn) {
+            Ok(changed) => {
+                turn_changed = changed;
+                live.turn = next.turn.clone();
+                report.applied.push("turn");
+            }
+            Err(e) => return Err(format!("turn: {e}")),
+        }
+    }
+    if let Some(signal) = &handles.signal
+        && (turn_changed || next.signal != live.signal)
+    {
+        signal.reload(&next.signal, handles.turn.as_ref()).await;
+        let mut kept = next.signal.clone();
+        // What open connections keep until a restart.
+        kept.enabled = live.signal.enabled;
+        kept.ping_interval_secs = live.signal.ping_interval_secs;
+        kept.ping_timeout_secs = live.signal.ping_timeout_secs;
+        if next.signal != live.signal {
+            report.applied.push("signal");
+        }
+        live.signal = kept;
+    }
     let tls = &handles.tls;
     // `files` mode: certificate files replaced in place are picked up now.
     match tls.reload_files() {
@@ -377,6 +452,18 @@ fn reload(
     }
     report.restart = restart;
     Ok(report)
+}
+
+/// Whether two `turn` sections bind and relay the same way (only then does a reload apply
+/// in place; the rest of the section is secret, lifetime and limits).
+fn same_turn_sockets(a: &config::Turn, b: &config::Turn) -> bool {
+    a.enabled == b.enabled
+        && a.listen == b.listen
+        && a.realm == b.realm
+        && a.relay_address == b.relay_address
+        && a.relay_port_min == b.relay_port_min
+        && a.relay_port_max == b.relay_port_max
+        && a.allow_peers == b.allow_peers
 }
 
 fn print_banner(

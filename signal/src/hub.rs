@@ -105,6 +105,17 @@ impl Hub {
         }
     }
 
+    /// New limits (a reload): they apply to the next message, connection or join; peers
+    /// already over a lowered limit stay until they leave.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// New ICE servers or TURN secret (a reload), for the next `ice-servers`.
+    pub fn set_ice(&mut self, ice: Option<Ice>) {
+        self.ice = ice;
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

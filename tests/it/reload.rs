@@ -17,6 +17,12 @@ fn config(records: &str, operators: &str) -> String {
     format!("domain: localhost\ndns:\n  records:\n{records}\nadmin:\n  operators: [{operators}]\n")
 }
 
+/// The second reload's file: also the log level, app and signaling limits, TURN secret.
+fn config_more(records: &str, operators: &str) -> String {
+    config(records, operators)
+        + "log:\n  level: debug\napps:\n  keep_versions: 3\nsignal:\n  messages_per_second: 40\nturn:\n  secret: rotated\n"
+}
+
 /// Records in the zone served.
 async fn dns_records(kube: &Kube) -> u64 {
     let v: Value = reqwest::Client::new()
@@ -36,6 +42,8 @@ async fn reloads_drop_nobody() {
     let one = "    - { name: one, type: TXT, value: '\"1\"' }";
     let kube = Kube::start_with(Opts {
         config: Some(config(one, "")),
+        // The level comes from kube.yml, so a reload may change it.
+        env: vec![("KUBE_LOG".into(), String::new())],
         ..Opts::default()
     })
     .unwrap_or_else(|log| panic!("kube did not start:\n{log}"));
@@ -94,13 +102,27 @@ async fn reloads_drop_nobody() {
     }
     assert!(applied, "the SIGHUP reload added the record");
 
-    // 2. `kube reload` with a new operator: says what applied.
+    // 2. `kube reload` with a new operator, log level, limits and TURN secret: says what
+    //    applied.
     let op = halo::did(&halo::SigningKey::from_bytes(&[90; 32]));
-    std::fs::write(&file, config(&two, &op)).unwrap();
+    std::fs::write(&file, config_more(&two, &op)).unwrap();
     let out = kube.cli(&["reload"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(said.contains("admin.operators"), "{said}");
+    for part in ["admin.operators", "log.level", "apps", "signal", "turn"] {
+        assert!(said.contains(part), "{part} not applied: {said}");
+    }
+    assert!(!said.contains("restart"), "{said}");
+    // ice-servers now hands out credentials under the new TURN secret.
+    send(&mut peers[0].0, json!({"type": "ice-servers"})).await;
+    let ice = recv(&mut peers[0].0).await;
+    let server = &ice["servers"][1];
+    let user = server["username"].as_str().unwrap();
+    assert_eq!(
+        server["credential"],
+        signal::ice::password(b"rotated", user),
+        "{ice}"
+    );
     let id: Value = reqwest::Client::new()
         .get(kube.admin_url("/api/identity"))
         .bearer_auth(kube.token())
@@ -124,7 +146,7 @@ async fn reloads_drop_nobody() {
     assert_eq!(dns_records(&kube).await, before + 1, "the zone stays");
 
     // 4. SIGHUP back to the first file.
-    std::fs::write(&file, config(one, &op)).unwrap();
+    std::fs::write(&file, config_more(one, &op)).unwrap();
     kube.send_signal("-HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -173,13 +173,17 @@ struct Client {
 
 impl Client {
     fn new(turn: SocketAddr, name: &str) -> Client {
+        Client::with_secret(turn, name, SECRET)
+    }
+
+    fn with_secret(turn: SocketAddr, name: &str, secret: &str) -> Client {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap();
         let user = format!("{}:{name}", now.as_secs() + 600);
-        let password = signal::ice::password(SECRET.as_bytes(), &user);
+        let password = signal::ice::password(secret.as_bytes(), &user);
         // Unauthenticated first: the server names its realm and a nonce (RFC 8489 §9.2).
         let first = roundtrip(
             &s,
@@ -232,6 +236,63 @@ impl Client {
     fn allocate(&self) -> Message {
         self.ask(METHOD_ALLOCATE, vec![transport()])
     }
+
+    fn refresh(&self) -> Message {
+        self.ask(
+            stun::message::METHOD_REFRESH,
+            vec![Box::new(turn::proto::lifetime::Lifetime(
+                Duration::from_secs(600),
+            ))],
+        )
+    }
+}
+
+/// A reload rotates the secret and raises the per-user limit; the allocation made before
+/// keeps refreshing under the secret it was made with, new users need the new one.
+#[test]
+fn secret_and_limits_reload_without_dropping_allocations() {
+    let (kube, turn) = start("  max_allocations_per_user: 1\n");
+    let alice = Client::new(turn, "alice");
+    assert_eq!(code(&alice.allocate()), None);
+    let file = kube.data_dir.parent().unwrap().join("kube.yml");
+    std::fs::write(
+        &file,
+        "turn:\n  secret: rotated\n  relay_port_min: 40000\n  relay_port_max: 49000\n  max_allocations_per_user: 2\n",
+    )
+    .unwrap();
+    let out = kube.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("turn"),
+        "{out:?}"
+    );
+
+    let r = alice.refresh();
+    assert_eq!(code(&r), None, "the allocation made before refreshes: {r}");
+    // Alice's credentials still work for a second allocation, now within her limit.
+    let alice2 = Client {
+        s: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        ..Client::new(turn, "unused")
+    };
+    let alice2 = Client {
+        user: alice.user.clone(),
+        password: alice.password.clone(),
+        ..alice2
+    };
+    alice2
+        .s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(code(&alice2.allocate()), None, "per-user limit raised to 2");
+    // A new user with the old secret is refused; with the new one it is served.
+    let old = Client::new(turn, "bob");
+    let refused = old.allocate();
+    assert!(
+        code(&refused).is_some_and(|c| (400..500).contains(&c)),
+        "old secret, new user: {refused}"
+    );
+    let new = Client::with_secret(turn, "bob", "rotated");
+    assert_eq!(code(&new.allocate()), None);
 }
 
 #[test]

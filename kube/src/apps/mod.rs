@@ -56,10 +56,7 @@ impl Service for Apps {
         cx: &Context,
         _deps: (),
     ) -> Result<Started<AppsHandle>, StartError> {
-        let limits = bundle::Limits {
-            max_bytes: section.max_bundle_bytes,
-            max_files: section.max_files,
-        };
+        let limits = limits(&section);
         let root = cx.data_dir.join("apps");
         let keep = section.keep_versions;
         let store =
@@ -166,4 +163,11 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         );
     }
     r
+}
+
+pub fn limits(section: &config::Apps) -> bundle::Limits {
+    bundle::Limits {
+        max_bytes: section.max_bundle_bytes,
+        max_files: section.max_files,
+    }
 }

@@ -91,8 +91,8 @@ pub struct AppSummary {
 #[derive(Debug)]
 pub struct AppStore {
     root: PathBuf,
-    limits: Limits,
-    keep: u32,
+    /// Bundle limits and versions kept: read per publish, replaced on reload.
+    settings: RwLock<(Limits, u32)>,
     apps: RwLock<BTreeMap<String, AppState>>,
     /// Serializes changes (publish commit, rollback, remove); reads never wait on it.
     write: Mutex<()>,
@@ -158,8 +158,7 @@ impl AppStore {
         }
         Ok(AppStore {
             root: root.to_owned(),
-            limits,
-            keep,
+            settings: RwLock::new((limits, keep)),
             apps: RwLock::new(apps),
             write: Mutex::new(()),
             small: Mutex::new(SmallCache::default()),
@@ -167,10 +166,26 @@ impl AppStore {
     }
 
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.settings().0
     }
 
     /// A fresh directory for one upload; removed by `publish` whatever happens.
+    fn settings(&self) -> (Limits, u32) {
+        *self
+            .settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// New limits and versions kept (a reload); publishes under way keep the old limits,
+    /// and the next publish prunes to the new count.
+    pub fn set_limits(&self, limits: Limits, keep: u32) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (limits, keep);
+    }
+
     /// Holds off publishes, rollbacks and removals (and their pruning) while the guard
     /// lives, so a backup sees one consistent set of versions and blobs.
     pub fn hold_writes(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -268,7 +283,7 @@ impl AppStore {
         };
         let file = File::open(upload).map_err(io(upload))?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-        let mut checker = Checker::new(self.limits);
+        let mut checker = Checker::new(self.limits());
         let mut files = BTreeMap::new();
         let blobs = staging.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
@@ -420,7 +435,10 @@ impl AppStore {
             };
             let current = app.current.version;
             let versions: Vec<u64> = app.versions.keys().copied().collect();
-            (versions_to_drop(&versions, current, self.keep), current)
+            (
+                versions_to_drop(&versions, current, self.settings().1),
+                current,
+            )
         };
         if drop.is_empty() {
             return Ok(());

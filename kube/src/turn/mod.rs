@@ -40,12 +40,106 @@ pub enum TurnError {
     Server(String),
 }
 
-/// What signaling needs to hand out ICE servers.
-#[derive(Clone, Debug)]
+/// What signaling needs to hand out ICE servers, and what a reload changes.
+#[derive(Clone)]
 pub struct TurnHandle {
     pub addr: SocketAddr,
-    pub secret: Vec<u8>,
-    pub ttl_secs: u64,
+    live: Arc<Live>,
+    data_dir: std::path::PathBuf,
+}
+
+impl TurnHandle {
+    /// The secret new credentials are signed with.
+    pub fn secret(&self) -> Vec<u8> {
+        self.live.secrets().current.clone()
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.live.ttl_secs.load(Ordering::Relaxed)
+    }
+
+    /// Applies a changed `turn` section: secret, credential lifetime and limits. Live
+    /// allocations keep working: their users stay on the secret they authenticated with
+    /// until the allocation ends. Listen address, realm, relay ports and peers need a
+    /// restart. Returns whether anything changed.
+    pub fn reload(&self, s: &config::Turn) -> Result<bool, TurnError> {
+        let secret = if s.secret.is_empty() {
+            secret_from(&self.data_dir)?
+        } else {
+            s.secret.clone().into_bytes()
+        };
+        let mut changed = false;
+        {
+            let mut secrets = self.live.secrets_mut();
+            if secrets.current != secret {
+                let old = std::mem::replace(&mut secrets.current, secret);
+                let live_users: Vec<String> = self
+                    .live
+                    .users
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                for user in live_users {
+                    secrets.kept.entry(user).or_insert_with(|| old.clone());
+                }
+                changed = true;
+            }
+        }
+        for (slot, v) in [
+            (&self.live.ttl_secs, s.credential_ttl_secs),
+            (&self.live.bytes_per_sec, s.max_bytes_per_sec),
+        ] {
+            changed |= slot.swap(v, Ordering::Relaxed) != v;
+        }
+        for (slot, v) in [
+            (&self.live.max_allocations, s.max_allocations),
+            (&self.live.max_per_user, s.max_allocations_per_user),
+        ] {
+            changed |= slot.swap(v, Ordering::Relaxed) != v;
+        }
+        Ok(changed)
+    }
+}
+
+/// The settings a reload changes, shared by the front door, the relays, the auth handler
+/// and signaling.
+struct Live {
+    secrets: std::sync::RwLock<Secrets>,
+    ttl_secs: std::sync::atomic::AtomicU64,
+    bytes_per_sec: std::sync::atomic::AtomicU64,
+    max_allocations: AtomicU32,
+    max_per_user: AtomicU32,
+    users: Arc<Users>,
+}
+
+struct Secrets {
+    current: Vec<u8>,
+    /// Users with allocations made before the secret changed, and the secret they used.
+    kept: HashMap<String, Vec<u8>>,
+}
+
+impl Live {
+    fn secrets(&self) -> std::sync::RwLockReadGuard<'_, Secrets> {
+        self.secrets.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn secrets_mut(&self) -> std::sync::RwLockWriteGuard<'_, Secrets> {
+        self.secrets.write().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The secret `user`'s credentials are checked against.
+    fn secret_for(&self, user: &str) -> Vec<u8> {
+        let s = self.secrets();
+        s.kept.get(user).unwrap_or(&s.current).clone()
+    }
+    /// An allocation of `user` ended.
+    fn released(&self, user: &str) {
+        self.users.release(user);
+        if self.users.count(user) == 0 {
+            self.secrets_mut().kept.remove(user);
+        }
+    }
 }
 
 pub struct TurnService;
@@ -135,14 +229,24 @@ impl Service for TurnService {
         // KUBE's own addresses are refused unless opened on purpose (loopback in tests).
         own.retain(|ip| !allow.iter().any(|n| n.contains(ip)));
         let users = Arc::new(Users::default());
+        let live = Arc::new(Live {
+            secrets: std::sync::RwLock::new(Secrets {
+                current: secret,
+                kept: HashMap::new(),
+            }),
+            ttl_secs: std::sync::atomic::AtomicU64::new(s.credential_ttl_secs),
+            bytes_per_sec: std::sync::atomic::AtomicU64::new(s.max_bytes_per_sec),
+            max_allocations: AtomicU32::new(s.max_allocations),
+            max_per_user: AtomicU32::new(s.max_allocations_per_user),
+            users: users.clone(),
+        });
         let front = Arc::new(FrontDoor {
             socket,
             policy: PeerPolicy::new(&allow, &own),
             realm: realm.clone(),
-            secret: secret.clone(),
             metrics: metrics.clone(),
             users: users.clone(),
-            max_per_user: s.max_allocations_per_user,
+            live: live.clone(),
         });
         let relays = Relays {
             inner: turn::relay::relay_range::RelayAddressGeneratorRanges {
@@ -158,8 +262,7 @@ impl Service for TurnService {
                 net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
             },
             live: Arc::new(AtomicU32::new(0)),
-            max: s.max_allocations,
-            bytes_per_sec: s.max_bytes_per_sec,
+            settings: live.clone(),
             metrics: metrics.clone(),
         };
         let (closed_tx, mut closed_rx) =
@@ -170,25 +273,24 @@ impl Service for TurnService {
                 relay_addr_generator: Box::new(relays),
             }],
             realm,
-            auth_handler: Arc::new(RestAuth {
-                secret: secret.clone(),
-            }),
+            auth_handler: Arc::new(RestAuth { live: live.clone() }),
             channel_bind_timeout: Duration::from_secs(0),
             alloc_close_notify: Some(closed_tx),
         })
         .await
         .map_err(|e| TurnError::Server(e.to_string()))?;
+        let released = live.clone();
         let watcher = tokio::spawn(async move {
             while let Some(info) = closed_rx.recv().await {
-                users.release(&info.username);
+                released.released(&info.username);
             }
         });
         tracing::info!(%addr, %relay_ip, "turn listening (udp)");
         Ok(Started {
             handle: Some(TurnHandle {
                 addr,
-                secret,
-                ttl_secs: s.credential_ttl_secs,
+                live,
+                data_dir: cx.data_dir.clone(),
             }),
             running: Box::new(RunningTurn {
                 addr,
@@ -248,7 +350,7 @@ impl Running for RunningTurn {
 /// Long-term credentials in the REST scheme: the username carries its expiry, the password
 /// is the HMAC of the username under the shared secret.
 struct RestAuth {
-    secret: Vec<u8>,
+    live: Arc<Live>,
 }
 
 impl turn::auth::AuthHandler for RestAuth {
@@ -266,7 +368,7 @@ impl turn::auth::AuthHandler for RestAuth {
             Some(expiry) if expiry > now => {}
             _ => return Err(turn::Error::ErrNoSuchUser),
         }
-        let password = signal::ice::password(&self.secret, username);
+        let password = signal::ice::password(&self.live.secret_for(username), username);
         Ok(turn::auth::generate_auth_key(username, realm, &password))
     }
 }
@@ -305,10 +407,9 @@ struct FrontDoor {
     socket: UdpSocket,
     policy: PeerPolicy,
     realm: String,
-    secret: Vec<u8>,
     metrics: Arc<Metrics>,
     users: Arc<Users>,
-    max_per_user: u32,
+    live: Arc<Live>,
 }
 
 #[async_trait]
@@ -322,7 +423,8 @@ impl Conn for FrontDoor {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.socket.recv_from(buf).await?;
-            match filter::judge(&buf[..n], &self.policy, &self.realm, &self.secret) {
+            let secret = self.live.secrets().current.clone();
+            match filter::judge(&buf[..n], &self.policy, &self.realm, &secret) {
                 Verdict::Pass => {}
                 Verdict::Refuse { response, reason } => {
                     self.metrics.turn_refused.with_label_values(&[reason]).inc();
@@ -333,12 +435,14 @@ impl Conn for FrontDoor {
                 }
             }
             if let Some((txid, user)) = filter::allocate_request(&buf[..n]) {
-                if self.users.count(&user) >= self.max_per_user {
+                if self.users.count(&user) >= self.live.max_per_user.load(Ordering::Relaxed) {
                     self.metrics
                         .turn_refused
                         .with_label_values(&["user-quota"])
                         .inc();
-                    if let Some(r) = filter::quota_reached(&buf[..n], &self.realm, &self.secret) {
+                    if let Some(r) =
+                        filter::quota_reached(&buf[..n], &self.realm, &self.live.secret_for(&user))
+                    {
                         let _ = self.socket.send_to(&r, from).await;
                     }
                     continue;
@@ -394,8 +498,8 @@ impl Conn for FrontDoor {
 struct Relays {
     inner: turn::relay::relay_range::RelayAddressGeneratorRanges,
     live: Arc<AtomicU32>,
-    max: u32,
-    bytes_per_sec: u64,
+    /// `max_allocations` and `max_bytes_per_sec`, as reloaded.
+    settings: Arc<Live>,
     metrics: Arc<Metrics>,
 }
 
@@ -410,7 +514,8 @@ impl turn::relay::RelayAddressGenerator for Relays {
         use_ipv4: bool,
         requested_port: u16,
     ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
-        if self.live.fetch_add(1, Ordering::SeqCst) >= self.max {
+        let max = self.settings.max_allocations.load(Ordering::Relaxed);
+        if self.live.fetch_add(1, Ordering::SeqCst) >= max {
             self.live.fetch_sub(1, Ordering::SeqCst);
             self.metrics
                 .turn_refused
@@ -421,12 +526,13 @@ impl turn::relay::RelayAddressGenerator for Relays {
         match self.inner.allocate_conn(use_ipv4, requested_port).await {
             Ok((conn, addr)) => {
                 self.metrics.turn_allocations.inc();
+                let bytes_per_sec = self.settings.bytes_per_sec.load(Ordering::Relaxed);
                 let relay = Relay {
                     inner: conn,
                     live: self.live.clone(),
                     metrics: self.metrics.clone(),
-                    out: Mutex::new(Bucket::new(self.bytes_per_sec)),
-                    inb: Mutex::new(Bucket::new(self.bytes_per_sec)),
+                    out: Mutex::new(Bucket::new(bytes_per_sec)),
+                    inb: Mutex::new(Bucket::new(bytes_per_sec)),
                 };
                 Ok((Arc::new(relay), addr))
             }
