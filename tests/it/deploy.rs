@@ -329,3 +329,21 @@ fn dockerfile_exposes_every_listener() {
     assert!(text.contains("VOLUME /data"));
     assert!(text.contains("deploy/build-static"));
 }
+
+/// `log.format: json`: every line KUBE logs is one JSON object with a level and a message.
+#[test]
+fn json_logs_on_request() {
+    let kube = Kube::start_with(tests::Opts {
+        env: vec![("KUBE_LOG_FORMAT".into(), "json".into())],
+        ..tests::Opts::default()
+    })
+    .unwrap_or_else(|log| panic!("kube did not start:\n{log}"));
+    let log = kube.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
