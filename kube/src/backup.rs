@@ -61,7 +61,8 @@ fn skipped(rel: &Path) -> bool {
         || rel == Path::new("kube.lock")
         || rel.starts_with("apps/.staging")
         || (name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".new")))
-        || name.starts_with(".backup-")
+        || name.starts_with(BACKUP_PREFIX)
+        || name.starts_with(RESTORE_PREFIX)
 }
 
 /// Writes the snapshot of `data_dir` to `out`.
@@ -155,37 +156,71 @@ fn add_dir<W: Write>(
     Ok(())
 }
 
-/// Unpacks a backup into `data_dir`, which must be missing or empty. The files go to a
-/// sibling directory first, renamed into place once complete.
+/// Unpacks a backup into `data_dir`, which must be missing or empty (a Docker volume's
+/// mount point or systemd's `StateDirectory` symlink work as they are). The files go to a
+/// staging directory inside it first and are moved into place once all arrived, the format
+/// record last; on any failure the data dir is left empty.
 pub fn restore(input: impl Read, data_dir: &Path) -> Result<Manifest, BackupError> {
-    if let Ok(mut entries) = std::fs::read_dir(data_dir)
-        && entries.next().is_some()
+    datadir::create_private_dir(data_dir).map_err(|e| BackupError::Io {
+        path: data_dir.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if std::fs::read_dir(data_dir)
+        .map_err(io(data_dir))?
+        .next()
+        .is_some()
     {
         return Err(BackupError::NotEmpty(data_dir.to_owned()));
     }
-    let parent = data_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let staging = parent.join(format!(
-        ".{}.restore-{}",
-        data_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("data"),
+    let staging = data_dir.join(format!(
+        "{RESTORE_PREFIX}{}",
         hex::encode(rand::random::<[u8; 6]>())
     ));
+    let mut moved: Vec<PathBuf> = Vec::new();
     let result = unpack(input, &staging).and_then(|manifest| {
-        let _ = std::fs::remove_dir(data_dir);
-        std::fs::rename(&staging, data_dir).map_err(io(data_dir))?;
-        datadir::sync_dir(parent).map_err(io(parent))?;
+        let mut names: Vec<_> = std::fs::read_dir(&staging)
+            .map_err(io(&staging))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        // The format record last: a data dir without it is not yet whole.
+        names.sort_by_key(|n| n == "format.json");
+        for name in names {
+            let to = data_dir.join(&name);
+            std::fs::rename(staging.join(&name), &to).map_err(io(&to))?;
+            moved.push(to);
+        }
+        std::fs::remove_dir(&staging).map_err(io(&staging))?;
+        datadir::sync_dir(data_dir).map_err(io(data_dir))?;
         Ok(manifest)
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
+        for path in moved {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
     }
     result
+}
+
+/// Names of work in progress in the data dir, removed on start.
+pub const RESTORE_PREFIX: &str = ".restore-";
+pub const BACKUP_PREFIX: &str = ".backup-";
+
+/// Removes what an interrupted backup or restore left in the data dir.
+pub fn clean_leftovers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(RESTORE_PREFIX) || name.starts_with(BACKUP_PREFIX) {
+            let path = e.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            tracing::info!(path = %path.display(), "removed an interrupted backup or restore");
+        }
+    }
 }
 
 fn unpack(input: impl Read, staging: &Path) -> Result<Manifest, BackupError> {
@@ -279,11 +314,14 @@ mod tests {
             flate2::Compression::fast(),
         ));
         for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
+            // The name written as is, `..` included, as a hostile archive would.
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
             h.set_size(data.len() as u64);
             h.set_mode(0o600);
+            h.set_entry_type(tar::EntryType::Regular);
             h.set_cksum();
-            tar.append_data(&mut h, name, *data).unwrap();
+            tar.append(&h, *data).unwrap();
         }
         tar.into_inner().unwrap().finish().unwrap()
     }
@@ -297,15 +335,33 @@ mod tests {
         let newer = br#"{"format": 99, "kube": "9.0.0", "created": 1, "identity": "d"}"#;
         let e = restore(targz(&[(MANIFEST, newer)]).as_slice(), &target).unwrap_err();
         assert!(matches!(e, BackupError::TooNew(99)), "{e}");
-        assert!(!target.exists(), "nothing left behind");
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
         let ok = br#"{"format": 1, "kube": "0.1.0", "created": 1, "identity": "d"}"#;
         std::fs::create_dir_all(target.join("x")).unwrap();
         let e = restore(targz(&[(MANIFEST, ok)]).as_slice(), &target).unwrap_err();
         assert!(matches!(e, BackupError::NotEmpty(_)), "{e}");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no staging dir left"
-        );
+        std::fs::remove_dir(target.join("x")).unwrap();
+        // A restore that fails half-way leaves the data dir empty.
+        let bad = targz(&[(MANIFEST, ok), ("apps/a", b"x"), ("../escape", b"x")]);
+        let e = restore(bad.as_slice(), &target).unwrap_err();
+        assert!(matches!(e, BackupError::Unsafe(_)), "{e}");
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+        assert!(!dir.path().join("escape").exists());
+        // Into a data dir reached through a symlink (systemd's StateDirectory).
+        let real = dir.path().join("private");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let good = targz(&[
+            (MANIFEST, ok),
+            ("format.json", b"{}"),
+            ("dns/records.json", b"[]"),
+        ]);
+        restore(good.as_slice(), &link).unwrap();
+        assert!(real.join("dns/records.json").exists() && real.join("format.json").exists());
     }
 }

@@ -199,13 +199,15 @@ pub async fn accept(
     }
 }
 
-/// What a reload did: sections applied live, sections that wait for a restart.
+/// What a reload did: sections applied live, sections that wait for a restart, and
+/// sections whose new values were refused (each keeps running as it was).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ReloadReport {
     pub applied: Vec<&'static str>,
     pub restart: Vec<&'static str>,
+    pub failed: Vec<String>,
 }
 
 /// A reload asked for through the admin API (`kube reload`): the supervisor answers with
-/// the report, or the configuration's problems (the running configuration then stays).
+/// the report, or the configuration's problems (then nothing was applied).
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;

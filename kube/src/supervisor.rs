@@ -69,6 +69,7 @@ pub async fn run(loaded: Loaded, log: LogLevel) -> anyhow::Result<()> {
     datadir::create_private_dir(&cx.data_dir).context("creating the data dir")?;
     let _lock = datadir::lock(&cx.data_dir)?;
     datadir::check_format(&cx.data_dir)?;
+    crate::backup::clean_leftovers(&cx.data_dir);
 
     let metrics = Arc::new(Metrics::new());
     let board = Board::new();
@@ -340,23 +341,7 @@ async fn reload(
             return Err(e.to_string());
         }
     };
-    if let Some(dns) = &handles.dns
-        && next.dns != live.dns
-    {
-        match dns.reload(next.dns.clone()) {
-            Ok(()) => {
-                tracing::info!(serial = dns.zone().serial(), "dns records reloaded");
-                live.dns = next.dns.clone();
-                report.applied.push("dns");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "dns reload refused; the old zone stays");
-                return Err(format!("dns: {e}"));
-            }
-        }
-    }
-    // Operators apply even when the listen address changed (which waits for a restart):
-    // removing a key must never wait.
+    // Operators first: removing a key must never wait on anything else.
     if next.admin.operators != live.admin.operators
         || next.admin.signature_window_secs != live.admin.signature_window_secs
     {
@@ -368,6 +353,23 @@ async fn reload(
         live.admin.operators = next.admin.operators.clone();
         live.admin.signature_window_secs = next.admin.signature_window_secs;
         report.applied.push("admin.operators");
+    }
+    // Each section is applied on its own: one that fails keeps its running state, is
+    // reported in `failed`, and does not stop the others.
+    if let Some(dns) = &handles.dns
+        && next.dns != live.dns
+    {
+        match dns.reload(next.dns.clone()) {
+            Ok(()) => {
+                tracing::info!(serial = dns.zone().serial(), "dns records reloaded");
+                live.dns = next.dns.clone();
+                report.applied.push("dns");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dns reload refused; the old zone stays");
+                report.failed.push(format!("dns: {e}"));
+            }
+        }
     }
     if next.apps != live.apps {
         handles
@@ -383,7 +385,10 @@ async fn reload(
                 live.log.level = next.log.level.clone();
                 report.applied.push("log.level");
             }
-            Err(e) => tracing::warn!(error = %e, "log.level not changed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "log.level not changed");
+                report.failed.push(format!("log.level: {e}"));
+            }
         }
     }
     let mut turn_changed = false;
@@ -397,26 +402,29 @@ async fn reload(
                 live.turn = next.turn.clone();
                 report.applied.push("turn");
             }
-            Err(e) => return Err(format!("turn: {e}")),
+            Err(e) => {
+                tracing::error!(error = %e, "turn reload refused; the running settings stay");
+                report.failed.push(format!("turn: {e}"));
+            }
         }
     }
-    if let Some(signal) = &handles.signal
-        && (turn_changed || next.signal != live.signal)
-    {
-        signal.reload(&next.signal, handles.turn.as_ref()).await;
+    if let Some(signal) = &handles.signal {
         let mut kept = next.signal.clone();
-        // What open connections keep until a restart.
+        // What open connections and the WebSocket frame cap keep until a restart.
         kept.enabled = live.signal.enabled;
         kept.ping_interval_secs = live.signal.ping_interval_secs;
         kept.ping_timeout_secs = live.signal.ping_timeout_secs;
-        if next.signal != live.signal {
-            report.applied.push("signal");
+        kept.max_message_bytes = live.signal.max_message_bytes;
+        if turn_changed || kept != live.signal {
+            signal.reload(&kept, handles.turn.as_ref()).await;
+            if kept != live.signal {
+                report.applied.push("signal");
+            }
+            live.signal = kept;
         }
-        live.signal = kept;
     }
-    let tls = &handles.tls;
     // `files` mode: certificate files replaced in place are picked up now.
-    match tls.reload_files() {
+    match handles.tls.reload_files() {
         Ok(true) => {
             tracing::info!("certificate files reloaded");
             report.applied.push("tls.files");
@@ -424,7 +432,7 @@ async fn reload(
         Ok(false) => {}
         Err(e) => {
             tracing::error!(error = %e, "certificate files refused; the old certificate stays");
-            return Err(format!("tls: {e}"));
+            report.failed.push(format!("tls: {e}"));
         }
     }
     let mut restart = Vec::new();

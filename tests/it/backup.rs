@@ -159,7 +159,7 @@ fn backup_while_writing_then_restore_and_compare() {
             .unwrap();
         assert!(dns.contains("w1"), "{dns}");
     });
-    // Every version the restored store lists is whole: each rolls back and serves.
+    // The restored store lists the app.
     let list = String::from_utf8_lossy(&again.cli(&["app", "list"]).stdout).into_owned();
     assert!(list.contains("notes"), "{list}");
 }

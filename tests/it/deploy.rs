@@ -338,9 +338,16 @@ fn json_logs_on_request() {
         ..tests::Opts::default()
     })
     .unwrap_or_else(|log| panic!("kube did not start:\n{log}"));
-    let log = kube.log();
-    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(!lines.is_empty());
+    // The log is read in chunks: wait (bounded) for whole lines, and judge only those.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = kube.log();
+    while !(log.ends_with('\n') && log.lines().count() > 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = kube.log();
+    }
+    let whole = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+    let lines: Vec<&str> = whole.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no whole log line: {log}");
     for line in lines {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));

@@ -342,7 +342,8 @@ async fn admission(
 /// the data dir off the async threads, then streamed; the file is unlinked once open.
 async fn backup(State(st): State<Arc<Shared>>) -> Response {
     let tmp = st.data_dir.join(format!(
-        ".backup-{}.tar.gz",
+        "{}{}.tar.gz",
+        crate::backup::BACKUP_PREFIX,
         hex::encode(rand::random::<[u8; 6]>())
     ));
     let (path, apps, identity) = (tmp.clone(), st.deps.apps.clone(), st.deps.identity.clone());
@@ -530,6 +531,10 @@ fn app_views(st: &Shared) -> Vec<AppView> {
 }
 
 async fn status(State(st): State<Arc<Shared>>) -> Response {
+    let dir = st.data_dir.clone();
+    let disk = tokio::task::spawn_blocking(move || disk_use(&dir))
+        .await
+        .unwrap_or(0);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "domain": st.domain,
@@ -556,7 +561,7 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
         },
         "disk": {
             "data_dir": st.data_dir.display().to_string(),
-            "bytes": disk_use(&st.data_dir),
+            "bytes": disk,
         },
     }))
     .into_response()

@@ -169,7 +169,6 @@ impl AppStore {
         self.settings().0
     }
 
-    /// A fresh directory for one upload; removed by `publish` whatever happens.
     fn settings(&self) -> (Limits, u32) {
         *self
             .settings
@@ -194,6 +193,7 @@ impl AppStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A fresh directory for one upload; removed by `publish` whatever happens.
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
         let dir = self
             .root

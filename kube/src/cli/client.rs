@@ -317,7 +317,7 @@ pub async fn reload(c: &Client) -> anyhow::Result<()> {
     let r = c
         .send(c.request(reqwest::Method::POST, "/api/reload"))
         .await
-        .context("reload refused; the running configuration stays")?;
+        .context("reload refused, nothing applied; the running configuration stays")?;
     let list = |v: &Value| -> String {
         let names: Vec<&str> = v
             .as_array()
@@ -336,6 +336,18 @@ pub async fn reload(c: &Client) -> anyhow::Result<()> {
         println!(
             "changed, applies at the next restart: {}",
             list(&r["restart"])
+        );
+    }
+    let failed: Vec<&str> = r["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "refused, these keep running as they were:\n  {}",
+            failed.join("\n  ")
         );
     }
     Ok(())
@@ -425,14 +437,24 @@ pub async fn backup(c: &Client, file: &Path) -> anyhow::Result<()> {
     let mut out = tokio::fs::File::from_std(std_file);
     let mut stream = resp.bytes_stream();
     let mut total = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.context("the backup stream broke off")?;
-        total += chunk.len() as u64;
-        out.write_all(&chunk).await?;
+    let copied = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("the backup stream broke off")?;
+            total += chunk.len() as u64;
+            out.write_all(&chunk).await?;
+        }
+        out.sync_all().await?;
+        anyhow::Ok(())
     }
-    out.sync_all().await?;
+    .await;
     drop(out);
-    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
+    let renamed = copied.and_then(|()| {
+        std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))
+    });
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     println!("wrote {} ({total} bytes)", file.display());
     Ok(())
 }

@@ -70,7 +70,8 @@ pub enum Command {
     /// Bring a backup back into an empty (or new) data dir; KUBE must not be running on it.
     Restore { file: PathBuf },
     /// Make the running KUBE read its configuration again (as SIGHUP does); prints what
-    /// applied, or the configuration's problems (the running one then stays).
+    /// applied and what waits for a restart, or the configuration's problems (then nothing
+    /// is applied). Exits 1 when a section's new values were refused.
     Reload,
     /// Exit 0 when the running KUBE answers /healthz (with --ready: /readyz), else 1. For
     /// container health checks; needs no token.

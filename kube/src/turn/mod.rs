@@ -51,7 +51,7 @@ pub struct TurnHandle {
 impl TurnHandle {
     /// The secret new credentials are signed with.
     pub fn secret(&self) -> Vec<u8> {
-        self.live.secrets().current.clone()
+        self.live.secrets().current.to_vec()
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -71,8 +71,8 @@ impl TurnHandle {
         let mut changed = false;
         {
             let mut secrets = self.live.secrets_mut();
-            if secrets.current != secret {
-                let old = std::mem::replace(&mut secrets.current, secret);
+            if *secrets.current != *secret {
+                let old = std::mem::replace(&mut secrets.current, secret.into());
                 let live_users: Vec<String> = self
                     .live
                     .users
@@ -116,9 +116,10 @@ struct Live {
 }
 
 struct Secrets {
-    current: Vec<u8>,
+    /// Shared, not copied: the front door reads it for every packet.
+    current: Arc<[u8]>,
     /// Users with allocations made before the secret changed, and the secret they used.
-    kept: HashMap<String, Vec<u8>>,
+    kept: HashMap<String, Arc<[u8]>>,
 }
 
 impl Live {
@@ -129,7 +130,7 @@ impl Live {
         self.secrets.write().unwrap_or_else(|p| p.into_inner())
     }
     /// The secret `user`'s credentials are checked against.
-    fn secret_for(&self, user: &str) -> Vec<u8> {
+    fn secret_for(&self, user: &str) -> Arc<[u8]> {
         let s = self.secrets();
         s.kept.get(user).unwrap_or(&s.current).clone()
     }
@@ -231,7 +232,7 @@ impl Service for TurnService {
         let users = Arc::new(Users::default());
         let live = Arc::new(Live {
             secrets: std::sync::RwLock::new(Secrets {
-                current: secret,
+                current: secret.into(),
                 kept: HashMap::new(),
             }),
             ttl_secs: std::sync::atomic::AtomicU64::new(s.credential_ttl_secs),
