@@ -211,3 +211,15 @@ pub struct ReloadReport {
 /// A reload asked for through the admin API (`kube reload`): the supervisor answers with
 /// the report, or the configuration's problems (then nothing was applied).
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
+
+/// Unix seconds of `t` (0 before 1970).
+pub fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    unix(std::time::SystemTime::now())
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -272,7 +272,7 @@ async fn run_hub(
                 }
                 Some(Event::Text { conn, text }) => {
                     metrics.signal_messages.with_label_values(&["in", kind_in(&text)]).inc();
-                    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    let unix = crate::service::unix_now();
                     hub.receive(conn, &text, now, unix)
                 }
                 Some(Event::Closed { conn }) => {

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -78,10 +77,7 @@ struct Operators {
 
 impl Operators {
     fn new(section: &config::Admin, identity: &str) -> Operators {
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let started = crate::service::unix_now();
         Operators {
             dids: section.operators.clone(),
             verifier: Verifier::new(
@@ -235,10 +231,7 @@ async fn authorize(State(st): State<Arc<Shared>>, req: Request, next: Next) -> R
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_owned();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::service::unix_now();
         let verified =
             lock(&st.operators)
                 .verifier
@@ -312,10 +305,7 @@ async fn admission(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::service::unix_now();
     let clock = halo::space::Clock {
         now,
         skew: halo::space::SKEW_SECS,
@@ -358,10 +348,7 @@ async fn backup(State(st): State<Arc<Shared>>) -> Response {
                 path: path.clone(),
                 source,
             })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::service::unix_now();
         crate::backup::write(
             &data_dir,
             std::io::BufWriter::new(file),
@@ -476,11 +463,7 @@ async fn metrics(State(st): State<Arc<Shared>>) -> Response {
         .set(st.deps.apps.list().len() as i64);
     st.deps.metrics.cert_not_after.reset();
     for c in st.deps.tls.certificates() {
-        let secs = c
-            .not_after
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = crate::service::unix(c.not_after);
         for n in &c.names {
             st.deps
                 .metrics
@@ -633,10 +616,7 @@ async fn publish(State(st): State<Arc<Shared>>, Path(name): Path<String>, body: 
         let _ = tokio::fs::remove_dir_all(&staging).await;
         return store_error(e);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::service::unix_now();
     let task_store = store.clone();
     let task_name = name.clone();
     let result =

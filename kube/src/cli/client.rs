@@ -126,10 +126,7 @@ impl Client {
                     },
                     Err(_) => path.to_owned(),
                 };
-                let ts = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let ts = crate::service::unix_now();
                 let to = halo::request::Target {
                     server,
                     method: method.as_str(),
@@ -255,10 +252,7 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
 
 fn print_certs(s: &Value) {
     let str_of = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::service::unix_now();
     for cert in s["certificates"].as_array().into_iter().flatten() {
         let names: Vec<String> = cert["names"]
             .as_array()

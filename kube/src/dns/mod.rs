@@ -11,7 +11,7 @@ pub mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use config::Problem;
 use hickory_proto::rr::Name;
@@ -246,10 +246,7 @@ fn record_key(r: &hickory_proto::rr::Record) -> (String, String, String) {
 /// RFC 1982 serials: at least the clock (so a lost records.json still moves forward),
 /// always more than the last one.
 fn next_serial(last: u32) -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0);
+    let now = crate::service::unix_now() as u32;
     if now > last {
         now
     } else {

@@ -65,13 +65,9 @@ pub struct CertInfo {
 }
 
 mod unix_secs {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        s.serialize_u64(secs)
+        s.serialize_u64(crate::service::unix(*t))
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use config::Problem;
@@ -361,10 +361,7 @@ impl turn::auth::AuthHandler for RestAuth {
         realm: &str,
         _src: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::service::unix_now();
         match signal::ice::expiry(username) {
             Some(expiry) if expiry > now => {}
             _ => return Err(turn::Error::ErrNoSuchUser),

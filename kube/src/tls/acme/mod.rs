@@ -448,11 +448,7 @@ pub async fn renewal_window(ctx: &Ctx, directory: &str, chain: &str) -> Option<(
     }
 }
 
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::service::unix;
 
 pub fn from_unix(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
