@@ -304,6 +304,19 @@ impl Kube {
         format!("http://{}{path}", self.admin)
     }
 
+    /// An admin API request with the bearer token; its JSON answer.
+    pub async fn api(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .request(method, self.admin_url(path))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .expect("admin API answers")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("admin.token"))
             .expect("token")

@@ -11,7 +11,6 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use serde_json::Value;
 use tests::pebble::{Pebble, free_port, test_pki};
 use tests::{Kube, Opts, require_tools};
 
@@ -72,24 +71,12 @@ fn setup(challenges: &str, validity_secs: u64) -> Setup {
     }
 }
 
-async fn api(kube: &Kube, method: reqwest::Method, path: &str) -> Value {
-    reqwest::Client::new()
-        .request(method, kube.admin_url(path))
-        .bearer_auth(kube.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits (bounded) until the served certificate comes from Pebble and names `name`;
 /// returns its serial.
 async fn issued(kube: &Kube, name: &str, not_serial: Option<&str>) -> String {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let certs = api(kube, reqwest::Method::GET, "/api/certs").await;
+        let certs = kube.api(reqwest::Method::GET, "/api/certs").await;
         let c = &certs["certificates"][0];
         let from_pebble = c["issuer"].as_str().unwrap_or("").contains("Pebble");
         let named = c["names"]
@@ -172,7 +159,7 @@ async fn dns01_gets_the_apex_and_a_wildcard() {
         "TLS fine, no app yet"
     );
     // The challenge record is gone once the order is done.
-    let dns = api(&s.kube, reqwest::Method::GET, "/api/dns").await;
+    let dns = s.kube.api(reqwest::Method::GET, "/api/dns").await;
     assert_eq!(
         dns["runtime_records"].as_array().map(|a| a.len()),
         Some(0),
@@ -224,7 +211,7 @@ async fn tls_alpn01_and_a_restart_that_keeps_the_certificate() {
         data_dir: Some(d),
     })
     .unwrap();
-    let certs = api(&again, reqwest::Method::GET, "/api/certs").await;
+    let certs = again.api(reqwest::Method::GET, "/api/certs").await;
     assert_eq!(
         certs["certificates"][0]["serial"],
         serial.as_str(),
@@ -296,11 +283,11 @@ async fn a_failing_directory_keeps_the_last_good_certificate() {
     let serial = issued(&s.kube, "kube.test", None).await;
     let root = s.pebble.issuing_root().await;
     s.pebble.stop();
-    let r = api(&s.kube, reqwest::Method::POST, "/api/certs/renew").await;
+    let r = s.kube.api(reqwest::Method::POST, "/api/certs/renew").await;
     assert_eq!(r["renewing"], true);
     let deadline = Instant::now() + Duration::from_secs(30);
     let certs = loop {
-        let c = api(&s.kube, reqwest::Method::GET, "/api/certs").await;
+        let c = s.kube.api(reqwest::Method::GET, "/api/certs").await;
         if c["acme"]["state"] == "failing" {
             break c;
         }

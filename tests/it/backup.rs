@@ -148,16 +148,8 @@ fn backup_while_writing_then_restore_and_compare() {
         let body = page.text().await.unwrap();
         assert!(body.starts_with('v'), "{body}");
         // The records of that moment are there too (at least the first ones).
-        let dns = reqwest::Client::new()
-            .get(again.admin_url("/api/dns"))
-            .bearer_auth(again.token())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(dns.contains("w1"), "{dns}");
+        let dns = again.api(reqwest::Method::GET, "/api/dns").await;
+        assert!(dns.to_string().contains("w1"), "{dns}");
     });
     // The restored store lists the app.
     let list = String::from_utf8_lossy(&again.cli(&["app", "list"]).stdout).into_owned();

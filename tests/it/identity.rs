@@ -95,13 +95,7 @@ async fn identity_key_is_made_once_private_and_shown() {
     );
     assert!(text.contains("operators: none"), "{text}");
 
-    let r = reqwest::Client::new()
-        .get(kube.admin_url("/api/identity"))
-        .bearer_auth(kube.token())
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
+    let v = kube.api(reqwest::Method::GET, "/api/identity").await;
     assert_eq!(v["identity"], halo::did(&key));
     assert_eq!(v["operators"], json!([]));
 
@@ -346,15 +340,7 @@ async fn bad_operator_keys_are_config_errors() {
 async fn admission_decision() {
     let kube = Kube::start();
     let c = reqwest::Client::new();
-    let id: Value = c
-        .get(kube.admin_url("/api/identity"))
-        .bearer_auth(kube.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let id = kube.api(reqwest::Method::GET, "/api/identity").await;
     let kube_did = id["identity"].as_str().unwrap().to_owned();
     let space = SigningKey::from_bytes(&[51; 32]);
     let alice = SigningKey::from_bytes(&[52; 32]);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tests::{Kube, Opts};
 
 use crate::signal::{peer, recv, send};
@@ -25,15 +25,7 @@ fn config_more(records: &str, operators: &str) -> String {
 
 /// Records in the zone served.
 async fn dns_records(kube: &Kube) -> u64 {
-    let v: Value = reqwest::Client::new()
-        .get(kube.admin_url("/api/dns"))
-        .bearer_auth(kube.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = kube.api(reqwest::Method::GET, "/api/dns").await;
     v["records"].as_u64().unwrap()
 }
 
@@ -123,15 +115,7 @@ async fn reloads_drop_nobody() {
         signal::ice::password(b"rotated", user),
         "{ice}"
     );
-    let id: Value = reqwest::Client::new()
-        .get(kube.admin_url("/api/identity"))
-        .bearer_auth(kube.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let id = kube.api(reqwest::Method::GET, "/api/identity").await;
     assert_eq!(id["operators"], json!([op]));
 
     // 3. A bad config: refused with file, line and key; the running one stays.
