@@ -423,6 +423,19 @@ pub async fn ws_connect(
     path: &str,
     origin: &str,
 ) -> Ws {
+    ws_try_connect(addr, host, root_pem, path, origin)
+        .await
+        .expect("WebSocket")
+}
+
+/// [`ws_connect`], with the upgrade's failure (for instance the HTTP answer) returned.
+pub async fn ws_try_connect(
+    addr: SocketAddr,
+    host: &str,
+    root_pem: &[u8],
+    path: &str,
+    origin: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -448,8 +461,6 @@ pub async fn ws_connect(
         .expect("request");
     req.headers_mut()
         .insert("origin", origin.parse().expect("origin"));
-    let (ws, _) = tokio_tungstenite::client_async(req, tls)
-        .await
-        .expect("WebSocket");
-    ws
+    let (ws, _) = tokio_tungstenite::client_async(req, tls).await?;
+    Ok(ws)
 }

@@ -322,13 +322,48 @@ impl Default for Turn {
 }
 
 /// `echo`: the headless replica of admitted spaces.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Echo {
+    /// Serve ECHO at `/.well-known/kube/echo` at all.
+    pub enabled: bool,
     /// Which space admins this KUBE serves: `any`, or a list of identity keys (did:key). A
     /// space is replicated only when it admits KUBE's key as `replicator`, through a
     /// credential one of these admins issued.
     pub admit: Admit,
+    /// Seconds a connection's signed token may be off KUBE's clock.
+    pub auth_window_secs: u64,
+    /// Largest message in bytes (a sync message carries changes: keep it generous).
+    pub max_message_bytes: usize,
+    /// Messages per second one connection may send (with a burst of ten seconds' worth).
+    pub messages_per_second: u32,
+    /// Documents one space may hold.
+    pub max_docs_per_space: usize,
+    /// New documents one connection may have waiting for its space's root to list them,
+    /// and for how many seconds.
+    pub max_pending_docs: usize,
+    pub pending_secs: u64,
+    /// WebSocket connections at once.
+    pub max_connections: usize,
+    /// Refused messages a connection may send before it is closed.
+    pub strikes: u32,
+}
+
+impl Default for Echo {
+    fn default() -> Self {
+        Echo {
+            enabled: true,
+            admit: Admit::Any,
+            auth_window_secs: 60,
+            max_message_bytes: 16 << 20,
+            messages_per_second: 1000,
+            max_docs_per_space: 100_000,
+            max_pending_docs: 1000,
+            pending_secs: 30,
+            max_connections: 10_000,
+            strikes: 10,
+        }
+    }
 }
 
 /// `echo.admit`: `any`, or a list of did:keys (in an environment variable, comma-separated).

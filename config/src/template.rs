@@ -135,10 +135,25 @@ turn:
   max_bytes_per_sec: 1000000
 
 echo:
+  # Serve ECHO (the replica of admitted spaces) at wss://<domain>/.well-known/kube/echo.
+  enabled: true
   # Which space admins this KUBE serves: any, or a list of identity keys (did:key). A space
   # is replicated only when it admits KUBE's key (`kube identity`) as replicator, through a
   # credential one of these admins issued.
   admit: any
+  # Seconds a connection's signed token may be off KUBE's clock.
+  auth_window_secs: 60
+  # Largest message (bytes), messages per second per connection (burst: ten seconds' worth).
+  max_message_bytes: 16777216
+  messages_per_second: 1000
+  # Documents per space; new documents a connection may have waiting for the space's root
+  # to list them, and for how long.
+  max_docs_per_space: 100000
+  max_pending_docs: 1000
+  pending_secs: 30
+  # WebSocket connections at once; refused messages before a connection is closed.
+  max_connections: 10000
+  strikes: 10
 
 apps:
   # Versions kept per app for rollback (the current one included).

@@ -70,6 +70,7 @@ pub fn write(
     data_dir: &Path,
     out: impl Write,
     apps: &AppsHandle,
+    echo: Option<&echo::store::FileStore>,
     identity: &str,
     now: u64,
 ) -> Result<(), BackupError> {
@@ -92,6 +93,8 @@ pub fn write(
         .map_err(io(Path::new(MANIFEST)))?;
     {
         let _held = apps.hold_writes();
+        // ECHO's batches wait too: a snapshot and its log are read as one state.
+        let _echo = echo.map(|e| e.hold_writes());
         add_dir(&mut tar, data_dir, Path::new(""))?;
     }
     let gz = tar.into_inner().map_err(io(data_dir))?;

@@ -10,6 +10,7 @@ mod dns;
 mod http;
 mod identity;
 mod metrics;
+mod replica;
 mod service;
 mod signaling;
 mod supervisor;

@@ -31,6 +31,14 @@ pub struct Metrics {
     pub dns_tcp_refused: IntCounter,
     pub dns_zone_serial: IntGauge,
     pub dns_records: IntGauge,
+    pub echo_spaces: IntGauge,
+    pub echo_documents: IntGauge,
+    pub echo_peers: IntGauge,
+    pub echo_messages: IntCounterVec,
+    pub echo_bytes: IntCounterVec,
+    pub echo_refused: IntCounterVec,
+    pub echo_storage_bytes: IntGauge,
+    pub echo_sync_lag: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -171,6 +179,52 @@ impl Metrics {
                 .expect("valid metric");
         let dns_records =
             IntGauge::new("kube_dns_records", "Records in the zone served.").expect("valid metric");
+        let echo_spaces =
+            IntGauge::new("kube_echo_spaces", "Spaces ECHO replicates.").expect("valid metric");
+        let echo_documents = IntGauge::new(
+            "kube_echo_documents",
+            "Documents ECHO holds (roots and objects).",
+        )
+        .expect("valid metric");
+        let echo_peers = IntGauge::new("kube_echo_peers", "Authenticated ECHO connections.")
+            .expect("valid metric");
+        let echo_messages = IntCounterVec::new(
+            Opts::new(
+                "kube_echo_messages_total",
+                "ECHO sync protocol messages, by direction.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let echo_bytes = IntCounterVec::new(
+            Opts::new(
+                "kube_echo_bytes_total",
+                "Bytes of ECHO sync protocol messages, by direction.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let echo_refused = IntCounterVec::new(
+            Opts::new(
+                "kube_echo_refused_total",
+                "ECHO messages and changes refused, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let echo_storage_bytes = IntGauge::new(
+            "kube_echo_storage_bytes",
+            "Bytes of ECHO's files under <data_dir>/echo.",
+        )
+        .expect("valid metric");
+        let echo_sync_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "kube_echo_sync_lag_seconds",
+                "From receiving a change to sending the replies that acknowledge it (fsync included).",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests.clone()),
@@ -195,6 +249,14 @@ impl Metrics {
             Box::new(dns_tcp_refused.clone()),
             Box::new(dns_zone_serial.clone()),
             Box::new(dns_records.clone()),
+            Box::new(echo_spaces.clone()),
+            Box::new(echo_documents.clone()),
+            Box::new(echo_peers.clone()),
+            Box::new(echo_messages.clone()),
+            Box::new(echo_bytes.clone()),
+            Box::new(echo_refused.clone()),
+            Box::new(echo_storage_bytes.clone()),
+            Box::new(echo_sync_lag.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -215,6 +277,13 @@ impl Metrics {
         }
         for transport in ["udp", "tcp"] {
             dns_malformed.with_label_values(&[transport]);
+        }
+        for direction in ["in", "out"] {
+            echo_messages.with_label_values(&[direction]);
+            echo_bytes.with_label_values(&[direction]);
+        }
+        for reason in echo::repo::REFUSALS {
+            echo_refused.with_label_values(&[reason]);
         }
         Metrics {
             registry,
@@ -240,6 +309,14 @@ impl Metrics {
             dns_tcp_refused,
             dns_zone_serial,
             dns_records,
+            echo_spaces,
+            echo_documents,
+            echo_peers,
+            echo_messages,
+            echo_bytes,
+            echo_refused,
+            echo_storage_bytes,
+            echo_sync_lag,
         }
     }
 

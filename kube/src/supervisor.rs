@@ -40,6 +40,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     p.extend(HttpService::check(&cfg.http, &cx));
     p.extend(SignalService::check(&cfg.signal, &cx));
     p.extend(TurnService::check(&cfg.turn, &cx));
+    p.extend(crate::replica::EchoService::check(&cfg.echo, &cx));
     if let config::Admit::Admins(list) = &cfg.echo.admit {
         p.extend(crate::identity::check_dids("echo.admit", list));
     }
@@ -168,6 +169,7 @@ struct Handles {
     apps: crate::apps::AppsHandle,
     signal: Option<crate::signaling::SignalHandle>,
     turn: Option<crate::turn::TurnHandle>,
+    echo: Option<crate::replica::EchoHandle>,
     log: LogLevel,
 }
 
@@ -233,6 +235,19 @@ async fn start_all(
     let signal_handle = signal.clone();
     let turn_handle = turn.handle;
 
+    let echo = crate::replica::EchoService::start(
+        cfg.echo.clone(),
+        cx,
+        crate::replica::EchoDeps {
+            metrics: metrics.clone(),
+            identity: identity.to_owned(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{}: {e}", crate::replica::EchoService::NAME))?;
+    running.push(echo.running);
+    let echo = echo.handle;
+
     let https = Arc::new(OnceLock::new());
     let admin = AdminService::start(
         cfg.admin.clone(),
@@ -247,6 +262,7 @@ async fn start_all(
             https: https.clone(),
             identity: identity.to_owned(),
             admit: crate::identity::admission_policy(&cfg.echo.admit),
+            echo: echo.clone(),
             reload,
         },
     )
@@ -261,6 +277,7 @@ async fn start_all(
         HttpDeps {
             tls: tls.clone(),
             signal,
+            echo: echo.clone(),
             apps,
             metrics: metrics.clone(),
         },
@@ -278,6 +295,7 @@ async fn start_all(
         apps: apps_handle,
         signal: signal_handle,
         turn: turn_handle,
+        echo,
         log,
     })
 }
@@ -421,6 +439,19 @@ async fn reload(
                 report.applied.push("signal");
             }
             live.signal = kept;
+        }
+    }
+    if let Some(echo) = &handles.echo {
+        let mut kept = next.echo.clone();
+        // What waits for a restart: serving at all, the connection cap and the frame cap
+        // of open connections.
+        kept.enabled = live.echo.enabled;
+        kept.max_connections = live.echo.max_connections;
+        kept.max_message_bytes = live.echo.max_message_bytes;
+        if kept != live.echo {
+            echo.reload(&kept).await;
+            live.echo = kept;
+            report.applied.push("echo");
         }
     }
     // `files` mode: certificate files replaced in place are picked up now.

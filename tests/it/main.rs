@@ -8,6 +8,7 @@ mod bundles;
 mod config;
 mod deploy;
 mod dns;
+mod echo;
 mod identity;
 mod invite;
 mod lifecycle;

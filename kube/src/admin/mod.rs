@@ -57,6 +57,8 @@ pub struct AdminDeps {
     pub identity: String,
     /// `echo.admit`, for the admission question ECHO asks (and operators may ask here).
     pub admit: halo::admission::Admit,
+    /// ECHO, when enabled: `kube space …` and its line in `kube status`.
+    pub echo: Option<crate::replica::EchoHandle>,
     /// Asks the supervisor to read the configuration again (`kube reload`).
     pub reload: tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
 }
@@ -169,6 +171,14 @@ impl Service for AdminService {
             .route("/api/identity", get(identity))
             .route("/api/echo/admission", post(admission))
             .route("/api/reload", post(reload))
+            .route("/api/echo/spaces", get(spaces_list))
+            .route("/api/echo/spaces/{space}", get(space_show))
+            .route("/api/echo/spaces/{space}/query", get(space_query))
+            .route("/api/echo/spaces/{space}/export", get(space_export))
+            .route(
+                "/api/echo/import",
+                post(space_import).layer(DefaultBodyLimit::max(1 << 30)),
+            )
             .route("/api/backup", get(backup))
             .route("/api/apps", get(list_apps))
             .route(
@@ -337,6 +347,7 @@ async fn backup(State(st): State<Arc<Shared>>) -> Response {
         hex::encode(rand::random::<[u8; 6]>())
     ));
     let (path, apps, identity) = (tmp.clone(), st.deps.apps.clone(), st.deps.identity.clone());
+    let echo = st.deps.echo.as_ref().map(|e| e.store().clone());
     let data_dir = st.data_dir.clone();
     let written = tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new()
@@ -353,6 +364,7 @@ async fn backup(State(st): State<Arc<Shared>>) -> Response {
             &data_dir,
             std::io::BufWriter::new(file),
             &apps,
+            echo.as_deref(),
             &identity,
             now,
         )
@@ -518,6 +530,10 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
     let disk = tokio::task::spawn_blocking(move || disk_use(&dir))
         .await
         .unwrap_or(0);
+    let echo_status = match &st.deps.echo {
+        Some(e) => e.op(crate::replica::Op::Status).await,
+        None => None,
+    };
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "domain": st.domain,
@@ -542,12 +558,150 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
             "allocations": st.deps.metrics.turn_allocations.get(),
             "relayed_bytes": st.deps.metrics.turn_relayed_bytes.get(),
         },
+        "echo": echo_status,
         "disk": {
             "data_dir": st.data_dir.display().to_string(),
             "bytes": disk,
         },
     }))
     .into_response()
+}
+
+fn echo_disabled() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "echo_disabled",
+        "ECHO is not enabled (echo.enabled)",
+    )
+}
+
+fn no_space(space: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no_space",
+        format!("no space {space} here"),
+    )
+}
+
+fn gone() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "echo_stopped",
+        "ECHO is stopping",
+    )
+}
+
+async fn spaces_list(State(st): State<Arc<Shared>>) -> Response {
+    let Some(echo) = st.deps.echo.as_ref() else {
+        return echo_disabled();
+    };
+    match echo.op(crate::replica::Op::List).await {
+        Some(list) => Json(list).into_response(),
+        None => gone(),
+    }
+}
+
+async fn space_show(State(st): State<Arc<Shared>>, Path(space): Path<String>) -> Response {
+    let Some(echo) = st.deps.echo.as_ref() else {
+        return echo_disabled();
+    };
+    match echo
+        .op(|tx| crate::replica::Op::Show(space.clone(), tx))
+        .await
+    {
+        Some(Some(detail)) => Json(detail).into_response(),
+        Some(None) => no_space(&space),
+        None => gone(),
+    }
+}
+
+/// `?type=T&where=prop=value&where=…` (each `where` percent-encoded as a whole).
+async fn space_query(
+    State(st): State<Arc<Shared>>,
+    Path(space): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let Some(echo) = st.deps.echo.as_ref() else {
+        return echo_disabled();
+    };
+    let mut kind = None;
+    let mut wheres = Vec::new();
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
+        match k {
+            "type" => kind = Some(v),
+            "where" => match v.split_once('=') {
+                Some((p, want)) => wheres.push((p.to_owned(), want.to_owned())),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("where={v}: expected prop=value"),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let Some(kind) = kind else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "type=… is required");
+    };
+    let answer = echo
+        .op(|reply| crate::replica::Op::Query {
+            space: space.clone(),
+            kind,
+            wheres,
+            reply,
+        })
+        .await;
+    match answer {
+        Some(Some(found)) => Json(found).into_response(),
+        Some(None) => no_space(&space),
+        None => gone(),
+    }
+}
+
+async fn space_export(State(st): State<Arc<Shared>>, Path(space): Path<String>) -> Response {
+    let Some(echo) = st.deps.echo.as_ref() else {
+        return echo_disabled();
+    };
+    match echo
+        .op(|tx| crate::replica::Op::Export(space.clone(), tx))
+        .await
+    {
+        Some(Some(export)) => Json(export).into_response(),
+        Some(None) => no_space(&space),
+        None => gone(),
+    }
+}
+
+async fn space_import(
+    State(st): State<Arc<Shared>>,
+    body: Result<Json<echo::repo::Export>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(echo) = st.deps.echo.as_ref() else {
+        return echo_disabled();
+    };
+    let Json(export) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    match echo
+        .op(|tx| crate::replica::Op::Import(Box::new(export), tx))
+        .await
+    {
+        Some(Ok(space)) => Json(json!({ "imported": space })).into_response(),
+        Some(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, "import_refused", e),
+        None => gone(),
+    }
 }
 
 /// Bytes under `dir` (files only; symlinks not followed), for `kube status`.

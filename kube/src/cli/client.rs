@@ -228,6 +228,15 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
         s["turn"]["allocations"], s["turn"]["relayed_bytes"]
     );
     println!("echo: not in this version");
+    if s["echo"].is_object() {
+        println!(
+            "echo: {} spaces, {} documents, {} peers, {:.1} MiB stored",
+            s["echo"]["spaces"],
+            s["echo"]["documents"],
+            s["echo"]["peers"],
+            s["echo"]["storage_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0
+        );
+    }
     let bytes = s["disk"]["bytes"].as_u64().unwrap_or(0);
     println!(
         "disk: {:.1} MiB in {}",

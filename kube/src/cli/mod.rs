@@ -4,6 +4,7 @@
 mod app;
 mod client;
 mod local;
+mod space;
 
 pub use local::load as local_load;
 
@@ -84,6 +85,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<IdentityCommand>,
     },
+    /// The spaces ECHO replicates: list, show, query, export, import.
+    Space {
+        #[command(subcommand)]
+        command: SpaceCommand,
+    },
     /// Certificates: what is served, and renewal.
     Cert {
         #[command(subcommand)]
@@ -97,6 +103,28 @@ pub enum CertCommand {
     List,
     /// Ask for a new certificate now.
     Renew,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpaceCommand {
+    /// Every space: key, documents, members, size, last change.
+    List,
+    /// One space: members and roles, devices, documents with type, size and last change.
+    Show { space: String },
+    /// The objects of a space of one type, optionally filtered by properties.
+    Query {
+        space: String,
+        /// The object type.
+        #[arg(long = "type")]
+        kind: String,
+        /// prop=value (repeatable: all must match).
+        #[arg(long = "where")]
+        wheres: Vec<String>,
+    },
+    /// Write the space (its documents and credentials) to FILE (JSON).
+    Export { space: String, file: PathBuf },
+    /// Bring an exported space in; its documents and credentials are verified first.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +192,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cert { command } => {
             let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
             client::cert(&c, command).await.map(|_| 0)
+        }
+        Command::Space { command } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
+            space::run(&c, command).await.map(|_| 0)
         }
         Command::App { command } => {
             let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;

@@ -41,8 +41,16 @@ pub struct HttpDeps {
     pub tls: TlsHandle,
     /// Signaling, served at `/.well-known/kube/signal` when enabled.
     pub signal: Option<crate::signaling::SignalHandle>,
+    /// ECHO, served at `/.well-known/kube/echo` when enabled.
+    pub echo: Option<crate::replica::EchoHandle>,
     pub apps: AppsHandle,
     pub metrics: Arc<Metrics>,
+}
+
+/// The query of an ECHO upgrade: the peer's signed token (echo/PROTOCOL.md).
+#[derive(serde::Deserialize)]
+struct EchoQuery {
+    auth: Option<String>,
 }
 
 /// Where the HTTPS listener can be reached, for links and redirects.
@@ -120,6 +128,31 @@ impl Service for HttpService {
                     signal.upgrade(ws, origin)
                 }),
             );
+        }
+        if let Some(echo) = deps.echo {
+            let did = serde_json::json!({ "did": echo.did() }).to_string();
+            router = router
+                .route(
+                    "/.well-known/kube/echo",
+                    axum::routing::get(
+                        move |ws: axum::extract::ws::WebSocketUpgrade,
+                              q: axum::extract::Query<EchoQuery>| async move {
+                            echo.upgrade(ws, q.0.auth)
+                        },
+                    ),
+                )
+                .route(
+                    "/.well-known/kube/identity",
+                    axum::routing::get(move || async move {
+                        (
+                            [
+                                (header::CONTENT_TYPE, "application/json"),
+                                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                            ],
+                            did,
+                        )
+                    }),
+                );
         }
         let router = router.fallback(handle_https).with_state(shared.clone());
         let redirect = Router::new().fallback(handle_redirect).with_state(shared);

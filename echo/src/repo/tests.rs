@@ -1,0 +1,549 @@
+//! The peer without sockets: Automerge clients exchanging frames with [`Echo`] directly.
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ROOT, ReadDoc};
+use ciborium::Value;
+use halo::credential::Assertion;
+use proptest::prelude::*;
+
+use super::*;
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn key(seed: u8) -> halo::SigningKey {
+    halo::SigningKey::from_bytes(&[seed; 32])
+}
+
+fn says(issuer: &halo::SigningKey, subject: &str, a: Assertion) -> Credential {
+    use ed25519_dalek::Signer;
+    let did = halo::did(issuer);
+    Credential::issue(&did, subject, a, NOW / 1000 - 10, None, &did, |b| {
+        issuer.sign(b).to_bytes()
+    })
+    .unwrap()
+}
+
+fn member(space: &str, role: Role) -> Assertion {
+    Assertion::SpaceMember {
+        space: space.to_owned(),
+        role,
+    }
+}
+
+/// A space: key 3, admin 1 (genesis), KUBE (key 9) as replicator.
+struct World {
+    space: String,
+    admin: halo::SigningKey,
+    creds: Vec<Credential>,
+}
+
+fn world() -> World {
+    let space_key = key(3);
+    let admin = key(1);
+    let space = halo::did(&space_key);
+    let genesis = says(
+        &space_key,
+        &halo::did(&admin),
+        Assertion::SpaceGenesis {
+            space: space.clone(),
+        },
+    );
+    let kube = says(
+        &admin,
+        &halo::did(&key(9)),
+        member(&space, Role::Replicator),
+    );
+    World {
+        space,
+        admin,
+        creds: vec![genesis, kube],
+    }
+}
+
+fn echo() -> Echo {
+    Echo::new(halo::did(&key(9)), Admit::Any, Limits::default())
+}
+
+/// A client: a peer id, its documents and sync states, talking to `echo` as `conn`.
+struct Client {
+    conn: ConnId,
+    peer: String,
+    docs: HashMap<String, (Automerge, sync::State)>,
+    errors: Vec<String>,
+    unavailable: Vec<String>,
+    closed: bool,
+}
+
+fn frame(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+    let map = pairs
+        .into_iter()
+        .map(|(k, v)| (Value::Text(k.into()), v))
+        .collect();
+    let mut out = Vec::new();
+    ciborium::into_writer(&Value::Map(map), &mut out).unwrap();
+    out
+}
+
+fn t(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+impl Client {
+    fn join(echo: &mut Echo, conn: ConnId, k: &halo::SigningKey) -> Client {
+        let peer = format!("peer-{conn}");
+        echo.connect(
+            conn,
+            auth::Peer {
+                did: halo::did(k),
+                peer: peer.clone(),
+            },
+            NOW,
+        );
+        let mut c = Client {
+            conn,
+            peer: peer.clone(),
+            docs: HashMap::new(),
+            errors: vec![],
+            unavailable: vec![],
+            closed: false,
+        };
+        let join = frame(vec![
+            ("type", t("join")),
+            ("senderId", t(&peer)),
+            ("peerMetadata", Value::Map(vec![])),
+            ("supportedProtocolVersions", Value::Array(vec![t("1")])),
+        ]);
+        let actions = echo.receive(conn, &join, NOW);
+        assert!(matches!(&actions[..], [Action::Send { .. }]));
+        c.absorb(echo, actions);
+        c
+    }
+
+    fn doc(&mut self, id: &str) -> &mut Automerge {
+        &mut self.docs.entry(id.to_owned()).or_default().0
+    }
+
+    /// Sends what this client has of `id` and plays the exchange until quiet; returns every
+    /// action KUBE produced, in order.
+    fn sync(&mut self, echo: &mut Echo, id: &str) -> Vec<Action> {
+        let mut all = Vec::new();
+        for _ in 0..20 {
+            let (am, st) = self.docs.entry(id.to_owned()).or_default();
+            let Some(m) = am.generate_sync_message(st) else {
+                break;
+            };
+            let kind = if am.get_heads().is_empty() {
+                "request"
+            } else {
+                "sync"
+            };
+            let f = frame(vec![
+                ("type", t(kind)),
+                ("senderId", t(&self.peer)),
+                ("targetId", t(echo.peer_id())),
+                ("documentId", t(id)),
+                ("data", Value::Bytes(m.encode())),
+            ]);
+            let actions = echo.receive(self.conn, &f, NOW);
+            let progressed = actions.iter().any(|a| matches!(a, Action::Send { .. }));
+            all.extend(self.absorb(echo, actions));
+            if !progressed || self.closed {
+                break;
+            }
+        }
+        all
+    }
+
+    /// Applies KUBE's answers addressed to this client; returns the actions.
+    fn absorb(&mut self, _echo: &mut Echo, actions: Vec<Action>) -> Vec<Action> {
+        for a in &actions {
+            match a {
+                Action::Send { conn, bytes } if *conn == self.conn => self.take(bytes),
+                Action::Close { conn } if *conn == self.conn => self.closed = true,
+                _ => {}
+            }
+        }
+        actions
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let v: Value = ciborium::from_reader(bytes).unwrap();
+        let map = v.as_map().unwrap();
+        let get = |k: &str| {
+            map.iter()
+                .find(|(kk, _)| kk.as_text() == Some(k))
+                .map(|(_, v)| v)
+        };
+        match get("type").and_then(Value::as_text).unwrap() {
+            "sync" => {
+                let id = get("documentId").unwrap().as_text().unwrap().to_owned();
+                let data = get("data").unwrap().as_bytes().unwrap();
+                let (am, st) = self.docs.entry(id).or_default();
+                am.receive_sync_message(st, sync::Message::decode(data).unwrap())
+                    .unwrap();
+            }
+            "error" => self
+                .errors
+                .push(get("message").unwrap().as_text().unwrap().to_owned()),
+            "doc-unavailable" => self
+                .unavailable
+                .push(get("documentId").unwrap().as_text().unwrap().to_owned()),
+            "peer" | "ephemeral" => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+/// Messages to other clients are delivered too (broadcasts).
+fn deliver(actions: &[Action], clients: &mut [&mut Client]) {
+    for a in actions {
+        if let Action::Send { conn, bytes } = a {
+            for c in clients.iter_mut() {
+                if c.conn == *conn {
+                    c.take(bytes);
+                }
+            }
+        }
+    }
+}
+
+fn root_doc(w: &World, creds: &[Credential]) -> Automerge {
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "kube", "space").unwrap();
+    tx.put(ROOT, "space", w.space.as_str()).unwrap();
+    let c = tx.put_object(ROOT, "credentials", ObjType::Map).unwrap();
+    for cred in creds {
+        tx.put(&c, cred.id.as_str(), serde_json::to_string(cred).unwrap())
+            .unwrap();
+    }
+    tx.put_object(ROOT, "objects", ObjType::Map).unwrap();
+    tx.commit();
+    doc
+}
+
+const ROOT_ID: &str = "RootRootRootRootRootRoot";
+const OBJ_ID: &str = "TaskTaskTaskTaskTaskTask";
+
+fn add_credential(doc: &mut Automerge, cred: &Credential) {
+    let mut tx = doc.transaction();
+    let (_, c) = tx.get(ROOT, "credentials").unwrap().unwrap();
+    tx.put(&c, cred.id.as_str(), serde_json::to_string(cred).unwrap())
+        .unwrap();
+    tx.commit();
+}
+
+fn list_object(doc: &mut Automerge, id: &str) {
+    let mut tx = doc.transaction();
+    let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
+    let o = tx.put_object(&objects, id, ObjType::Map).unwrap();
+    tx.put(&o, "type", "task").unwrap();
+    tx.commit();
+}
+
+fn set(doc: &mut Automerge, k: &str, v: &str) {
+    let mut tx = doc.transaction();
+    tx.put(ROOT, k, v).unwrap();
+    tx.commit();
+}
+
+fn get(doc: &Automerge, k: &str) -> Option<String> {
+    doc.get(ROOT, k)
+        .unwrap()
+        .and_then(|(v, _)| v.into_string().ok())
+}
+
+/// Store actions come before any send that carries the heads they make durable.
+fn assert_durable_first(actions: &[Action]) {
+    let last_store = actions.iter().rposition(|a| matches!(a, Action::Store(_)));
+    let first_send = actions
+        .iter()
+        .position(|a| matches!(a, Action::Send { .. }));
+    if let (Some(s), Some(f)) = (last_store, first_send) {
+        // Sends before the last store are only allowed when they are not sync replies
+        // (errors). Simplest strong form: every store precedes every send.
+        assert!(s < f, "a send before a store: {actions:?}");
+    }
+}
+
+fn set_up() -> (Echo, World, Client) {
+    let mut e = echo();
+    let w = world();
+    let mut alice = Client::join(&mut e, 1, &w.admin);
+    *alice.doc(ROOT_ID) = root_doc(&w, &w.creds);
+    let actions = alice.sync(&mut e, ROOT_ID);
+    assert!(alice.errors.is_empty(), "{:?}", alice.errors);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Store(Write::NewSpace { .. })))
+    );
+    assert_eq!(e.space_count(), 1);
+    (e, w, alice)
+}
+
+#[test]
+fn an_admin_brings_a_space_and_kube_keeps_it_durable_first() {
+    let (mut e, w, mut alice) = set_up();
+    // An object, listed in the root: accepted, stored before it is acknowledged.
+    set(alice.doc(OBJ_ID), "title", "first");
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    let a = alice.sync(&mut e, OBJ_ID);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Store(_))),
+        "held until listed"
+    );
+    let a = alice.sync(&mut e, ROOT_ID);
+    assert_durable_first(&a);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Store(Write::Snapshot { doc, .. }) if doc == OBJ_ID))
+    );
+    assert_eq!(e.doc_count(), 2);
+    let show = e.show(&w.space).unwrap();
+    assert_eq!(show.summary.documents, 2);
+    // An edit: appended to the log before the reply.
+    set(alice.doc(OBJ_ID), "title", "second");
+    let a = alice.sync(&mut e, OBJ_ID);
+    assert_durable_first(&a);
+    assert!(a.iter().any(|a| matches!(a, Action::Store(_))));
+    let q = e
+        .query(&w.space, "", &[])
+        .unwrap()
+        .into_iter()
+        .collect::<Vec<_>>();
+    assert!(q.is_empty(), "objects have no type set in this test");
+}
+
+#[test]
+fn members_read_non_members_see_nothing_readers_cannot_write() {
+    let (mut e, w, mut alice) = set_up();
+    let (bob, carol, dave) = (key(4), key(5), key(6));
+    let mut doc = alice.doc(ROOT_ID).clone();
+    add_credential(
+        &mut doc,
+        &says(&w.admin, &halo::did(&bob), member(&w.space, Role::Editor)),
+    );
+    add_credential(
+        &mut doc,
+        &says(&w.admin, &halo::did(&dave), member(&w.space, Role::Reader)),
+    );
+    *alice.doc(ROOT_ID) = doc;
+    alice.sync(&mut e, ROOT_ID);
+
+    let mut b = Client::join(&mut e, 2, &bob);
+    b.sync(&mut e, ROOT_ID);
+    assert_eq!(get(b.doc(ROOT_ID), "kube").as_deref(), Some("space"));
+
+    let mut c = Client::join(&mut e, 3, &carol);
+    c.sync(&mut e, ROOT_ID);
+    assert_eq!(c.unavailable, vec![ROOT_ID.to_owned()]);
+    assert!(c.doc(ROOT_ID).get_heads().is_empty(), "no content leaks");
+
+    let mut d = Client::join(&mut e, 4, &dave);
+    d.sync(&mut e, ROOT_ID);
+    assert_eq!(get(d.doc(ROOT_ID), "kube").as_deref(), Some("space"));
+    let heads = e.docs[ROOT_ID].am.get_heads();
+    set(d.doc(ROOT_ID), "graffiti", "x");
+    let a = d.sync(&mut e, ROOT_ID);
+    assert!(
+        d.errors.iter().any(|m| m.starts_with("refused: a reader")),
+        "{:?}",
+        d.errors
+    );
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Store(_))),
+        "never stored"
+    );
+    assert_eq!(e.docs[ROOT_ID].am.get_heads(), heads, "never applied");
+    deliver(&a, &mut [&mut b]);
+    assert_eq!(get(b.doc(ROOT_ID), "graffiti"), None, "never forwarded");
+
+    // Bob's edit reaches Alice through KUBE.
+    set(b.doc(ROOT_ID), "title", "bob was here");
+    let a = b.sync(&mut e, ROOT_ID);
+    deliver(&a, &mut [&mut alice]);
+    alice.sync(&mut e, ROOT_ID);
+    assert_eq!(
+        get(alice.doc(ROOT_ID), "title").as_deref(),
+        Some("bob was here")
+    );
+}
+
+#[test]
+fn a_revocation_cuts_the_member_off_on_the_open_connection() {
+    let (mut e, w, mut alice) = set_up();
+    let eve = key(7);
+    let grant = says(&w.admin, &halo::did(&eve), member(&w.space, Role::Editor));
+    add_credential(alice.doc(ROOT_ID), &grant);
+    alice.sync(&mut e, ROOT_ID);
+    let mut ev = Client::join(&mut e, 5, &eve);
+    ev.sync(&mut e, ROOT_ID);
+    assert!(ev.errors.is_empty());
+    let revoke = says(
+        &w.admin,
+        &halo::did(&eve),
+        Assertion::Revocation {
+            credential: grant.id.clone(),
+        },
+    );
+    add_credential(alice.doc(ROOT_ID), &revoke);
+    let a = alice.sync(&mut e, ROOT_ID);
+    deliver(&a, &mut [&mut ev]);
+    assert!(a.iter().any(|a| matches!(a, Action::Close { conn: 5 })));
+    assert!(
+        ev.errors.iter().any(|m| m.starts_with("revoked:")),
+        "{:?}",
+        ev.errors
+    );
+}
+
+#[test]
+fn a_root_cannot_lose_credentials_or_be_replaced() {
+    let (mut e, w, mut alice) = set_up();
+    let id = w.creds[0].id.clone();
+    let before = e.docs[ROOT_ID].am.get_heads();
+    {
+        let doc = alice.doc(ROOT_ID);
+        let mut tx = doc.transaction();
+        let (_, c) = tx.get(ROOT, "credentials").unwrap().unwrap();
+        tx.delete(&c, id.as_str()).unwrap();
+        tx.commit();
+    }
+    alice.sync(&mut e, ROOT_ID);
+    assert!(
+        alice
+            .errors
+            .iter()
+            .any(|m| m.contains("may not be removed"))
+    );
+    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+    // A second root for the same space is refused.
+    let mut other = Client::join(&mut e, 8, &w.admin);
+    *other.doc("SecondRootSecondRoot") = root_doc(&w, &w.creds);
+    other.sync(&mut e, "SecondRootSecondRoot");
+    assert!(
+        other
+            .errors
+            .iter()
+            .any(|m| m.contains("already has a root"))
+    );
+    assert_eq!(e.space_count(), 1);
+}
+
+#[test]
+fn kube_keeps_only_spaces_that_admit_it() {
+    let mut e = echo();
+    let w = world();
+    let mut alice = Client::join(&mut e, 1, &w.admin);
+    *alice.doc(ROOT_ID) = root_doc(&w, &w.creds[..1]); // no replicator credential for KUBE
+    let a = alice.sync(&mut e, ROOT_ID);
+    assert!(!a.iter().any(|a| matches!(a, Action::Store(_))));
+    assert!(
+        alice.errors.iter().any(|m| m.contains("replicator")),
+        "{:?}",
+        alice.errors
+    );
+    assert_eq!(e.space_count(), 0);
+    // A non-admin cannot bring a root either.
+    let mut mallory = Client::join(&mut e, 2, &key(8));
+    *mallory.doc(ROOT_ID) = root_doc(&w, &w.creds);
+    mallory.sync(&mut e, ROOT_ID);
+    assert!(mallory.errors.iter().any(|m| m.contains("only an admin")));
+    assert_eq!(e.space_count(), 0);
+}
+
+#[test]
+fn unlisted_documents_expire_and_bad_input_closes_after_strikes() {
+    let (mut e, _w, mut alice) = set_up();
+    set(alice.doc(OBJ_ID), "x", "y");
+    alice.sync(&mut e, OBJ_ID);
+    let a = e.tick(NOW + 31_000);
+    deliver(&a, &mut [&mut alice]);
+    assert!(alice.errors.iter().any(|m| m.contains("not listed")));
+    assert_eq!(e.doc_count(), 1);
+
+    let mut junk = Client::join(&mut e, 9, &key(4));
+    for _ in 0..10 {
+        let a = e.receive(9, b"\xff\xfe not cbor", NOW);
+        junk.absorb(&mut e, a);
+    }
+    assert!(junk.closed);
+    assert_eq!(junk.errors.len(), 10);
+    // A sender other than the joined peer is refused and closed at once.
+    let mut liar = Client::join(&mut e, 10, &key(4));
+    let f = frame(vec![
+        ("type", t("sync")),
+        ("senderId", t("someone-else")),
+        ("documentId", t(ROOT_ID)),
+        ("data", Value::Bytes(vec![])),
+    ]);
+    let a = e.receive(10, &f, NOW);
+    liar.absorb(&mut e, a);
+    assert!(liar.closed);
+}
+
+#[test]
+fn export_and_import_round_trip_and_are_verified() {
+    let (mut e, w, mut alice) = set_up();
+    set(alice.doc(OBJ_ID), "title", "t");
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    alice.sync(&mut e, OBJ_ID);
+    alice.sync(&mut e, ROOT_ID);
+    let exp = e.export(&w.space).unwrap();
+    assert_eq!(exp.documents.len(), 2);
+
+    let mut fresh = echo();
+    let actions = fresh.import(exp.clone(), NOW).unwrap();
+    assert_eq!(actions.len(), 3);
+    assert_eq!(fresh.show(&w.space).unwrap().summary.documents, 2);
+    assert_eq!(
+        fresh.import(exp.clone(), NOW),
+        Err(ImportError::Exists(w.space.clone()))
+    );
+
+    // Another KUBE's key is not admitted.
+    let mut stranger = Echo::new(halo::did(&key(11)), Admit::Any, Limits::default());
+    assert!(matches!(
+        stranger.import(exp.clone(), NOW),
+        Err(ImportError::NotAdmitted(_))
+    ));
+    // A document the root does not list is refused.
+    let mut extra = exp;
+    extra
+        .documents
+        .insert("ExtraExtraExtra".into(), extra.documents[OBJ_ID].clone());
+    assert_eq!(
+        echo().import(extra, NOW),
+        Err(ImportError::Unlisted("ExtraExtraExtra".into()))
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    // For any role, a member's changes are kept exactly when the role may write, a
+    // non-member never receives content, and nothing ever panics.
+    #[test]
+    fn access_follows_the_role(role in prop::option::of(prop_oneof![
+        Just(Role::Reader), Just(Role::Replicator), Just(Role::Editor), Just(Role::Admin)
+    ])) {
+        let (mut e, w, mut alice) = set_up();
+        let who = key(20);
+        if let Some(r) = role {
+            add_credential(alice.doc(ROOT_ID), &says(&w.admin, &halo::did(&who), member(&w.space, r)));
+            alice.sync(&mut e, ROOT_ID);
+        }
+        let mut p = Client::join(&mut e, 30, &who);
+        p.sync(&mut e, ROOT_ID);
+        let got_content = !p.doc(ROOT_ID).get_heads().is_empty();
+        prop_assert_eq!(got_content, role.is_some());
+        if role.is_some() {
+            let before = e.docs[ROOT_ID].am.get_heads();
+            set(p.doc(ROOT_ID), "note", "hello");
+            p.sync(&mut e, ROOT_ID);
+            let kept = e.docs[ROOT_ID].am.get_heads() != before;
+            prop_assert_eq!(kept, role >= Some(Role::Replicator));
+        }
+    }
+}

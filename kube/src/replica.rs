@@ -1,0 +1,535 @@
+//! The `echo` service's driver: one task owns the ECHO peer (`echo::Echo`, pure) and its
+//! file store, fed by the WebSocket connections at `/.well-known/kube/echo` and by operator
+//! requests from the admin API.
+//!
+//! Durability is this task's job: it takes every event that is ready (up to a batch), runs
+//! them through the peer, makes the batch's writes durable in one round of fsyncs, and only
+//! then sends the batch's messages. A peer therefore never sees KUBE's heads include a change
+//! that is not on disk, and many peers' changes share one fsync (group commit).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use config::Problem;
+use echo::repo::{Export, SpaceDetail, SpaceSummary};
+use echo::store::{FileStore, Write};
+use echo::{Action, ConnId, Echo, Limits};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::service::{Context, Service, StartError, Started, Tasks};
+
+/// Events the peer's task handles, at most this many per durable batch.
+const BATCH: usize = 512;
+/// Frames queued to one connection before it counts as not reading (and is closed).
+const QUEUE: usize = 4096;
+const PING: Duration = Duration::from_secs(20);
+
+enum Event {
+    Connect {
+        conn: ConnId,
+        peer: echo::auth::Peer,
+        tx: mpsc::Sender<Outgoing>,
+    },
+    Frame {
+        conn: ConnId,
+        bytes: Vec<u8>,
+        at: Instant,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Reload {
+        limits: Limits,
+        policy: halo::admission::Admit,
+    },
+    Op(Op),
+}
+
+/// Operator requests (admin API).
+pub enum Op {
+    List(oneshot::Sender<Vec<SpaceSummary>>),
+    Show(String, oneshot::Sender<Option<SpaceDetail>>),
+    Query {
+        space: String,
+        kind: String,
+        wheres: Vec<(String, String)>,
+        reply: oneshot::Sender<Option<Vec<serde_json::Value>>>,
+    },
+    Export(String, oneshot::Sender<Option<Export>>),
+    Import(Box<Export>, oneshot::Sender<Result<String, String>>),
+    Status(oneshot::Sender<EchoStatus>),
+}
+
+/// ECHO's line in `kube status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EchoStatus {
+    pub spaces: usize,
+    pub documents: usize,
+    pub peers: usize,
+    pub storage_bytes: u64,
+}
+
+enum Outgoing {
+    Binary(Vec<u8>),
+    Close,
+}
+
+/// What the HTTPS listener and the admin API need to reach ECHO.
+#[derive(Clone)]
+pub struct EchoHandle {
+    events: mpsc::Sender<Event>,
+    next: Arc<AtomicU64>,
+    open: Arc<AtomicUsize>,
+    max_connections: usize,
+    max_frame: usize,
+    verifier: Arc<Mutex<echo::auth::Verifier>>,
+    did: String,
+    store: Arc<FileStore>,
+}
+
+impl EchoHandle {
+    /// ECHO's files (a backup holds their writes).
+    pub fn store(&self) -> &Arc<FileStore> {
+        &self.store
+    }
+
+    /// KUBE's did:key, which tokens must name (`GET /.well-known/kube/identity`).
+    pub fn did(&self) -> &str {
+        &self.did
+    }
+
+    /// Checks the token in `?auth=` and accepts the WebSocket upgrade; 401 without a valid
+    /// token, 503 when `echo.max_connections` are open.
+    pub fn upgrade(&self, ws: WebSocketUpgrade, token: Option<String>) -> Response {
+        let peer = {
+            let mut v = match self.verifier.lock() {
+                Ok(v) => v,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            v.verify(token.as_deref(), crate::service::unix_now())
+        };
+        let peer = match peer {
+            Ok(p) => p,
+            Err(e) => {
+                return (http::StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response();
+            }
+        };
+        if self.open.load(Ordering::Relaxed) >= self.max_connections {
+            return (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "too many ECHO connections\n",
+            )
+                .into_response();
+        }
+        let this = self.clone();
+        // Frames over the limit still arrive (up to twice it) so the peer hears why.
+        let cap = self.max_frame.saturating_mul(2).max(1 << 16);
+        ws.max_message_size(cap)
+            .max_frame_size(cap)
+            .on_upgrade(move |socket| async move { this.connection(socket, peer).await })
+    }
+
+    async fn connection(self, socket: WebSocket, peer: echo::auth::Peer) {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        if self
+            .events
+            .send(Event::Connect { conn, peer, tx })
+            .await
+            .is_ok()
+        {
+            let (mut sink, mut stream) = socket.split();
+            let mut ping = tokio::time::interval(PING);
+            ping.tick().await;
+            let mut last_seen = Instant::now();
+            loop {
+                tokio::select! {
+                    incoming = stream.next() => match incoming {
+                        Some(Ok(Message::Binary(b))) => {
+                            last_seen = Instant::now();
+                            let ev = Event::Frame { conn, bytes: b.to_vec(), at: last_seen };
+                            if self.events.send(ev).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            // Not part of the protocol: the peer refuses it as malformed.
+                            last_seen = Instant::now();
+                            let ev = Event::Frame { conn, bytes: t.as_bytes().to_vec(), at: last_seen };
+                            if self.events.send(ev).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_seen = Instant::now(),
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    },
+                    out = rx.recv() => match out {
+                        Some(Outgoing::Binary(b)) => {
+                            if sink.send(Message::Binary(b.into())).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Outgoing::Close) | None => {
+                            let _ = sink.send(Message::Close(None)).await;
+                            break;
+                        }
+                    },
+                    _ = ping.tick() => {
+                        if last_seen.elapsed() > PING * 3 {
+                            break;
+                        }
+                        if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = self.events.send(Event::Closed { conn }).await;
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Applies a changed `echo` section: limits and `echo.admit` for new decisions, and the
+    /// token window. Open connections stay; `enabled`, `max_connections` and the frame cap
+    /// of open connections wait for a restart.
+    pub async fn reload(&self, e: &config::Echo) {
+        if let Ok(mut v) = self.verifier.lock() {
+            v.set_window(e.auth_window_secs);
+        }
+        let event = Event::Reload {
+            limits: limits(e),
+            policy: crate::identity::admission_policy(&e.admit),
+        };
+        let _ = self.events.send(event).await;
+    }
+
+    /// Asks the peer's task an operator question.
+    pub async fn op<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Op(make(tx))).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+fn limits(e: &config::Echo) -> Limits {
+    Limits {
+        max_message_bytes: e.max_message_bytes,
+        messages_per_second: e.messages_per_second,
+        max_docs_per_space: e.max_docs_per_space,
+        max_pending_docs: e.max_pending_docs,
+        pending_secs: e.pending_secs,
+        strikes: e.strikes,
+        ..Limits::default()
+    }
+}
+
+pub struct EchoService;
+
+pub struct EchoDeps {
+    pub metrics: Arc<Metrics>,
+    /// KUBE's did:key.
+    pub identity: String,
+}
+
+impl Service for EchoService {
+    const NAME: &'static str = "echo";
+    type Section = config::Echo;
+    type Deps = EchoDeps;
+    type Handle = Option<EchoHandle>;
+
+    fn check(e: &config::Echo, _cx: &Context) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (key, v) in [
+            ("echo.auth_window_secs", e.auth_window_secs),
+            ("echo.max_message_bytes", e.max_message_bytes as u64),
+            ("echo.messages_per_second", u64::from(e.messages_per_second)),
+            ("echo.max_docs_per_space", e.max_docs_per_space as u64),
+            ("echo.max_pending_docs", e.max_pending_docs as u64),
+            ("echo.pending_secs", e.pending_secs),
+            ("echo.max_connections", e.max_connections as u64),
+            ("echo.strikes", u64::from(e.strikes)),
+        ] {
+            if v == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+        p
+    }
+
+    async fn start(
+        e: config::Echo,
+        cx: &Context,
+        deps: EchoDeps,
+    ) -> Result<Started<Option<EchoHandle>>, StartError> {
+        if !e.enabled {
+            return Ok(Started {
+                handle: None,
+                running: Box::new(crate::service::Idle("echo")),
+            });
+        }
+        let dir = cx.data_dir.join("echo");
+        let (store, echo, problems) = {
+            let did = deps.identity.clone();
+            let policy = crate::identity::admission_policy(&e.admit);
+            let limits = limits(&e);
+            tokio::task::spawn_blocking(move || -> Result<_, echo::store::StoreError> {
+                let store = FileStore::open(&dir)?;
+                let mut echo = Echo::new(did, policy, limits);
+                let mut problems = Vec::new();
+                for space in store.load()? {
+                    problems.extend(echo.load(space));
+                }
+                Ok((store, echo, problems))
+            })
+            .await??
+        };
+        for p in problems {
+            tracing::error!(problem = %p, "an ECHO document on disk does not load; it is left as it is");
+        }
+        tracing::info!(
+            spaces = echo.space_count(),
+            documents = echo.doc_count(),
+            "ECHO loaded"
+        );
+        let (events, rx) = mpsc::channel(8192);
+        let cancel = CancellationToken::new();
+        let mut tasks = Tasks::new("echo", cancel.clone());
+        let store = Arc::new(store);
+        tasks.spawn(run(echo, store.clone(), rx, deps.metrics, cancel));
+        Ok(Started {
+            handle: Some(EchoHandle {
+                events,
+                next: Arc::new(AtomicU64::new(1)),
+                open: Arc::new(AtomicUsize::new(0)),
+                max_connections: e.max_connections,
+                max_frame: e.max_message_bytes,
+                verifier: Arc::new(Mutex::new(echo::auth::Verifier::new(
+                    deps.identity.clone(),
+                    e.auth_window_secs,
+                ))),
+                did: deps.identity,
+                store,
+            }),
+            running: Box::new(tasks),
+        })
+    }
+}
+
+/// The peer's task: batches of events, made durable, then answered.
+async fn run(
+    mut echo: Echo,
+    store: Arc<FileStore>,
+    mut events: mpsc::Receiver<Event>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut conns: HashMap<ConnId, mpsc::Sender<Outgoing>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut published = echo::repo::Stats::default();
+    let mut failed = false;
+    update_gauges(&echo, &store, &metrics, true).await;
+    let mut disk_at = Instant::now();
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                for tx in conns.values() {
+                    let _ = tx.try_send(Outgoing::Close);
+                }
+                return;
+            }
+            _ = tick.tick() => {}
+            e = events.recv() => match e {
+                None => return,
+                Some(e) => batch.push(e),
+            },
+        }
+        while batch.len() < BATCH {
+            match events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let now_ms = echo::unix_now_ms();
+        let mut actions = echo.tick(now_ms);
+        let mut oldest: Option<Instant> = None;
+        for e in batch {
+            match e {
+                Event::Connect { conn, peer, tx } => {
+                    if failed {
+                        let _ = tx.try_send(Outgoing::Close);
+                        continue;
+                    }
+                    conns.insert(conn, tx);
+                    echo.connect(conn, peer, now_ms);
+                }
+                Event::Frame { conn, bytes, at } => {
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                    actions.extend(echo.receive(conn, &bytes, now_ms));
+                }
+                Event::Closed { conn } => {
+                    conns.remove(&conn);
+                    echo.disconnect(conn);
+                }
+                Event::Reload { limits, policy } => {
+                    echo.set_limits(limits);
+                    echo.set_policy(policy);
+                }
+                Event::Op(op) => actions.extend(operate(&mut echo, op, &store, now_ms)),
+            }
+        }
+        let writes: Vec<Write> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Store(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect();
+        let wrote = !writes.is_empty();
+        if wrote {
+            let st = store.clone();
+            let result = tokio::task::spawn_blocking(move || st.apply(&writes)).await;
+            let err = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(err) = err {
+                // Nothing of this batch may be acknowledged, and the replica in memory is
+                // now ahead of the disk: stop serving rather than risk acknowledging it.
+                tracing::error!(error = %err, "ECHO cannot write to its store; closing every connection and refusing new ones until a restart");
+                failed = true;
+                for tx in conns.values() {
+                    let _ = tx.try_send(Outgoing::Close);
+                }
+                conns.clear();
+                continue;
+            }
+        }
+        for a in actions {
+            match a {
+                Action::Send { conn, bytes } => {
+                    if let Some(tx) = conns.get(&conn)
+                        && tx.try_send(Outgoing::Binary(bytes)).is_err()
+                    {
+                        // A peer that does not read is dropped, not buffered without end.
+                        if let Some(tx) = conns.remove(&conn) {
+                            let _ = tx.try_send(Outgoing::Close);
+                        }
+                        echo.disconnect(conn);
+                    }
+                }
+                Action::Close { conn } => {
+                    if let Some(tx) = conns.remove(&conn) {
+                        let _ = tx.try_send(Outgoing::Close);
+                    }
+                }
+                Action::Store(_) => {}
+            }
+        }
+        if let (true, Some(at)) = (wrote, oldest) {
+            metrics.echo_sync_lag.observe(at.elapsed().as_secs_f64());
+        }
+        publish(&echo, &mut published, &metrics);
+        let disk = wrote && disk_at.elapsed() > Duration::from_secs(5);
+        if disk {
+            disk_at = Instant::now();
+        }
+        update_gauges(&echo, &store, &metrics, disk).await;
+    }
+}
+
+async fn update_gauges(echo: &Echo, store: &Arc<FileStore>, metrics: &Metrics, disk: bool) {
+    metrics.echo_spaces.set(echo.space_count() as i64);
+    metrics.echo_documents.set(echo.doc_count() as i64);
+    metrics.echo_peers.set(echo.peers() as i64);
+    if disk {
+        let st = store.clone();
+        if let Ok(bytes) = tokio::task::spawn_blocking(move || st.disk_bytes()).await {
+            metrics.echo_storage_bytes.set(bytes as i64);
+        }
+    }
+}
+
+/// Moves the peer's counters into the metrics (as increments since the last time).
+fn publish(echo: &Echo, last: &mut echo::repo::Stats, metrics: &Metrics) {
+    let s = &echo.stats;
+    let m = &metrics.echo_messages;
+    m.with_label_values(&["in"])
+        .inc_by(s.messages_in - last.messages_in);
+    m.with_label_values(&["out"])
+        .inc_by(s.messages_out - last.messages_out);
+    let b = &metrics.echo_bytes;
+    b.with_label_values(&["in"])
+        .inc_by(s.bytes_in - last.bytes_in);
+    b.with_label_values(&["out"])
+        .inc_by(s.bytes_out - last.bytes_out);
+    for (reason, n) in &s.refused {
+        let before = last.refused.get(reason).copied().unwrap_or(0);
+        metrics
+            .echo_refused
+            .with_label_values(&[reason])
+            .inc_by(n - before);
+    }
+    *last = s.clone();
+}
+
+fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<Action> {
+    match op {
+        Op::List(reply) => {
+            let _ = reply.send(echo.list());
+        }
+        Op::Show(space, reply) => {
+            let _ = reply.send(echo.show(&space));
+        }
+        Op::Query {
+            space,
+            kind,
+            wheres,
+            reply,
+        } => {
+            let _ = reply.send(echo.query(&space, &kind, &wheres));
+        }
+        Op::Export(space, reply) => {
+            let _ = reply.send(echo.export(&space));
+        }
+        Op::Import(export, reply) => {
+            let space = export.space.clone();
+            match echo.import(*export, now_ms) {
+                Ok(actions) => {
+                    // Written here, before the answer, so an import that reports success
+                    // is on disk.
+                    let writes: Vec<Write> = actions
+                        .into_iter()
+                        .filter_map(|a| match a {
+                            Action::Store(w) => Some(w),
+                            _ => None,
+                        })
+                        .collect();
+                    let result = tokio::task::block_in_place(|| store.apply(&writes));
+                    let _ = reply.send(result.map(|()| space).map_err(|e| e.to_string()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        Op::Status(reply) => {
+            let _ = reply.send(EchoStatus {
+                spaces: echo.space_count(),
+                documents: echo.doc_count(),
+                peers: echo.peers(),
+                storage_bytes: store.disk_bytes(),
+            });
+        }
+    }
+    Vec::new()
+}

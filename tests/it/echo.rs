@@ -1,0 +1,486 @@
+//! ECHO through the running KUBE with a Rust automerge-repo client over TLS WebSockets:
+//! authentication before anything, spaces, access, durability across `kill -9`, bad input,
+//! the operator commands and the metrics. (The JavaScript interop is tests/echo/.)
+
+use std::time::{Duration, Instant};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
+use ciborium::Value;
+use ed25519_dalek::Signer;
+use futures_util::{SinkExt, StreamExt};
+use halo::credential::{Assertion, Credential, Role};
+use tests::{Kube, Opts, Ws};
+use tokio_tungstenite::tungstenite::Message;
+
+const ROOT_ID: &str = "RootRootRootRootRootRoot";
+const TASK_ID: &str = "TaskTaskTaskTaskTaskTask";
+
+fn key(seed: u8) -> halo::SigningKey {
+    halo::SigningKey::from_bytes(&[seed; 32])
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn says(issuer: &halo::SigningKey, subject: &str, a: Assertion) -> Credential {
+    let did = halo::did(issuer);
+    Credential::issue(&did, subject, a, now() - 5, None, &did, |b| {
+        issuer.sign(b).to_bytes()
+    })
+    .unwrap()
+}
+
+async fn kube_did(kube: &Kube) -> String {
+    let v: serde_json::Value = kube
+        .client()
+        .get(format!(
+            "https://localhost:{}/.well-known/kube/identity",
+            kube.https.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["did"].as_str().unwrap().to_owned()
+}
+
+/// A space (key 3) whose genesis makes key 1 admin and that admits `kube` as replicator.
+fn space_root(kube: &str) -> (String, Automerge) {
+    let space = halo::did(&key(3));
+    let genesis = says(
+        &key(3),
+        &halo::did(&key(1)),
+        Assertion::SpaceGenesis {
+            space: space.clone(),
+        },
+    );
+    let replicator = says(
+        &key(1),
+        kube,
+        Assertion::SpaceMember {
+            space: space.clone(),
+            role: Role::Replicator,
+        },
+    );
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "kube", "space").unwrap();
+    tx.put(ROOT, "space", space.as_str()).unwrap();
+    let c = tx.put_object(ROOT, "credentials", ObjType::Map).unwrap();
+    for cred in [genesis, replicator] {
+        tx.put(&c, cred.id.as_str(), serde_json::to_string(&cred).unwrap())
+            .unwrap();
+    }
+    tx.put_object(ROOT, "objects", ObjType::Map).unwrap();
+    tx.commit();
+    (space, doc)
+}
+
+fn t(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+fn frame(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+    let map = pairs.into_iter().map(|(k, v)| (t(k), v)).collect();
+    let mut out = Vec::new();
+    ciborium::into_writer(&Value::Map(map), &mut out).unwrap();
+    out
+}
+
+fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+    v.as_map()?
+        .iter()
+        .find(|(kk, _)| kk.as_text() == Some(k))
+        .map(|(_, v)| v)
+}
+
+fn text_of(v: &Value, k: &str) -> String {
+    field(v, k)
+        .and_then(Value::as_text)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// One automerge-repo peer connected to KUBE's ECHO.
+struct Peer {
+    ws: Ws,
+    me: String,
+    errors: Vec<String>,
+    unavailable: Vec<String>,
+    closed: bool,
+}
+
+fn token_path(kube_did: &str, k: &halo::SigningKey, me: &str) -> String {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let tok = echo::auth::token(k, kube_did, me, now(), &nonce);
+    format!("/.well-known/kube/echo?auth={tok}")
+}
+
+impl Peer {
+    async fn connect(kube: &Kube, kube_did: &str, k: &halo::SigningKey, me: &str) -> Peer {
+        let path = token_path(kube_did, k, me);
+        let ws = tests::ws_connect(
+            kube.https,
+            "localhost",
+            &kube.ca_pem(),
+            &path,
+            "https://app.localhost",
+        )
+        .await;
+        let mut p = Peer {
+            ws,
+            me: me.to_owned(),
+            errors: vec![],
+            unavailable: vec![],
+            closed: false,
+        };
+        p.send(frame(vec![
+            ("type", t("join")),
+            ("senderId", t(me)),
+            ("peerMetadata", Value::Map(vec![])),
+            ("supportedProtocolVersions", Value::Array(vec![t("1")])),
+        ]))
+        .await;
+        let peer = p.recv(Duration::from_secs(10)).await.expect("peer message");
+        assert_eq!(text_of(&peer, "type"), "peer");
+        assert_eq!(text_of(&peer, "targetId"), me);
+        p
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) {
+        let _ = self.ws.send(Message::Binary(bytes.into())).await;
+    }
+
+    async fn recv(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    let v: Value = ciborium::from_reader(&b[..]).unwrap();
+                    match text_of(&v, "type").as_str() {
+                        "error" => self.errors.push(text_of(&v, "message")),
+                        "doc-unavailable" => self.unavailable.push(text_of(&v, "documentId")),
+                        _ => {}
+                    }
+                    return Some(v);
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => {
+                    self.closed = true;
+                    return None;
+                }
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Syncs `doc` with KUBE until KUBE's heads equal ours (acknowledged), or until KUBE
+    /// stops answering (refused, unavailable); bounded.
+    async fn sync(&mut self, id: &str, doc: &mut Automerge, st: &mut sync::State) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !self.closed {
+            if let Some(m) = doc.generate_sync_message(st) {
+                let kind = if doc.get_heads().is_empty() {
+                    "request"
+                } else {
+                    "sync"
+                };
+                let f = frame(vec![
+                    ("type", t(kind)),
+                    ("senderId", t(&self.me)),
+                    ("targetId", t("kube")),
+                    ("documentId", t(id)),
+                    ("data", Value::Bytes(m.encode())),
+                ]);
+                self.send(f).await;
+            }
+            if !doc.get_heads().is_empty()
+                && st.their_heads.as_deref() == Some(&doc.get_heads()[..])
+            {
+                return true;
+            }
+            let Some(v) = self.recv(Duration::from_secs(2)).await else {
+                return false;
+            };
+            if text_of(&v, "type") == "sync" && text_of(&v, "documentId") == id {
+                let data = field(&v, "data").and_then(Value::as_bytes).unwrap();
+                doc.receive_sync_message(st, sync::Message::decode(data).unwrap())
+                    .unwrap();
+            } else if text_of(&v, "type") == "doc-unavailable" {
+                return false;
+            }
+        }
+        false
+    }
+}
+
+fn set(doc: &mut Automerge, k: &str, v: &str) {
+    let mut tx = doc.transaction();
+    tx.put(ROOT, k, v).unwrap();
+    tx.commit();
+}
+
+fn get(doc: &Automerge, k: &str) -> Option<String> {
+    doc.get(ROOT, k)
+        .unwrap()
+        .and_then(|(v, _)| v.into_string().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_is_needed_and_checked() {
+    let kube = Kube::start();
+    let did = kube_did(&kube).await;
+    let ca = kube.ca_pem();
+    let origin = "https://app.localhost";
+    let refused = |path: String| {
+        let ca = ca.clone();
+        let addr = kube.https;
+        async move {
+            match tests::ws_try_connect(addr, "localhost", &ca, &path, origin).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+                Ok(_) => 101,
+            }
+        }
+    };
+    assert_eq!(refused("/.well-known/kube/echo".into()).await, 401);
+    // Made for another KUBE.
+    assert_eq!(
+        refused(token_path(&halo::did(&key(42)), &key(1), "p")).await,
+        401
+    );
+    // Replayed.
+    let path = token_path(&did, &key(1), "p");
+    assert_eq!(refused(path.clone()).await, 101);
+    assert_eq!(refused(path).await, 401);
+    // A join naming another peer than the token is refused and closed.
+    let mut p = Peer::connect(&kube, &did, &key(1), "alice").await;
+    p.send(frame(vec![
+        ("type", t("request")),
+        ("senderId", t("mallory")),
+        ("targetId", t("kube")),
+        ("documentId", t(ROOT_ID)),
+        ("data", Value::Bytes(vec![0x42])),
+    ]))
+    .await;
+    while p.recv(Duration::from_secs(5)).await.is_some() {}
+    assert!(p.closed);
+    assert!(p.errors[0].contains("senderId"), "{:?}", p.errors);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spaces_sync_with_access_control_and_operator_commands() {
+    let kube = Kube::start();
+    let did = kube_did(&kube).await;
+    let (space, mut root) = space_root(&did);
+    let mut alice = Peer::connect(&kube, &did, &key(1), "alice").await;
+    let mut st = sync::State::new();
+    assert!(
+        alice.sync(ROOT_ID, &mut root, &mut st).await,
+        "{:?}",
+        alice.errors
+    );
+
+    // An object, listed in the root.
+    let mut task = Automerge::new();
+    {
+        let mut tx = task.transaction();
+        tx.put(ROOT, "space", space.as_str()).unwrap();
+        tx.put(ROOT, "type", "task").unwrap();
+        let p = tx.put_object(ROOT, "props", ObjType::Map).unwrap();
+        tx.put(&p, "title", "write tests").unwrap();
+        tx.put(&p, "done", false).unwrap();
+        tx.commit();
+        let mut tx = root.transaction();
+        let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
+        let o = tx.put_object(&objects, TASK_ID, ObjType::Map).unwrap();
+        tx.put(&o, "type", "task").unwrap();
+        tx.commit();
+    }
+    assert!(alice.sync(ROOT_ID, &mut root, &mut st).await);
+    let mut tst = sync::State::new();
+    assert!(
+        alice.sync(TASK_ID, &mut task, &mut tst).await,
+        "{:?}",
+        alice.errors
+    );
+
+    // A stranger sees nothing.
+    let mut carol = Peer::connect(&kube, &did, &key(5), "carol").await;
+    let mut empty = Automerge::new();
+    assert!(
+        !carol
+            .sync(ROOT_ID, &mut empty, &mut sync::State::new())
+            .await
+    );
+    assert_eq!(carol.unavailable, vec![ROOT_ID.to_owned()]);
+    assert!(empty.get_heads().is_empty());
+
+    // Bad input: errors, then a closed socket; Alice is unaffected.
+    let mut junk = Peer::connect(&kube, &did, &key(6), "junk").await;
+    for _ in 0..10 {
+        junk.send(b"\xff\x00garbage".to_vec()).await;
+    }
+    while junk.recv(Duration::from_secs(5)).await.is_some() {}
+    assert!(junk.closed);
+    assert!(
+        junk.errors
+            .iter()
+            .all(|e| e.starts_with("refused: not CBOR")),
+        "{:?}",
+        junk.errors
+    );
+    set(&mut root, "note", "still here");
+    assert!(alice.sync(ROOT_ID, &mut root, &mut st).await);
+
+    // Operators.
+    let list = kube.cli(&["space", "list"]);
+    let out = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{out}");
+    assert!(out.contains(&space) && out.contains("2 documents"), "{out}");
+    let show = kube.cli(&["space", "show", &space]);
+    let out =
+        String::from_utf8_lossy(&show.stdout).into_owned() + &String::from_utf8_lossy(&show.stderr);
+    assert!(
+        out.contains(&halo::did(&key(1))) && out.contains("admin"),
+        "{out}"
+    );
+    assert!(out.contains(TASK_ID) && out.contains("task"), "{out}");
+    let q = kube.cli(&[
+        "space",
+        "query",
+        &space,
+        "--type",
+        "task",
+        "--where",
+        "done=false",
+    ]);
+    let found: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(found[0]["props"]["title"], "write tests");
+    assert_eq!(found[0]["id"], TASK_ID);
+    let none = kube.cli(&[
+        "space",
+        "query",
+        &space,
+        "--type",
+        "task",
+        "--where",
+        "done=true",
+    ]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&none.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("space.json");
+    let file = file.to_str().unwrap();
+    let ex = kube.cli(&["space", "export", &space, file]);
+    assert!(
+        ex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    // Import into a fresh KUBE with the same identity (a replica moving house).
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let data = fresh_dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        kube.data_dir.join("identity.key"),
+        data.join("identity.key"),
+    )
+    .unwrap();
+    let second = Kube::start_with(Opts {
+        data_dir: Some(data),
+        ..Opts::default()
+    })
+    .unwrap();
+    let im = second.cli(&["space", "import", file]);
+    assert!(
+        im.status.success(),
+        "{}",
+        String::from_utf8_lossy(&im.stderr)
+    );
+    let again = second.cli(&["space", "import", file]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already here"), "{err}");
+    let mut reader = Peer::connect(&second, &did, &key(1), "alice-2").await;
+    let mut copy = Automerge::new();
+    reader
+        .sync(ROOT_ID, &mut copy, &mut sync::State::new())
+        .await;
+    assert_eq!(get(&copy, "note").as_deref(), Some("still here"));
+
+    // Metrics and status.
+    let m = kube.metrics().await;
+    assert!(m.contains("kube_echo_spaces 1"), "{m}");
+    assert!(m.contains("kube_echo_documents 2"));
+    assert!(
+        m.contains("kube_echo_refused_total{reason=\"malformed\"} 10"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kube_echo_refused_total{reason=\"not-member\"} 1"),
+        "{m}"
+    );
+    let status = kube.api(reqwest::Method::GET, "/api/status").await;
+    assert_eq!(status["echo"]["spaces"], 1);
+}
+
+/// 100 rounds of: a change acknowledged by KUBE, `kill -9`, restart on the same data dir,
+/// and a fresh peer finding every acknowledged change.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_changes_survive_kill_9() {
+    const ROUNDS: usize = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut kube = Kube::start_with(Opts {
+        data_dir: Some(data_dir.clone()),
+        ..Opts::default()
+    })
+    .unwrap();
+    let did = kube_did(&kube).await;
+    let (_space, mut root) = space_root(&did);
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let mut alice = Peer::connect(&kube, &did, &key(1), &format!("alice-{round}")).await;
+        set(&mut root, &format!("k{round}"), &format!("v{round}"));
+        assert!(
+            alice
+                .sync(ROOT_ID, &mut root, &mut sync::State::new())
+                .await,
+            "round {round}: not acknowledged: {:?}",
+            alice.errors
+        );
+        // Killed right after the acknowledgement, with the socket still open.
+        kube.kill();
+        drop(alice);
+        kube = Kube::start_with(Opts {
+            data_dir: Some(data_dir.clone()),
+            ..Opts::default()
+        })
+        .unwrap_or_else(|log| panic!("round {round}: restart failed:\n{log}"));
+        let mut check = Peer::connect(&kube, &did, &key(1), &format!("check-{round}")).await;
+        let mut copy = Automerge::new();
+        check
+            .sync(ROOT_ID, &mut copy, &mut sync::State::new())
+            .await;
+        for i in 0..=round {
+            assert_eq!(
+                get(&copy, &format!("k{i}")),
+                Some(format!("v{i}")),
+                "round {round}: change {i} lost"
+            );
+        }
+    }
+    eprintln!("{ROUNDS} kill -9 rounds in {:?}", started.elapsed());
+}
