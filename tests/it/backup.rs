@@ -60,8 +60,31 @@ fn backup_while_writing_then_restore_and_compare() {
         .unwrap_or_else(|log| panic!("kube did not start:\n{log}")),
     );
     kube.publish(&[("index.html", b"v0")], "notes");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let did = rt.block_on(crate::echo::kube_did(&kube));
 
-    // Writers: new app versions and DNS records, while backups are taken.
+    // Writers: new app versions, DNS records and ECHO changes, while backups are taken.
+    let echo_stop = Arc::new(AtomicBool::new(false));
+    let echo_writer = {
+        let (kube, flag, did) = (kube.clone(), echo_stop.clone(), did.clone());
+        rt.spawn(async move {
+            let (_space, mut root) = crate::echo::space_root(&did);
+            let mut p =
+                crate::echo::Peer::connect(&kube, &did, &crate::echo::key(1), "writer").await;
+            let mut st = automerge::sync::State::new();
+            let mut i = 0u32;
+            while !flag.load(Ordering::Relaxed) && i < 300 {
+                crate::echo::set(&mut root, &format!("k{i}"), "v");
+                assert!(p.sync(crate::echo::ROOT_ID, &mut root, &mut st).await);
+                i += 1;
+            }
+            i
+        })
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (kube, stop) = (kube.clone(), stop.clone());
@@ -83,8 +106,11 @@ fn backup_while_writing_then_restore_and_compare() {
         assert!(out.status.success(), "{out:?}");
     }
     stop.store(true, Ordering::Relaxed);
+    echo_stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     assert!(written > 2, "the writers ran ({written})");
+    let changes = rt.block_on(echo_writer).unwrap();
+    assert!(changes > 2, "the ECHO writer ran ({changes})");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&during).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "a backup holds private keys");
@@ -133,10 +159,6 @@ fn backup_while_writing_then_restore_and_compare() {
     .unwrap_or_else(|log| panic!("restored kube did not start:\n{log}"));
     let out = again.cli(&["identity"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&identity));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async {
         let page = again
             .client()
@@ -150,6 +172,16 @@ fn backup_while_writing_then_restore_and_compare() {
         // The records of that moment are there too (at least the first ones).
         let dns = again.api(reqwest::Method::GET, "/api/dns").await;
         assert!(dns.to_string().contains("w1"), "{dns}");
+        // So is the space, with the changes of that moment (at least the first ones).
+        let mut p = crate::echo::Peer::connect(&again, &did, &crate::echo::key(1), "reader").await;
+        let mut copy = automerge::Automerge::new();
+        p.sync(
+            crate::echo::ROOT_ID,
+            &mut copy,
+            &mut automerge::sync::State::new(),
+        )
+        .await;
+        assert_eq!(crate::echo::get(&copy, "k0").as_deref(), Some("v"));
     });
     // The restored store lists the app.
     let list = String::from_utf8_lossy(&again.cli(&["app", "list"]).stdout).into_owned();

@@ -14,10 +14,10 @@ use halo::credential::{Assertion, Credential, Role};
 use tests::{Kube, Opts, Ws};
 use tokio_tungstenite::tungstenite::Message;
 
-const ROOT_ID: &str = "RootRootRootRootRootRoot";
+pub(crate) const ROOT_ID: &str = "RootRootRootRootRootRoot";
 const TASK_ID: &str = "TaskTaskTaskTaskTaskTask";
 
-fn key(seed: u8) -> halo::SigningKey {
+pub(crate) fn key(seed: u8) -> halo::SigningKey {
     halo::SigningKey::from_bytes(&[seed; 32])
 }
 
@@ -36,7 +36,7 @@ fn says(issuer: &halo::SigningKey, subject: &str, a: Assertion) -> Credential {
     .unwrap()
 }
 
-async fn kube_did(kube: &Kube) -> String {
+pub(crate) async fn kube_did(kube: &Kube) -> String {
     let v: serde_json::Value = kube
         .client()
         .get(format!(
@@ -53,7 +53,7 @@ async fn kube_did(kube: &Kube) -> String {
 }
 
 /// A space (key 3) whose genesis makes key 1 admin and that admits `kube` as replicator.
-fn space_root(kube: &str) -> (String, Automerge) {
+pub(crate) fn space_root(kube: &str) -> (String, Automerge) {
     let space = halo::did(&key(3));
     let genesis = says(
         &key(3),
@@ -110,12 +110,12 @@ fn text_of(v: &Value, k: &str) -> String {
 }
 
 /// One automerge-repo peer connected to KUBE's ECHO.
-struct Peer {
+pub(crate) struct Peer {
     ws: Ws,
     me: String,
-    errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     unavailable: Vec<String>,
-    closed: bool,
+    pub(crate) closed: bool,
 }
 
 fn token_path(kube_did: &str, k: &halo::SigningKey, me: &str) -> String {
@@ -125,7 +125,12 @@ fn token_path(kube_did: &str, k: &halo::SigningKey, me: &str) -> String {
 }
 
 impl Peer {
-    async fn connect(kube: &Kube, kube_did: &str, k: &halo::SigningKey, me: &str) -> Peer {
+    pub(crate) async fn connect(
+        kube: &Kube,
+        kube_did: &str,
+        k: &halo::SigningKey,
+        me: &str,
+    ) -> Peer {
         let path = token_path(kube_did, k, me);
         let ws = tests::ws_connect(
             kube.https,
@@ -184,7 +189,12 @@ impl Peer {
 
     /// Syncs `doc` with KUBE until KUBE's heads equal ours (acknowledged), or until KUBE
     /// stops answering (refused, unavailable); bounded.
-    async fn sync(&mut self, id: &str, doc: &mut Automerge, st: &mut sync::State) -> bool {
+    pub(crate) async fn sync(
+        &mut self,
+        id: &str,
+        doc: &mut Automerge,
+        st: &mut sync::State,
+    ) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline && !self.closed {
             if let Some(m) = doc.generate_sync_message(st) {
@@ -222,13 +232,13 @@ impl Peer {
     }
 }
 
-fn set(doc: &mut Automerge, k: &str, v: &str) {
+pub(crate) fn set(doc: &mut Automerge, k: &str, v: &str) {
     let mut tx = doc.transaction();
     tx.put(ROOT, k, v).unwrap();
     tx.commit();
 }
 
-fn get(doc: &Automerge, k: &str) -> Option<String> {
+pub(crate) fn get(doc: &Automerge, k: &str) -> Option<String> {
     doc.get(ROOT, k)
         .unwrap()
         .and_then(|(v, _)| v.into_string().ok())

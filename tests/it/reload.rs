@@ -20,7 +20,7 @@ fn config(records: &str, operators: &str) -> String {
 /// The second reload's file: also the log level, app and signaling limits, TURN secret.
 fn config_more(records: &str, operators: &str) -> String {
     config(records, operators)
-        + "log:\n  level: debug\napps:\n  keep_versions: 3\nsignal:\n  messages_per_second: 40\nturn:\n  secret: rotated\n"
+        + "log:\n  level: debug\napps:\n  keep_versions: 3\nsignal:\n  messages_per_second: 40\nturn:\n  secret: rotated\necho:\n  messages_per_second: 500\n"
 }
 
 /// Records in the zone served.
@@ -56,6 +56,18 @@ async fn reloads_drop_nobody() {
             assert_eq!(recv(&mut peers[i].0).await["type"], "peer-joined");
         }
     }
+
+    // An ECHO peer with a space, its WebSocket open across the reloads.
+    let did = crate::echo::kube_did(&kube).await;
+    let (_space, mut root) = crate::echo::space_root(&did);
+    let mut echo_peer =
+        crate::echo::Peer::connect(&kube, &did, &crate::echo::key(1), "alice").await;
+    let mut echo_state = automerge::sync::State::new();
+    assert!(
+        echo_peer
+            .sync(crate::echo::ROOT_ID, &mut root, &mut echo_state)
+            .await
+    );
 
     // HTTPS load on the app until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -157,5 +169,15 @@ async fn reloads_drop_nobody() {
         assert_eq!(got["type"], "signal", "peer {i} after the reloads: {got}");
         assert_eq!(got["payload"]["i"], ((i + n - 1) % n) as u64);
     }
+    // The ECHO connection is the same one and still syncs.
+    crate::echo::set(&mut root, "after", "reloads");
+    assert!(
+        echo_peer
+            .sync(crate::echo::ROOT_ID, &mut root, &mut echo_state)
+            .await,
+        "ECHO after the reloads: {:?}",
+        echo_peer.errors
+    );
+    assert!(!echo_peer.closed);
     assert!(!kube.log().contains("panicked"));
 }
