@@ -358,7 +358,7 @@ impl Default for Echo {
             max_message_bytes: 16 << 20,
             messages_per_second: 1000,
             max_docs_per_space: 100_000,
-            max_pending_docs: 1000,
+            max_pending_docs: 10_000,
             pending_secs: 30,
             max_connections: 10_000,
             strikes: 10,

@@ -149,7 +149,7 @@ echo:
   # Documents per space; new documents a connection may have waiting for the space's root
   # to list them, and for how long.
   max_docs_per_space: 100000
-  max_pending_docs: 1000
+  max_pending_docs: 10000
   pending_secs: 30
   # WebSocket connections at once; refused messages before a connection is closed.
   max_connections: 10000

@@ -43,7 +43,7 @@ impl Default for Limits {
             max_message_bytes: 16 << 20,
             messages_per_second: 1000,
             max_docs_per_space: 100_000,
-            max_pending_docs: 1000,
+            max_pending_docs: 10_000,
             pending_secs: 30,
             strikes: 10,
             compact_bytes: 64 << 10,

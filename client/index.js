@@ -1,0 +1,58 @@
+// @kube/client: talk to a KUBE's ECHO with automerge-repo. See README.md and
+// echo/PROTOCOL.md (the wire contract) and halo/CREDENTIALS.md (credentials, invitations).
+
+export { Identity, didToPublicKey, publicKeyToDid, verify } from './src/identity.js';
+export {
+  ROLES,
+  issueCredential,
+  signedBytes,
+  verifyCredential,
+  credentialToJson,
+  spaceGenesis,
+  spaceMember,
+  authorizedDevice,
+  revocation,
+} from './src/credential.js';
+export {
+  createSpace,
+  addMember,
+  revoke,
+  addCredential,
+  credentials,
+  objects,
+  createObject,
+  spaceOf,
+  asString,
+} from './src/space.js';
+export {
+  KubeAdapter,
+  connectKube,
+  synced,
+  makeEchoToken,
+  verifyEchoToken,
+  echoTokenMessage,
+  ECHO_PATH,
+  IDENTITY_PATH,
+} from './src/connect.js';
+export {
+  Host,
+  Guest,
+  InvitationError,
+  createInvitation,
+  invitationSwarm,
+  newCode,
+  transcript,
+  codeMac,
+  CODE_ATTEMPTS,
+  MAX_PENDING,
+  PENDING_SECS,
+} from './src/invitation.js';
+export { validateSpace, members, SKEW_SECS } from './src/members.js';
+export { b64url } from './src/encoding.js';
+export {
+  SignalClient,
+  connectSignal,
+  serveInvitation,
+  redeemInvitation,
+  SIGNAL_PATH,
+} from './src/signal.js';
