@@ -23,6 +23,10 @@ use crate::wire::{self, Incoming, Outgoing};
 
 pub type ConnId = u64;
 
+/// Seconds a connection has to send `join` (a client's abandoned socket would otherwise hold
+/// a connection slot for as long as it answers pings).
+pub const JOIN_SECS: u64 = 10;
+
 /// Limits a peer cannot exceed (`echo.*` in kube.yml).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -110,6 +114,7 @@ struct Conn {
     did: String,
     peer: String,
     joined: bool,
+    since_ms: u64,
     closed: bool,
     syncs: HashMap<String, sync::State>,
     pending: HashMap<String, Pending>,
@@ -321,6 +326,7 @@ impl Echo {
                 did: peer.did,
                 peer: peer.peer,
                 joined: false,
+                since_ms: now_ms,
                 closed: false,
                 syncs: HashMap::new(),
                 pending: HashMap::new(),
@@ -914,9 +920,25 @@ impl Echo {
         }
     }
 
-    /// Expires documents held longer than `echo.pending_secs` without a space listing them.
+    /// Expires documents held longer than `echo.pending_secs` without a space listing them,
+    /// and closes connections that did not `join` within [`JOIN_SECS`].
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
+        let mut silent: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.joined && !c.closed && now_ms.saturating_sub(c.since_ms) >= JOIN_SECS * 1000
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        silent.sort_unstable();
+        for id in silent {
+            *self.stats.refused.entry("malformed").or_default() += 1;
+            let m = format!("refused: no join within {JOIN_SECS} s");
+            self.send(id, &Outgoing::Error { message: &m }, &mut out);
+            self.close(id, &mut out);
+        }
         let limit = self.limits.pending_secs * 1000;
         let mut expired: Vec<(ConnId, String)> = self
             .conns

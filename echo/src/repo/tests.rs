@@ -463,6 +463,22 @@ fn unlisted_documents_expire_and_bad_input_closes_after_strikes() {
     assert!(alice.errors.iter().any(|m| m.contains("not listed")));
     assert_eq!(e.doc_count(), 1);
 
+    // A connection that never joins is closed.
+    e.connect(
+        11,
+        auth::Peer {
+            did: halo::did(&key(4)),
+            peer: "silent".into(),
+        },
+        NOW,
+    );
+    assert!(
+        e.tick(NOW + 9_000)
+            .iter()
+            .all(|a| !matches!(a, Action::Close { conn: 11 }))
+    );
+    assert!(e.tick(NOW + 10_000).contains(&Action::Close { conn: 11 }));
+
     let mut junk = Client::join(&mut e, 9, &key(4));
     for _ in 0..10 {
         let a = e.receive(9, b"\xff\xfe not cbor", NOW);
