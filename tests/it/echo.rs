@@ -447,7 +447,7 @@ async fn spaces_sync_with_access_control_and_operator_commands() {
 }
 
 /// 100 rounds of: a change acknowledged by KUBE, `kill -9`, restart on the same data dir,
-/// and a fresh peer finding every acknowledged change.
+/// and a fresh peer finding every acknowledged change (across log appends and compactions).
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_changes_survive_kill_9() {
     const ROUNDS: usize = 100;
@@ -463,7 +463,9 @@ async fn acknowledged_changes_survive_kill_9() {
     let started = Instant::now();
     for round in 0..ROUNDS {
         let mut alice = Peer::connect(&kube, &did, &key(1), &format!("alice-{round}")).await;
+        // About 2 KiB a round, so the log is compacted into snapshots several times.
         set(&mut root, &format!("k{round}"), &format!("v{round}"));
+        set(&mut root, &format!("pad{round}"), &"x".repeat(2048));
         assert!(
             alice
                 .sync(ROOT_ID, &mut root, &mut sync::State::new())

@@ -563,3 +563,121 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn limits_refuse_with_an_error_and_others_are_unaffected() {
+    let mut e = Echo::new(
+        halo::did(&key(9)),
+        Admit::Any,
+        Limits {
+            max_message_bytes: 4096,
+            messages_per_second: 2,
+            max_docs_per_space: 1,
+            strikes: 25,
+            ..Limits::default()
+        },
+    );
+    let w = world();
+    let mut alice = Client::join(&mut e, 1, &w.admin);
+    *alice.doc(ROOT_ID) = root_doc(&w, &w.creds);
+    alice.sync(&mut e, ROOT_ID);
+    assert_eq!(e.space_count(), 1);
+
+    // The space is full (its root is its one document): a listed object is refused.
+    set(alice.doc(OBJ_ID), "x", "y");
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    let later = NOW + 60_000; // a refilled rate bucket
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        for id in [ROOT_ID, OBJ_ID] {
+            let (am, st) = alice.docs.get_mut(id).unwrap();
+            if let Some(m) = am.generate_sync_message(st) {
+                let f = frame(vec![
+                    ("type", t("sync")),
+                    ("senderId", t(&alice.peer)),
+                    ("documentId", t(id)),
+                    ("data", Value::Bytes(m.encode())),
+                ]);
+                let a = e.receive(1, &f, later);
+                all.extend(alice.absorb(&mut e, a));
+            }
+        }
+    }
+    assert!(
+        alice.errors.iter().any(|m| m.contains("max_docs_per_space")),
+        "{:?}",
+        alice.errors
+    );
+    assert_eq!(e.doc_count(), 1);
+
+    let mut b = Client::join(&mut e, 2, &key(4));
+    // Invalid Automerge data in a well-formed frame.
+    let bad = frame(vec![
+        ("type", t("sync")),
+        ("senderId", t(&b.peer)),
+        ("documentId", t(ROOT_ID)),
+        ("data", Value::Bytes(vec![0x42, 0xff, 0x00, 0x13])),
+    ]);
+    let a = e.receive(2, &bad, later);
+    b.absorb(&mut e, a);
+    assert!(b.errors[0].contains("invalid sync message"), "{:?}", b.errors);
+    // Too large.
+    let big = vec![0u8; 5000];
+    let a = e.receive(2, &big, later);
+    b.absorb(&mut e, a);
+    assert!(b.errors[1].contains("over the limit"), "{:?}", b.errors);
+    // Too many per second: the bucket (ten seconds' worth, 20) runs dry.
+    for _ in 0..30 {
+        let a = e.receive(2, &bad, later);
+        b.absorb(&mut e, a);
+    }
+    assert!(b.errors.iter().any(|m| m.contains("too many messages")), "{:?}", b.errors);
+    assert!(b.closed, "closed after repeated refusals");
+    assert!(e.stats.refused["invalid"] > 0);
+    assert_eq!(e.stats.refused["too-large"], 1);
+    // Alice's connection is untouched.
+    assert!(!alice.closed);
+    set(alice.doc(ROOT_ID), "still", "fine");
+    alice.errors.clear();
+    let a = alice.sync(&mut e, ROOT_ID);
+    assert!(a.iter().any(|a| matches!(a, Action::Store(_))));
+    let _ = all;
+}
+
+#[test]
+fn logs_are_compacted_into_snapshots_that_load_back() {
+    let (mut e, w, mut alice) = set_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = crate::store::FileStore::open(tmp.path()).unwrap();
+    store
+        .apply(&[Write::NewSpace {
+            space: w.space.clone(),
+            root: ROOT_ID.into(),
+        }])
+        .unwrap();
+    let mut snapshots = 0;
+    for i in 0..200 {
+        set(alice.doc(ROOT_ID), &format!("k{i}"), &"x".repeat(1024));
+        let actions = alice.sync(&mut e, ROOT_ID);
+        let writes: Vec<Write> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Store(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        snapshots += writes
+            .iter()
+            .filter(|w| matches!(w, Write::Snapshot { .. }))
+            .count();
+        store.apply(&writes).unwrap();
+    }
+    assert!(snapshots >= 2, "{snapshots} compactions");
+    let mut fresh = echo();
+    for s in store.load().unwrap() {
+        assert!(fresh.load(s).is_empty());
+    }
+    let reloaded = &fresh.docs[ROOT_ID].am;
+    assert_eq!(reloaded.get_heads(), e.docs[ROOT_ID].am.get_heads());
+    assert_eq!(get(reloaded, "k199").map(|v| v.len()), Some(1024));
+}
