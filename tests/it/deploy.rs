@@ -242,7 +242,7 @@ async fn grafana_dashboard_queries_exported_metrics() {
             }
         }
     }
-    for service in ["http", "tls", "dns", "signaling", "turn", "process"] {
+    for service in ["http", "tls", "dns", "signaling", "turn", "echo", "process"] {
         assert!(
             titles.iter().any(|t| t.contains(service)),
             "no panel row for {service}: {titles:?}"

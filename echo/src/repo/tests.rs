@@ -604,7 +604,10 @@ fn limits_refuse_with_an_error_and_others_are_unaffected() {
         }
     }
     assert!(
-        alice.errors.iter().any(|m| m.contains("max_docs_per_space")),
+        alice
+            .errors
+            .iter()
+            .any(|m| m.contains("max_docs_per_space")),
         "{:?}",
         alice.errors
     );
@@ -620,7 +623,11 @@ fn limits_refuse_with_an_error_and_others_are_unaffected() {
     ]);
     let a = e.receive(2, &bad, later);
     b.absorb(&mut e, a);
-    assert!(b.errors[0].contains("invalid sync message"), "{:?}", b.errors);
+    assert!(
+        b.errors[0].contains("invalid sync message"),
+        "{:?}",
+        b.errors
+    );
     // Too large.
     let big = vec![0u8; 5000];
     let a = e.receive(2, &big, later);
@@ -631,7 +638,11 @@ fn limits_refuse_with_an_error_and_others_are_unaffected() {
         let a = e.receive(2, &bad, later);
         b.absorb(&mut e, a);
     }
-    assert!(b.errors.iter().any(|m| m.contains("too many messages")), "{:?}", b.errors);
+    assert!(
+        b.errors.iter().any(|m| m.contains("too many messages")),
+        "{:?}",
+        b.errors
+    );
     assert!(b.closed, "closed after repeated refusals");
     assert!(e.stats.refused["invalid"] > 0);
     assert_eq!(e.stats.refused["too-large"], 1);
