@@ -63,6 +63,16 @@ pub enum Action {
     Close { conn: ConnId },
 }
 
+impl Action {
+    /// The write, if this is one.
+    pub fn store(&self) -> Option<&Write> {
+        match self {
+            Action::Store(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
 /// Counters for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -94,6 +104,19 @@ struct Space {
     objects: BTreeMap<String, String>,
     membership: Membership,
     docs: BTreeSet<String>,
+}
+
+impl Space {
+    /// A space known by its root only; `refresh_root` reads the rest.
+    fn new(root: String) -> Space {
+        Space {
+            root,
+            credentials: Vec::new(),
+            objects: BTreeMap::new(),
+            membership: Membership::default(),
+            docs: BTreeSet::new(),
+        }
+    }
 }
 
 struct Doc {
@@ -247,15 +270,9 @@ impl Echo {
 
     /// Puts a space read from disk in place. Documents that do not load are reported and
     /// left out (on disk they stay untouched).
-    pub fn load(&mut self, stored: StoredSpace) -> Vec<String> {
+    pub fn load(&mut self, stored: StoredSpace, now_ms: u64) -> Vec<String> {
         let mut problems = Vec::new();
-        let mut space = Space {
-            root: stored.root.clone(),
-            credentials: Vec::new(),
-            objects: BTreeMap::new(),
-            membership: Membership::default(),
-            docs: BTreeSet::new(),
-        };
+        let mut space = Space::new(stored.root.clone());
         for (id, d) in stored.docs {
             let mut am = if d.snapshot.is_empty() {
                 Automerge::new()
@@ -286,7 +303,7 @@ impl Echo {
             );
         }
         self.spaces.insert(stored.space.clone(), space);
-        self.refresh_root(&stored.space, 0);
+        self.refresh_root(&stored.space, now_ms);
         problems
     }
 
@@ -301,12 +318,7 @@ impl Echo {
             .and_then(|d| space::read_root(&d.am))
             .unwrap_or_default();
         space.credentials = root.credentials.into_values().collect();
-        let now = if now_ms == 0 {
-            crate::unix_now_ms()
-        } else {
-            now_ms
-        };
-        space.membership = halo::space::validate(space_id, &space.credentials, clock(now));
+        space.membership = halo::space::validate(space_id, &space.credentials, clock(now_ms));
         for id in space.objects.keys() {
             self.listed.remove(id);
         }
@@ -787,16 +799,7 @@ impl Echo {
                 space: s.clone(),
                 root: doc_id.to_owned(),
             }));
-            self.spaces.insert(
-                s.clone(),
-                Space {
-                    root: doc_id.to_owned(),
-                    credentials: Vec::new(),
-                    objects: BTreeMap::new(),
-                    membership: Membership::default(),
-                    docs: BTreeSet::new(),
-                },
-            );
+            self.spaces.insert(s.clone(), Space::new(doc_id.to_owned()));
         }
         let bytes = p.am.save();
         let snapshot_bytes = bytes.len() as u64;
@@ -1088,7 +1091,8 @@ impl Echo {
 
     /// Brings an exported space in after checking it: the root is that space's, its
     /// credentials admit this KUBE under `echo.admit`, every document loads and is listed.
-    pub fn import(&mut self, e: Export, now_ms: u64) -> Result<Vec<Action>, ImportError> {
+    /// Returns the writes that make it durable.
+    pub fn import(&mut self, e: Export, now_ms: u64) -> Result<Vec<Write>, ImportError> {
         use base64::Engine;
         if e.format != EXPORT_FORMAT {
             return Err(ImportError::Format);
@@ -1130,17 +1134,11 @@ impl Echo {
         {
             return Err(ImportError::NotAdmitted(r.to_string()));
         }
-        let mut out = vec![Action::Store(Write::NewSpace {
+        let mut out = vec![Write::NewSpace {
             space: e.space.clone(),
             root: e.root.clone(),
-        })];
-        let mut space = Space {
-            root: e.root.clone(),
-            credentials: Vec::new(),
-            objects: BTreeMap::new(),
-            membership: Membership::default(),
-            docs: BTreeSet::new(),
-        };
+        }];
+        let mut space = Space::new(e.root.clone());
         for (id, am) in docs {
             let bytes = am.save();
             space.docs.insert(id.clone());
@@ -1154,11 +1152,11 @@ impl Echo {
                     last_change: now_ms / 1000,
                 },
             );
-            out.push(Action::Store(Write::Snapshot {
+            out.push(Write::Snapshot {
                 space: e.space.clone(),
                 doc: id,
                 bytes,
-            }));
+            });
         }
         self.spaces.insert(e.space.clone(), space);
         self.refresh_root(&e.space, now_ms);

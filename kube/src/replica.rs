@@ -285,7 +285,7 @@ impl Service for EchoService {
                 let mut echo = Echo::new(did, policy, limits);
                 let mut problems = Vec::new();
                 for space in store.load()? {
-                    problems.extend(echo.load(space));
+                    problems.extend(echo.load(space, echo::unix_now_ms()));
                 }
                 Ok((store, echo, problems))
             })
@@ -386,13 +386,7 @@ async fn run(
                 Event::Op(op) => actions.extend(operate(&mut echo, op, &store, now_ms)),
             }
         }
-        let writes: Vec<Write> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Store(w) => Some(w.clone()),
-                _ => None,
-            })
-            .collect();
+        let writes: Vec<Write> = actions.iter().filter_map(Action::store).cloned().collect();
         let wrote = !writes.is_empty();
         if wrote {
             let st = store.clone();
@@ -504,16 +498,9 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
         Op::Import(export, reply) => {
             let space = export.space.clone();
             match echo.import(*export, now_ms) {
-                Ok(actions) => {
+                Ok(writes) => {
                     // Written here, before the answer, so an import that reports success
                     // is on disk.
-                    let writes: Vec<Write> = actions
-                        .into_iter()
-                        .filter_map(|a| match a {
-                            Action::Store(w) => Some(w),
-                            _ => None,
-                        })
-                        .collect();
                     let result = tokio::task::block_in_place(|| store.apply(&writes));
                     let _ = reply.send(result.map(|()| space).map_err(|e| e.to_string()));
                 }

@@ -670,13 +670,7 @@ fn logs_are_compacted_into_snapshots_that_load_back() {
     for i in 0..200 {
         set(alice.doc(ROOT_ID), &format!("k{i}"), &"x".repeat(1024));
         let actions = alice.sync(&mut e, ROOT_ID);
-        let writes: Vec<Write> = actions
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Store(w) => Some(w),
-                _ => None,
-            })
-            .collect();
+        let writes: Vec<Write> = actions.iter().filter_map(Action::store).cloned().collect();
         snapshots += writes
             .iter()
             .filter(|w| matches!(w, Write::Snapshot { .. }))
@@ -686,7 +680,7 @@ fn logs_are_compacted_into_snapshots_that_load_back() {
     assert!(snapshots >= 2, "{snapshots} compactions");
     let mut fresh = echo();
     for s in store.load().unwrap() {
-        assert!(fresh.load(s).is_empty());
+        assert!(fresh.load(s, NOW).is_empty());
     }
     let reloaded = &fresh.docs[ROOT_ID].am;
     assert_eq!(reloaded.get_heads(), e.docs[ROOT_ID].am.get_heads());
