@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use stun::attributes::ATTR_REALM;
+use stun::attributes::{ATTR_REALM, ATTR_XOR_PEER_ADDRESS};
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
@@ -121,20 +121,35 @@ fn loopback_is_refused_by_default() {
     assert!(m.contains("kube_turn_refused_total"), "{m}");
 }
 
+/// The value of one series in a Prometheus exposition (0 when absent).
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// coturn's client is answered 401 (RFC 8489 §9.2.4): it retries with the nonce it was
+/// given, then gives up. It prints no code, so KUBE's count of such answers shows them.
 #[test]
 fn wrong_or_expired_credentials_are_refused() {
     if !have_coturn() {
         return;
     }
-    let (_kube, turn) = start("  allow_peers: [127.0.0.0/8]\n");
+    let (kube, turn) = start("  allow_peers: [127.0.0.0/8]\n");
+    let unauthenticated = "kube_turn_refused_total{reason=\"bad-credentials\"}";
     let wrong = uclient(turn, &["-W", "not-the-secret", "-u", "alice"]);
     assert_eq!(received(&wrong), 0, "{wrong}");
-    assert!(wrong.contains("error 4"), "{wrong}");
+    assert!(wrong.contains("Cannot complete Allocation"), "{wrong}");
+    let after_wrong = counter(&kube.metrics_blocking(), unauthenticated);
+    assert!(after_wrong > 0, "401 to a wrong password");
     let expired_user = "1000:alice";
     let password = signal::ice::password(SECRET.as_bytes(), expired_user);
     let expired = uclient(turn, &["-u", expired_user, "-w", &password]);
     assert_eq!(received(&expired), 0, "{expired}");
-    assert!(expired.contains("error 4"), "{expired}");
+    assert!(expired.contains("Cannot complete Allocation"), "{expired}");
+    let after_expired = counter(&kube.metrics_blocking(), unauthenticated);
+    assert!(after_expired > after_wrong, "401 to an expired username");
 }
 
 // ---- a raw STUN client ----
@@ -159,6 +174,27 @@ fn transport() -> Box<turn::proto::reqtrans::RequestedTransport> {
     Box::new(turn::proto::reqtrans::RequestedTransport {
         protocol: turn::proto::PROTO_UDP,
     })
+}
+
+/// An attribute exactly as given, as a hostile client would write it.
+struct Raw(stun::attributes::AttrType, Vec<u8>);
+
+impl Setter for Raw {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+/// An XOR-PEER-ADDRESS value (RFC 8489 §14.2) for an IPv4 `ip` and `port`, cut to the first
+/// `len` address bytes, or padded with zeros to `len`.
+fn xor_peer_v4(ip: [u8; 4], port: u16, len: usize) -> Vec<u8> {
+    let cookie = 0x2112_A442u32.to_be_bytes();
+    let mut v = vec![0, 1];
+    v.extend((port ^ 0x2112).to_be_bytes());
+    v.extend(ip.iter().zip(cookie).map(|(a, b)| a ^ b));
+    v.resize(4 + len, 0);
+    v
 }
 
 /// A client with long-term REST credentials for `name`, on its own UDP socket.
@@ -231,6 +267,23 @@ impl Client {
         v.push(Box::new(self.nonce.clone()));
         v.push(Box::new(self.integrity()));
         roundtrip(&self.s, self.turn, v)
+    }
+
+    /// A Send indication (RFC 8656 §10) carrying `peer` as the raw XOR-PEER-ADDRESS value;
+    /// indications get no answer.
+    fn indicate(&self, peer: Vec<u8>, data: &[u8]) {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(MessageType::new(
+                stun::message::METHOD_SEND,
+                stun::message::CLASS_INDICATION,
+            )),
+            Box::new(Raw(ATTR_XOR_PEER_ADDRESS, peer)),
+            Box::new(turn::proto::data::Data(data.to_vec())),
+        ])
+        .unwrap();
+        self.s.send_to(&m.raw, self.turn).unwrap();
     }
 
     fn allocate(&self) -> Message {
@@ -324,6 +377,12 @@ fn a_permission_to_each_refused_range_gets_403() {
         "::ffff:127.0.0.1",
         "::ffff:10.0.0.1",
         "::ffff:192.168.0.1",
+        "::10.0.0.1",
+        "64:ff9b:1::a00:1",
+        "2001::1",
+        "2001:db8::1",
+        "2002:7f00:1::",
+        "fec0::1",
     ] {
         let ip: std::net::IpAddr = peer.parse().unwrap();
         let addr = turn::proto::peeraddr::PeerAddress { ip, port: 9 };
@@ -395,4 +454,127 @@ fn bandwidth_is_bounded_per_allocation() {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     assert!(dropped > 0, "{m}");
+}
+
+/// A short XOR-PEER-ADDRESS the `stun` crate would zero-fill (0.0.0.0, or a.b.c.0 in a
+/// private range), a long one, or a local peer: each is refused, and a Send indication to
+/// 0.0.0.0 (which Linux delivers to the local host) reaches nothing.
+#[test]
+fn malformed_or_local_peers_are_refused_and_nothing_reaches_the_host() {
+    // No allow_peers: loopback and 0.0.0.0 are refused.
+    let (kube, turn) = start("");
+    let client = Client::new(turn, "mallory");
+    assert_eq!(code(&client.allocate()), None);
+    let host = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let cases = [
+        (
+            "truncated to 0.0.0.0",
+            xor_peer_v4([0, 0, 0, 0], port, 1),
+            400,
+        ),
+        (
+            "truncated to 127.0.0.0",
+            xor_peer_v4([127, 0, 0, 0], port, 3),
+            400,
+        ),
+        (
+            "truncated to 10.1.2.0",
+            xor_peer_v4([10, 1, 2, 0], port, 3),
+            400,
+        ),
+        ("trailing garbage", xor_peer_v4([8, 8, 8, 8], port, 5), 400),
+        ("0.0.0.0", xor_peer_v4([0, 0, 0, 0], port, 4), 403),
+        ("truncated IPv6", [&[0, 2], &[0x21; 17][..]].concat(), 400),
+    ];
+    let mut answers = Vec::new();
+    for (_, value, _) in &cases {
+        let raw = Raw(ATTR_XOR_PEER_ADDRESS, value.clone());
+        answers.push(client.ask(METHOD_CREATE_PERMISSION, vec![Box::new(raw)]));
+    }
+    let channel = turn::proto::channum::ChannelNumber(0x4000);
+    let raw = Raw(ATTR_XOR_PEER_ADDRESS, xor_peer_v4([0, 0, 0, 0], port, 1));
+    let bound = client.ask(
+        stun::message::METHOD_CHANNEL_BIND,
+        vec![Box::new(channel), Box::new(raw)],
+    );
+    // Whatever the answers said, nothing is relayed to the host, by either form.
+    client.indicate(xor_peer_v4([0, 0, 0, 0], port, 4), b"reached the host");
+    client.indicate(xor_peer_v4([0, 0, 0, 0], port, 1), b"reached the host");
+    host.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 64];
+    let got = host.recv_from(&mut buf);
+    assert!(got.is_err(), "relayed to the local host: {got:?}");
+
+    for ((what, _, want), mut r) in cases.iter().zip(answers) {
+        assert_eq!(code(&r), Some(*want), "{what}: {r}");
+        client
+            .integrity()
+            .check(&mut r)
+            .unwrap_or_else(|e| panic!("{what}: the answer is signed: {e}"));
+    }
+    assert_eq!(code(&bound), Some(400), "channel bind, truncated: {bound}");
+    let m = kube.metrics_blocking();
+    assert!(
+        m.contains("kube_turn_refused_total{reason=\"malformed-peer-address\"}"),
+        "{m}"
+    );
+}
+
+/// RFC 8489 §9.2.4: wrong or expired credentials get 401 with REALM and NONCE, so that
+/// clients know to fetch new ones.
+#[test]
+fn wrong_or_expired_credentials_get_401_with_realm_and_nonce() {
+    let (_kube, turn) = start("");
+    let wrong = Client::with_secret(turn, "mallory", "not-the-secret");
+    let mut expired = Client::new(turn, "mallory");
+    expired.user = "1000:mallory".into();
+    expired.password = signal::ice::password(SECRET.as_bytes(), &expired.user);
+    for (what, client) in [("wrong password", &wrong), ("expired", &expired)] {
+        let r = client.allocate();
+        assert_eq!(code(&r), Some(401), "{what}: {r}");
+        assert!(r.contains(ATTR_REALM), "{what}: {r}");
+        assert!(r.contains(stun::attributes::ATTR_NONCE), "{what}: {r}");
+    }
+    // The same request with the right password is served.
+    let right = Client::new(turn, "mallory");
+    assert_eq!(code(&right.allocate()), None);
+}
+
+/// A user whose allocation outlived a secret rotation keeps the old secret: KUBE's own
+/// refusals (403, 486) are signed with it, not with the new one.
+#[test]
+fn refusals_to_a_rotated_user_are_signed_with_their_secret() {
+    let (kube, turn) = start("  max_allocations_per_user: 1\n");
+    let alice = Client::new(turn, "alice");
+    assert_eq!(code(&alice.allocate()), None);
+    let file = kube.data_dir.parent().unwrap().join("kube.yml");
+    std::fs::write(
+        &file,
+        "turn:\n  secret: rotated\n  relay_port_min: 40000\n  relay_port_max: 49000\n  max_allocations_per_user: 1\n",
+    )
+    .unwrap();
+    let out = kube.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let loopback = turn::proto::peeraddr::PeerAddress {
+        ip: "127.0.0.1".parse().unwrap(),
+        port: 9,
+    };
+    let mut r = alice.ask(METHOD_CREATE_PERMISSION, vec![Box::new(loopback)]);
+    assert_eq!(code(&r), Some(403), "{r}");
+    alice
+        .integrity()
+        .check(&mut r)
+        .unwrap_or_else(|e| panic!("the 403 is signed with alice's secret: {e}"));
+
+    let mut again = Client::new(turn, "alice");
+    again.user = alice.user.clone();
+    again.password = alice.password.clone();
+    let mut r = again.allocate();
+    assert_eq!(code(&r), Some(486), "{r}");
+    again
+        .integrity()
+        .check(&mut r)
+        .unwrap_or_else(|e| panic!("the 486 is signed with alice's secret: {e}"));
 }

@@ -1,7 +1,8 @@
 //! The `turn` service: STUN/TURN on UDP through the `turn` crate (webrtc-rs), with our
 //! policy around it: REST credentials checked against the shared secret (expired ones
-//! refused), a front door (`filter`) that refuses permissions to peers `policy` forbids,
-//! and relays bounded in number and bandwidth.
+//! refused), a front door (`filter`) that answers wrong credentials with 401 and refuses
+//! malformed peer addresses and peers `policy` forbids, relay sockets that re-check every
+//! peer they send to, and relays bounded in number and bandwidth.
 //!
 //! TURN over TCP or TLS is not offered: the `turn` crate serves packet connections only
 //! (its `Server` takes a fixed list of `Conn`s at start, one read loop each), and RFC 6062
@@ -241,9 +242,10 @@ impl Service for TurnService {
             max_per_user: AtomicU32::new(s.max_allocations_per_user),
             users: users.clone(),
         });
+        let policy = Arc::new(PeerPolicy::new(&allow, &own));
         let front = Arc::new(FrontDoor {
             socket,
-            policy: PeerPolicy::new(&allow, &own),
+            policy: policy.clone(),
             realm: realm.clone(),
             metrics: metrics.clone(),
             users: users.clone(),
@@ -264,6 +266,7 @@ impl Service for TurnService {
             },
             live: Arc::new(AtomicU32::new(0)),
             settings: live.clone(),
+            policy,
             metrics: metrics.clone(),
         };
         let (closed_tx, mut closed_rx) =
@@ -403,7 +406,7 @@ impl Users {
 /// first; outgoing Allocate successes are counted per user.
 struct FrontDoor {
     socket: UdpSocket,
-    policy: PeerPolicy,
+    policy: Arc<PeerPolicy>,
     realm: String,
     metrics: Arc<Metrics>,
     users: Arc<Users>,
@@ -421,8 +424,9 @@ impl Conn for FrontDoor {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.socket.recv_from(buf).await?;
-            let secret = self.live.secrets().current.clone();
-            match filter::judge(&buf[..n], &self.policy, &self.realm, &secret) {
+            let now = crate::service::unix_now();
+            let secret_for = |user: &str| self.live.secret_for(user);
+            match filter::judge(&buf[..n], &self.policy, &self.realm, now, secret_for) {
                 Verdict::Pass => {}
                 Verdict::Refuse { response, reason } => {
                     self.metrics.turn_refused.with_label_values(&[reason]).inc();
@@ -438,8 +442,7 @@ impl Conn for FrontDoor {
                         .turn_refused
                         .with_label_values(&["user-quota"])
                         .inc();
-                    if let Some(r) =
-                        filter::quota_reached(&buf[..n], &self.realm, &self.live.secret_for(&user))
+                    if let Some(r) = filter::quota_reached(&buf[..n], &self.live.secret_for(&user))
                     {
                         let _ = self.socket.send_to(&r, from).await;
                     }
@@ -498,6 +501,7 @@ struct Relays {
     live: Arc<AtomicU32>,
     /// `max_allocations` and `max_bytes_per_sec`, as reloaded.
     settings: Arc<Live>,
+    policy: Arc<PeerPolicy>,
     metrics: Arc<Metrics>,
 }
 
@@ -528,6 +532,7 @@ impl turn::relay::RelayAddressGenerator for Relays {
                 let relay = Relay {
                     inner: conn,
                     live: self.live.clone(),
+                    policy: self.policy.clone(),
                     metrics: self.metrics.clone(),
                     out: Mutex::new(Bucket::new(bytes_per_sec)),
                     inb: Mutex::new(Bucket::new(bytes_per_sec)),
@@ -572,14 +577,32 @@ impl Bucket {
     }
 }
 
-/// One allocation's relay socket: counted, and bounded in bandwidth (excess is dropped,
-/// as a congested path would).
+/// One allocation's relay socket: counted, bounded in bandwidth (excess is dropped, as a
+/// congested path would), and sending to no peer the policy refuses. The front door
+/// already refuses every request naming such a peer; this is the second line, should a
+/// parser ever read an address otherwise than the front door did.
 struct Relay {
     inner: Arc<dyn Conn + Send + Sync>,
     live: Arc<AtomicU32>,
+    policy: Arc<PeerPolicy>,
     metrics: Arc<Metrics>,
     out: Mutex<Bucket>,
     inb: Mutex<Bucket>,
+}
+
+impl Relay {
+    /// Whether the policy refuses `peer`; a refusal is counted and logged.
+    fn refuses(&self, peer: SocketAddr) -> bool {
+        let Some(range) = self.policy.refused(peer.ip()) else {
+            return false;
+        };
+        tracing::warn!(%peer, range, "relay socket refused a peer the front door let by");
+        self.metrics
+            .turn_refused
+            .with_label_values(&["relay-socket"])
+            .inc();
+        true
+    }
 }
 
 impl Drop for Relay {
@@ -592,6 +615,9 @@ impl Drop for Relay {
 #[async_trait]
 impl Conn for Relay {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        if self.refuses(addr) {
+            return Err(webrtc_util::Error::Other(format!("peer {addr} refused")));
+        }
         self.inner.connect(addr).await
     }
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
@@ -612,6 +638,9 @@ impl Conn for Relay {
         self.inner.send(buf).await
     }
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if self.refuses(target) {
+            return Ok(buf.len());
+        }
         if !self
             .out
             .lock()
@@ -636,5 +665,42 @@ impl Conn for Relay {
     }
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defence in depth: whatever the parsers made of a request, the relay socket itself
+    /// sends nothing to a refused peer, and counts what it dropped.
+    #[tokio::test]
+    async fn the_relay_socket_never_sends_to_a_refused_peer() {
+        let metrics = Arc::new(Metrics::new());
+        let relay = Relay {
+            inner: Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
+            live: Arc::new(AtomicU32::new(1)),
+            policy: Arc::new(PeerPolicy::new(&[], &[])),
+            metrics: metrics.clone(),
+            out: Mutex::new(Bucket::new(1 << 20)),
+            inb: Mutex::new(Bucket::new(1 << 20)),
+        };
+        let host = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        let port = host.local_addr().unwrap().port();
+        for to in ["0.0.0.0", "127.0.0.1", "127.1.2.3"] {
+            let to = SocketAddr::new(to.parse().unwrap(), port);
+            // Dropped as a congested path would drop it: the server sees no error.
+            assert_eq!(relay.send_to(b"hello", to).await.unwrap(), 5, "{to}");
+        }
+        let mut buf = [0u8; 16];
+        let got = tokio::time::timeout(Duration::from_millis(300), host.recv_from(&mut buf)).await;
+        assert!(got.is_err(), "a refused peer received {got:?}");
+        assert_eq!(
+            metrics
+                .turn_refused
+                .with_label_values(&["relay-socket"])
+                .get(),
+            3
+        );
     }
 }
