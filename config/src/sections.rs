@@ -339,6 +339,9 @@ pub struct Echo {
     pub messages_per_second: u32,
     /// Documents one space may hold.
     pub max_docs_per_space: usize,
+    /// Bytes one space may keep on disk; past it, its members' changes are refused (its
+    /// admins' changes to the space root still pass).
+    pub max_space_bytes: u64,
     /// New documents one connection may have waiting for its space's root to list them,
     /// and for how many seconds.
     pub max_pending_docs: usize,
@@ -358,6 +361,7 @@ impl Default for Echo {
             max_message_bytes: 16 << 20,
             messages_per_second: 1000,
             max_docs_per_space: 100_000,
+            max_space_bytes: 1 << 30,
             max_pending_docs: 10_000,
             pending_secs: 30,
             max_connections: 10_000,

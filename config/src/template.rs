@@ -149,6 +149,8 @@ echo:
   # Documents per space; new documents a connection may have waiting for the space's root
   # to list them, and for how long.
   max_docs_per_space: 100000
+  # Bytes one space may keep on disk (its admins' changes to the space root still pass).
+  max_space_bytes: 1073741824
   max_pending_docs: 10000
   pending_secs: 30
   # WebSocket connections at once; refused messages before a connection is closed.

@@ -10,8 +10,10 @@ use serde::Deserialize;
 
 /// The largest token KUBE reads (base64url); real ones are about 400 bytes.
 pub const MAX_TOKEN: usize = 2048;
-/// Nonces remembered at most (older ones fall out early: their tokens are stale by then).
-const MAX_NONCES: usize = 100_000;
+/// Nonces remembered at most. A nonce is forgotten only once its token is stale; when this
+/// many fresh ones are held, new tokens are refused ([`AuthError::Busy`]) rather than an
+/// unexpired nonce forgotten (which would let its token be replayed).
+pub const MAX_NONCES: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +47,8 @@ pub enum AuthError {
     Replayed,
     #[error("the auth token's signature does not verify")]
     BadSignature,
+    #[error("too many connections were opened in the last minutes; try again shortly")]
+    Busy,
 }
 
 /// The bytes a token's signature covers.
@@ -70,15 +74,22 @@ pub struct Verifier {
     window: u64,
     seen: HashMap<String, u64>,
     order: VecDeque<(u64, String)>,
+    capacity: usize,
 }
 
 impl Verifier {
     pub fn new(kube: String, window_secs: u64) -> Verifier {
+        Verifier::with_capacity(kube, window_secs, MAX_NONCES)
+    }
+
+    /// A verifier that holds at most `capacity` nonces.
+    pub fn with_capacity(kube: String, window_secs: u64, capacity: usize) -> Verifier {
         Verifier {
             kube,
             window: window_secs,
             seen: HashMap::new(),
             order: VecDeque::new(),
+            capacity,
         }
     }
 
@@ -126,6 +137,9 @@ impl Verifier {
         if self.seen.contains_key(&nonce) {
             return Err(AuthError::Replayed);
         }
+        if self.seen.len() >= self.capacity {
+            return Err(AuthError::Busy);
+        }
         self.seen.insert(nonce.clone(), now);
         self.order.push_back((now, nonce));
         Ok(Peer {
@@ -138,7 +152,7 @@ impl Verifier {
     /// to one window ahead of the clock).
     fn forget(&mut self, now: u64) {
         while let Some((at, _)) = self.order.front() {
-            if now.saturating_sub(*at) <= 2 * self.window && self.order.len() < MAX_NONCES {
+            if now.saturating_sub(*at) <= 2 * self.window {
                 break;
             }
             if let Some((_, n)) = self.order.pop_front() {
@@ -171,6 +185,26 @@ mod tests {
         assert_eq!(p.did, halo::did(&key(1)));
         assert_eq!(p.peer, "peer-a");
         assert_eq!(v.verify(Some(&tok), 1011), Err(AuthError::Replayed));
+    }
+
+    /// Issue 14 (7): a full nonce table refuses new tokens; it never forgets a nonce whose
+    /// token could still be accepted.
+    #[test]
+    fn a_full_nonce_table_refuses_instead_of_forgetting() {
+        let kube = halo::did(&key(9));
+        let mut v = Verifier::with_capacity(kube.clone(), 60, 3);
+        let toks: Vec<String> = (0..4)
+            .map(|i| token(&key(1), &kube, "p", 1000, &format!("{i:032x}")))
+            .collect();
+        for t in &toks[..3] {
+            v.verify(Some(t), 1000).unwrap();
+        }
+        assert_eq!(v.verify(Some(&toks[3]), 1001), Err(AuthError::Busy));
+        assert_eq!(v.verify(Some(&toks[0]), 1001), Err(AuthError::Replayed));
+        // Once the first ones are stale, their nonces go and new tokens are taken again.
+        let later = token(&key(1), &kube, "p", 1200, &format!("{:032x}", 9));
+        assert!(v.verify(Some(&later), 1200).is_ok());
+        assert_eq!(v.verify(Some(&toks[0]), 1200), Err(AuthError::Stale));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! - [`auth`]: the signed token a peer connects with.
 //! - [`space`]: how a space's root and object documents are read.
 //! - [`repo`]: the peer itself, a state machine without I/O.
+//! - [`bound`]: how much a peer's compressed Automerge bytes inflate to, checked first.
 //! - [`store`]: the files under `<data_dir>/echo/`.
 
 pub mod auth;
+pub mod bound;
 pub mod repo;
 pub mod space;
 pub mod store;

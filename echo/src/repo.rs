@@ -39,6 +39,17 @@ pub struct Limits {
     /// A document's log is folded into a new snapshot once it is this large (and larger
     /// than the snapshot).
     pub compact_bytes: u64,
+    /// Bytes one space may keep on disk; past it, changes and new documents are refused
+    /// (an admin's changes to the root still pass, so members can still be revoked).
+    pub max_space_bytes: u64,
+}
+
+impl Limits {
+    /// What one message's compressed changes may inflate to: four times the largest
+    /// message (Automerge's own column compression stays far below that).
+    pub fn max_inflated_bytes(&self) -> u64 {
+        (self.max_message_bytes as u64).saturating_mul(4)
+    }
 }
 
 impl Default for Limits {
@@ -51,6 +62,7 @@ impl Default for Limits {
             pending_secs: 30,
             strikes: 10,
             compact_bytes: 64 << 10,
+            max_space_bytes: 1 << 30,
         }
     }
 }
@@ -85,7 +97,7 @@ pub struct Stats {
 }
 
 /// The reasons a change or message is refused (metric labels).
-pub const REFUSALS: [&str; 10] = [
+pub const REFUSALS: [&str; 12] = [
     "malformed",
     "too-large",
     "rate",
@@ -96,6 +108,8 @@ pub const REFUSALS: [&str; 10] = [
     "unlisted",
     "too-many-docs",
     "revoked",
+    "quarantined",
+    "quota",
 ];
 
 struct Space {
@@ -104,6 +118,14 @@ struct Space {
     objects: BTreeMap<String, String>,
     membership: Membership,
     docs: BTreeSet<String>,
+    /// Why KUBE does not replicate the space (any more): its credentials no longer admit
+    /// KUBE, or `echo.admit` refuses its admin. Nobody is served then; the files stay.
+    refusal: Option<String>,
+    /// When a credential's time comes (an expiry, or an issue date past the skew) and the
+    /// membership must be judged again, in Unix seconds.
+    review_at: Option<u64>,
+    /// Bytes of its documents' files (for `echo.max_space_bytes`).
+    bytes: u64,
 }
 
 impl Space {
@@ -115,8 +137,27 @@ impl Space {
             objects: BTreeMap::new(),
             membership: Membership::default(),
             docs: BTreeSet::new(),
+            refusal: None,
+            review_at: None,
+            bytes: 0,
         }
     }
+}
+
+/// The next time after `clock.now` at which one of `creds` starts or stops counting.
+fn next_review(creds: &[Credential], clock: Clock) -> Option<u64> {
+    creds
+        .iter()
+        .flat_map(|c| {
+            let ends = c
+                .expires
+                .map(|e| e.saturating_add(clock.skew).saturating_add(1));
+            let starts = c.issued.checked_sub(clock.skew);
+            [ends, starts]
+        })
+        .flatten()
+        .filter(|t| *t > clock.now)
+        .min()
 }
 
 struct Doc {
@@ -157,6 +198,12 @@ pub struct Echo {
     docs: HashMap<String, Doc>,
     /// documentId → the space whose root lists it.
     listed: HashMap<String, String>,
+    /// documentId of each space's root → the space.
+    roots: HashMap<String, String>,
+    /// Documents whose files do not load: documentId → (space, why). They are served to
+    /// nobody and written by nobody until an operator repairs them (a restore); their
+    /// files are never touched.
+    quarantined: BTreeMap<String, (String, String)>,
     conns: HashMap<ConnId, Conn>,
     pub stats: Stats,
 }
@@ -251,6 +298,8 @@ impl Echo {
             spaces: BTreeMap::new(),
             docs: HashMap::new(),
             listed: HashMap::new(),
+            roots: HashMap::new(),
+            quarantined: BTreeMap::new(),
             conns: HashMap::new(),
             stats: Stats::default(),
         }
@@ -264,44 +313,46 @@ impl Echo {
         self.limits = limits;
     }
 
-    pub fn set_policy(&mut self, policy: Admit) {
+    /// A changed `echo.admit` (reload): spaces it refuses stop being served at once (their
+    /// open connections are closed); spaces it admits again are served again.
+    pub fn set_policy(&mut self, policy: Admit, now_ms: u64) -> Vec<Action> {
         self.policy = policy;
+        let mut out = Vec::new();
+        let ids: Vec<String> = self.spaces.keys().cloned().collect();
+        for id in ids {
+            self.membership_changed(&id, now_ms, &mut out);
+        }
+        out
     }
 
     /// Puts a space read from disk in place. Documents that do not load are reported and
-    /// left out (on disk they stay untouched).
+    /// quarantined: served to nobody, written by nobody, their files untouched.
     pub fn load(&mut self, stored: StoredSpace, now_ms: u64) -> Vec<String> {
         let mut problems = Vec::new();
         let mut space = Space::new(stored.root.clone());
         for (id, d) in stored.docs {
-            let mut am = if d.snapshot.is_empty() {
-                Automerge::new()
-            } else {
-                match Automerge::load(&d.snapshot) {
-                    Ok(am) => am,
-                    Err(e) => {
-                        problems.push(format!("{}/{id}: {e}", stored.space));
-                        continue;
-                    }
+            match load_doc(&d) {
+                Ok(am) => {
+                    space.docs.insert(id.clone());
+                    space.bytes += d.size;
+                    self.docs.insert(
+                        id,
+                        Doc {
+                            space: stored.space.clone(),
+                            am,
+                            snapshot_bytes: d.snapshot.len() as u64,
+                            log_bytes: d.size.saturating_sub(d.snapshot.len() as u64),
+                            last_change: 0,
+                        },
+                    );
                 }
-            };
-            for chunk in &d.log {
-                if let Err(e) = am.load_incremental(chunk) {
-                    problems.push(format!("{}/{id}: log chunk: {e}", stored.space));
+                Err(why) => {
+                    problems.push(format!("{}/{id}: {why} (quarantined)", stored.space));
+                    self.quarantined.insert(id, (stored.space.clone(), why));
                 }
             }
-            space.docs.insert(id.clone());
-            self.docs.insert(
-                id,
-                Doc {
-                    space: stored.space.clone(),
-                    am,
-                    snapshot_bytes: d.snapshot.len() as u64,
-                    log_bytes: d.size.saturating_sub(d.snapshot.len() as u64),
-                    last_change: 0,
-                },
-            );
         }
+        self.roots.insert(stored.root.clone(), stored.space.clone());
         self.spaces.insert(stored.space.clone(), space);
         self.refresh_root(&stored.space, now_ms);
         problems
@@ -317,16 +368,30 @@ impl Echo {
             .get(&space.root)
             .and_then(|d| space::read_root(&d.am))
             .unwrap_or_default();
-        space.credentials = root.credentials.into_values().collect();
+        space.credentials = root.credentials;
         space.membership = halo::space::validate(space_id, &space.credentials, clock(now_ms));
+        space.review_at = next_review(&space.credentials, clock(now_ms));
+        space.refusal =
+            match halo::admission::decide_for(&self.policy, &self.kube, &space.membership) {
+                Decision::Replicate { .. } => None,
+                Decision::Refuse(r) => Some(r.to_string()),
+            };
+        // An id belongs to the first space that lists it, for good once its document is
+        // here; a space root is nobody's object. A later lister never takes it over.
         for id in space.objects.keys() {
-            self.listed.remove(id);
+            if self.listed.get(id).is_some_and(|s| s == space_id) {
+                self.listed.remove(id);
+            }
         }
         space.objects = root.objects;
         for id in space.objects.keys() {
-            self.listed
-                .entry(id.clone())
-                .or_insert_with(|| space_id.to_owned());
+            let taken = self.roots.contains_key(id)
+                || self.docs.get(id).is_some_and(|d| d.space != space_id);
+            if !taken {
+                self.listed
+                    .entry(id.clone())
+                    .or_insert_with(|| space_id.to_owned());
+            }
         }
     }
 
@@ -359,6 +424,18 @@ impl Echo {
 
     pub fn space_count(&self) -> usize {
         self.spaces.len()
+    }
+
+    /// Documents whose files do not load: (space, documentId, why).
+    pub fn quarantined(&self) -> Vec<(String, String, String)> {
+        self.quarantined
+            .iter()
+            .map(|(doc, (space, why))| (space.clone(), doc.clone(), why.clone()))
+            .collect()
+    }
+
+    pub fn quarantined_count(&self) -> usize {
+        self.quarantined.len()
     }
 
     pub fn doc_count(&self) -> usize {
@@ -479,11 +556,20 @@ impl Echo {
             Incoming::Sync {
                 doc, data, request, ..
             } => match sync::Message::decode(&data) {
+                // Compressed changes are measured before Automerge inflates them.
                 Ok(m) => {
-                    if self.docs.contains_key(&doc) {
-                        self.sync_known(conn, &doc, m, now_ms, &mut out);
-                    } else {
-                        self.sync_unknown(conn, &doc, m, request, now_ms, &mut out);
+                    match crate::bound::check(m.changes.iter(), self.limits.max_inflated_bytes()) {
+                        Err(e) => {
+                            let m = format!("refused: changes to {doc}: {e}");
+                            self.strike(conn, "too-large", &m, &mut out);
+                        }
+                        Ok(()) => {
+                            if self.docs.contains_key(&doc) {
+                                self.sync_known(conn, &doc, m, now_ms, &mut out);
+                            } else {
+                                self.sync_unknown(conn, &doc, m, request, now_ms, &mut out);
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -503,9 +589,14 @@ impl Echo {
         out
     }
 
+    /// The role `conn` has in `space`; none in a space KUBE does not replicate.
     fn role(&self, conn: ConnId, space: &str) -> Option<Role> {
         let c = self.conns.get(&conn)?;
-        self.spaces.get(space)?.membership.role_of(&c.did)
+        let s = self.spaces.get(space)?;
+        if s.refusal.is_some() {
+            return None;
+        }
+        s.membership.role_of(&c.did)
     }
 
     fn sync_known(
@@ -527,12 +618,24 @@ impl Echo {
             self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
             return;
         };
+        let is_root = self.spaces.get(&space_id).map(|s| s.root.as_str()) == Some(doc_id);
         if !msg.changes.is_empty() && role < Role::Replicator {
             let m = format!("refused: a reader's changes to {doc_id} are not accepted");
             self.strike(conn, "reader", &m, out);
             msg.changes = sync::ChunkList::empty();
         }
-        let is_root = self.spaces.get(&space_id).map(|s| s.root.as_str()) == Some(doc_id);
+        let used = self.spaces.get(&space_id).map_or(0, |s| s.bytes);
+        if !msg.changes.is_empty()
+            && used >= self.limits.max_space_bytes
+            && !(is_root && role == Role::Admin)
+        {
+            let m = format!(
+                "refused: space {space_id} holds {used} bytes, its quota (echo.max_space_bytes) is {}",
+                self.limits.max_space_bytes
+            );
+            self.strike(conn, "quota", &m, out);
+            msg.changes = sync::ChunkList::empty();
+        }
         let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.docs.get_mut(doc_id)) else {
             return;
         };
@@ -550,20 +653,13 @@ impl Echo {
             match copy.receive_sync_message(&mut st, msg) {
                 Ok(()) => {
                     let old = space::read_root(&doc.am).unwrap_or_default();
-                    match space::read_root(&copy) {
-                        Some(new)
-                            if new.space == old.space
-                                && old
-                                    .credentials
-                                    .keys()
-                                    .all(|k| new.credentials.contains_key(k)) =>
-                        {
-                            doc.am = copy;
-                            *state = st;
-                            Ok(())
-                        }
-                        _ => Err("a root's space and credentials may not be removed".to_owned()),
-                    }
+                    let verdict = space::read_root(&copy)
+                        .ok_or_else(|| "a root must stay a space root".to_owned())
+                        .and_then(|new| space::root_change(&old, &new));
+                    verdict.map(|_| {
+                        doc.am = copy;
+                        *state = st;
+                    })
                 }
                 Err(e) => Err(e.to_string()),
             }
@@ -581,9 +677,14 @@ impl Echo {
         if changed {
             let chunk = doc.am.save_after(&before);
             doc.last_change = now_ms / 1000;
+            let size = doc.snapshot_bytes + doc.log_bytes;
             persist(doc, doc_id, chunk, self.limits.compact_bytes, out);
+            let grown = (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64;
+            if let Some(s) = self.spaces.get_mut(&space_id) {
+                s.bytes = s.bytes.saturating_add_signed(grown);
+            }
             if is_root {
-                self.root_changed(&space_id, now_ms, out);
+                self.membership_changed(&space_id, now_ms, out);
             }
             self.broadcast(doc_id, Some(conn), out);
         }
@@ -637,6 +738,15 @@ impl Echo {
         out: &mut Vec<Action>,
     ) {
         let max_pending = self.limits.max_pending_docs;
+        if let Some((space, _)) = self.quarantined.get(doc_id) {
+            let m = format!(
+                "refused: {doc_id} of {space} is quarantined (its files on this KUBE do not load); an operator must restore it"
+            );
+            *self.stats.refused.entry("quarantined").or_default() += 1;
+            self.send(conn, &Outgoing::Error { message: &m }, out);
+            self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
+            return;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -692,7 +802,13 @@ impl Echo {
         };
         let did = c.did.clone();
         if let Some(root) = space::read_root(&p.am) {
-            let verdict = self.judge_root(&did, &root, now_ms);
+            let verdict = match self.listed.get(doc_id) {
+                Some(other) => Err((
+                    "invalid",
+                    format!("refused: {doc_id} is listed as an object of space {other}"),
+                )),
+                None => self.judge_root(&did, &root, now_ms),
+            };
             match verdict {
                 Ok(()) => self.promote(conn, doc_id, Some(root.space), now_ms, out),
                 Err((reason, m)) => self.refuse_pending(conn, doc_id, reason, &m, out),
@@ -702,10 +818,26 @@ impl Echo {
         let Some(space_id) = self.listed.get(doc_id).cloned() else {
             return; // not listed (yet): wait for the root, up to pending_secs
         };
+        // The object names its space itself; one that names another is not this space's.
+        if let Some(named) = space::object_space(&p.am)
+            && named != space_id
+        {
+            let m = format!("refused: {doc_id} names space {named}, but {space_id} lists it");
+            self.refuse_pending(conn, doc_id, "unlisted", &m, out);
+            return;
+        }
         match self.role(conn, &space_id) {
             Some(r) if r >= Role::Replicator => {
-                let count = self.spaces.get(&space_id).map_or(0, |s| s.docs.len());
-                if count >= self.limits.max_docs_per_space {
+                let (count, used) = self
+                    .spaces
+                    .get(&space_id)
+                    .map_or((0, 0), |s| (s.docs.len(), s.bytes));
+                if used >= self.limits.max_space_bytes {
+                    let m = format!(
+                        "refused: space {space_id} holds {used} bytes, its quota (echo.max_space_bytes)"
+                    );
+                    self.refuse_pending(conn, doc_id, "quota", &m, out);
+                } else if count >= self.limits.max_docs_per_space {
                     let m = format!(
                         "refused: space {space_id} already has {count} documents (echo.max_docs_per_space)"
                     );
@@ -738,8 +870,13 @@ impl Echo {
                 format!("refused: space {} already has a root document", root.space),
             ));
         }
-        let creds: Vec<Credential> = root.credentials.values().cloned().collect();
-        let membership = halo::space::validate(&root.space, &creds, clock(now_ms));
+        for (k, v) in &root.entries {
+            if let Err(e) = space::check_entry(k, v) {
+                return Err(("invalid", format!("refused: {e}")));
+            }
+        }
+        let creds = &root.credentials;
+        let membership = halo::space::validate(&root.space, creds, clock(now_ms));
         if membership.role_of(did) != Some(Role::Admin) {
             return Err((
                 "not-member",
@@ -749,8 +886,7 @@ impl Echo {
                 ),
             ));
         }
-        match halo::admission::decide(&self.policy, &self.kube, &root.space, &creds, clock(now_ms))
-        {
+        match halo::admission::decide(&self.policy, &self.kube, &root.space, creds, clock(now_ms)) {
             Decision::Replicate { .. } => Ok(()),
             Decision::Refuse(r) => Err(("not-admitted", format!("refused: {r}"))),
         }
@@ -799,6 +935,7 @@ impl Echo {
                 space: s.clone(),
                 root: doc_id.to_owned(),
             }));
+            self.roots.insert(doc_id.to_owned(), s.clone());
             self.spaces.insert(s.clone(), Space::new(doc_id.to_owned()));
         }
         let bytes = p.am.save();
@@ -820,19 +957,21 @@ impl Echo {
         );
         if let Some(s) = self.spaces.get_mut(&space_id) {
             s.docs.insert(doc_id.to_owned());
+            s.bytes += snapshot_bytes;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.syncs.insert(doc_id.to_owned(), p.state);
         }
         if new_space.is_some() {
-            self.root_changed(&space_id, now_ms, out);
+            self.membership_changed(&space_id, now_ms, out);
         }
         self.reply(conn, doc_id, out);
     }
 
-    /// After a root changed: new members and revocations take effect on open connections,
-    /// and held documents the index now lists are decided.
-    fn root_changed(&mut self, space_id: &str, now_ms: u64, out: &mut Vec<Action>) {
+    /// After a root changed, a credential's time came or the policy changed: the space is
+    /// judged again, new members and revocations take effect on open connections, and held
+    /// documents the index now lists are decided.
+    fn membership_changed(&mut self, space_id: &str, now_ms: u64, out: &mut Vec<Action>) {
         let before: HashMap<ConnId, bool> = self
             .conns
             .keys()
@@ -854,7 +993,7 @@ impl Echo {
                 .any(|d| d == &space.root || space.docs.contains(d));
             if before.get(id) == Some(&true)
                 && uses_space
-                && space.membership.role_of(&c.did).is_none()
+                && (space.refusal.is_some() || space.membership.role_of(&c.did).is_none())
             {
                 cut.push(*id);
                 continue;
@@ -874,7 +1013,10 @@ impl Echo {
                 .map(|c| c.did.clone())
                 .unwrap_or_default();
             *self.stats.refused.entry("revoked").or_default() += 1;
-            let m = format!("revoked: {did} is no longer a member of {space_id}");
+            let m = match self.spaces.get(space_id).and_then(|s| s.refusal.as_ref()) {
+                Some(why) => format!("revoked: this KUBE no longer replicates {space_id}: {why}"),
+                None => format!("revoked: {did} is no longer a member of {space_id}"),
+            };
             self.send(id, &Outgoing::Error { message: &m }, out);
             self.close(id, out);
         }
@@ -927,6 +1069,15 @@ impl Echo {
     /// and closes connections that did not `join` within [`JOIN_SECS`].
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
+        let due: Vec<String> = self
+            .spaces
+            .iter()
+            .filter(|(_, s)| s.review_at.is_some_and(|t| t <= now_ms / 1000))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.membership_changed(&id, now_ms, &mut out);
+        }
         let mut silent: Vec<ConnId> = self
             .conns
             .iter()
@@ -1089,6 +1240,20 @@ impl Echo {
         })
     }
 
+    /// Undoes an [`Echo::import`] whose writes failed, so ECHO is as it was before it: the
+    /// space and its documents are gone from memory (nobody has seen them yet: the driver
+    /// writes an import before it handles anything else).
+    pub fn forget_import(&mut self, space_id: &str) {
+        let Some(space) = self.spaces.remove(space_id) else {
+            return;
+        };
+        for d in &space.docs {
+            self.docs.remove(d);
+        }
+        self.listed.retain(|_, s| s != space_id);
+        self.roots.remove(&space.root);
+    }
+
     /// Brings an exported space in after checking it: the root is that space's, its
     /// credentials admit this KUBE under `echo.admit`, every document loads and is listed.
     /// Returns the writes that make it durable.
@@ -1113,7 +1278,7 @@ impl Echo {
                 .map_err(|err| ImportError::Document(id.clone(), err.to_string()))?;
             let am = Automerge::load(&bytes)
                 .map_err(|err| ImportError::Document(id.clone(), err.to_string()))?;
-            if self.docs.contains_key(id) {
+            if self.docs.contains_key(id) || self.quarantined.contains_key(id) {
                 return Err(ImportError::Document(id.clone(), "already here".into()));
             }
             docs.insert(id.clone(), am);
@@ -1128,7 +1293,7 @@ impl Echo {
                 return Err(ImportError::Unlisted(id.clone()));
             }
         }
-        let creds: Vec<Credential> = root.credentials.values().cloned().collect();
+        let creds = root.credentials;
         if let Decision::Refuse(r) =
             halo::admission::decide(&self.policy, &self.kube, &e.space, &creds, clock(now_ms))
         {
@@ -1142,6 +1307,7 @@ impl Echo {
         for (id, am) in docs {
             let bytes = am.save();
             space.docs.insert(id.clone());
+            space.bytes += bytes.len() as u64;
             self.docs.insert(
                 id.clone(),
                 Doc {
@@ -1158,10 +1324,30 @@ impl Echo {
                 bytes,
             });
         }
+        self.roots.insert(e.root.clone(), e.space.clone());
         self.spaces.insert(e.space.clone(), space);
         self.refresh_root(&e.space, now_ms);
         Ok(out)
     }
+}
+
+/// A document from its files: the snapshot, then every log chunk. Any failure (a damaged
+/// log, a snapshot or chunk Automerge refuses) is returned, for the document to be
+/// quarantined rather than served short of acknowledged changes.
+fn load_doc(d: &crate::store::StoredDoc) -> Result<Automerge, String> {
+    if let Some(why) = &d.corrupt {
+        return Err(why.clone());
+    }
+    let mut am = if d.snapshot.is_empty() {
+        Automerge::new()
+    } else {
+        Automerge::load(&d.snapshot).map_err(|e| format!("snapshot: {e}"))?
+    };
+    for (i, chunk) in d.log.iter().enumerate() {
+        am.load_incremental(chunk)
+            .map_err(|e| format!("log chunk {i}: {e}"))?;
+    }
+    Ok(am)
 }
 
 /// Records new changes of `doc`: appended to its log, or folded into a new snapshot once

@@ -11,10 +11,53 @@ use serde_json::Value;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Root {
     pub space: String,
-    /// Every credential that parses, by the id it claims (validation checks the id).
-    pub credentials: BTreeMap<String, Credential>,
+    /// Every entry of `credentials` that parses as a credential, in key order, duplicates
+    /// removed. Not judged here: an entry may claim another's id, so nothing is keyed by
+    /// the id it claims; validation judges each by its own proof.
+    pub credentials: Vec<Credential>,
+    /// The `credentials` map as written: entry key → value.
+    pub entries: BTreeMap<String, Value>,
     /// documentId → type.
     pub objects: BTreeMap<String, String>,
+}
+
+/// Checks one entry of a root's `credentials` map as a new entry must be (PROTOCOL.md §3):
+/// a credential in halo's JSON, under its own id, whose id is the hash of its signed bytes
+/// and whose proof verifies.
+pub fn check_entry(key: &str, v: &Value) -> Result<Credential, String> {
+    let c = match v {
+        Value::String(s) => serde_json::from_str::<Credential>(s),
+        other => serde_json::from_value::<Credential>(other.clone()),
+    }
+    .map_err(|e| format!("credential entry {key:?} is not a credential: {e}"))?;
+    if c.id != key {
+        return Err(format!("credential entry {key:?} claims the id {}", c.id));
+    }
+    c.verify_proof()
+        .map_err(|e| format!("credential {key}: {e}"))?;
+    Ok(c)
+}
+
+/// Whether `new` may follow `old` as the same space's root: the space stays, every existing
+/// credential entry stays byte for byte (a credential can be added, never changed or
+/// removed, so no revocation can be hidden or genesis displaced), and every added entry
+/// passes [`check_entry`]. Returns the added credentials.
+pub fn root_change(old: &Root, new: &Root) -> Result<Vec<Credential>, String> {
+    if new.space != old.space {
+        return Err("a root's space may not change".into());
+    }
+    for (k, v) in &old.entries {
+        match new.entries.get(k) {
+            None => return Err(format!("credential {k} may not be removed")),
+            Some(n) if n != v => return Err(format!("credential {k} may not be changed")),
+            Some(_) => {}
+        }
+    }
+    new.entries
+        .iter()
+        .filter(|(k, _)| !old.entries.contains_key(*k))
+        .map(|(k, v)| check_entry(k, v))
+        .collect()
 }
 
 /// The document as JSON (Automerge text becomes a string).
@@ -39,13 +82,17 @@ pub fn root_from_json(v: &Value) -> Option<Root> {
         ..Root::default()
     };
     if let Some(creds) = v.get("credentials").and_then(Value::as_object) {
-        for c in creds.values() {
+        let mut seen = std::collections::HashSet::new();
+        for (k, c) in creds {
+            root.entries.insert(k.clone(), c.clone());
             let parsed = match c {
                 Value::String(s) => serde_json::from_str::<Credential>(s).ok(),
                 other => serde_json::from_value::<Credential>(other.clone()).ok(),
             };
-            if let Some(cred) = parsed {
-                root.credentials.insert(cred.id.clone(), cred);
+            if let Some(cred) = parsed
+                && seen.insert((cred.id.clone(), cred.proof.signature.clone()))
+            {
+                root.credentials.push(cred);
             }
         }
     }

@@ -45,6 +45,9 @@ pub struct StoredDoc {
     pub log: Vec<Vec<u8>>,
     /// Bytes on disk (snapshot and log).
     pub size: u64,
+    /// Why the log is damaged beyond a torn tail; the files are left as they are and the
+    /// document must be quarantined, never rewritten.
+    pub corrupt: Option<String>,
 }
 
 /// A space as found on disk.
@@ -123,10 +126,11 @@ impl FileStore {
                     d.size += bytes.len() as u64;
                     d.snapshot = bytes;
                 } else if let Some(doc) = name.strip_suffix(".log") {
-                    let (chunks, size) = read_log(&path)?;
+                    let read = read_log(&path)?;
                     let d = docs.entry(doc.to_owned()).or_default();
-                    d.size += size;
-                    d.log = chunks;
+                    d.size += read.size;
+                    d.log = read.chunks;
+                    d.corrupt = read.corrupt;
                 }
             }
             out.push(StoredSpace { space, root, docs });
@@ -213,6 +217,17 @@ impl FileStore {
         Ok(())
     }
 
+    /// Removes what a failed import of `space` left (nothing in it was acknowledged).
+    pub fn remove_space(&self, space: &str) -> Result<(), StoreError> {
+        let _held = self.hold_writes();
+        let dir = self.space_dir(space);
+        if !dir.is_dir() {
+            return Ok(()); // nothing of the import's (a file in the way is not ECHO's)
+        }
+        fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        sync_dir(&self.spaces)
+    }
+
     /// Holds off every write while the guard lives (for a consistent backup).
     pub fn hold_writes(&self) -> std::sync::MutexGuard<'_, ()> {
         self.gate
@@ -255,14 +270,34 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Reads a log's whole frames; a torn or corrupt tail (a crash mid-append) is cut off.
-fn read_log(path: &Path) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+/// Reads a log's whole frames. A torn tail (a crash mid-append: the last frame runs past the
+/// end of the file, and no whole frame follows) was never acknowledged and is cut off. Any
+/// other damage (a whole frame whose CRC fails, or whole frames after the damage) is
+/// corruption: the file is left untouched and the reason returned, so acknowledged frames
+/// after the damage are never deleted.
+fn read_log(path: &Path) -> Result<LogRead, StoreError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io(path))?;
     let (chunks, good) = parse_log(&bytes);
     if good < bytes.len() {
+        let whole_bad_frame = bytes.get(good..good + FRAME_HEADER).is_some_and(|h| {
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            good + FRAME_HEADER + len <= bytes.len()
+        });
+        if whole_bad_frame || next_frame(&bytes, good).is_some() {
+            let why = format!(
+                "{}: the log frame at byte {good} is damaged ({} bytes from there on); the file is left as it is",
+                path.display(),
+                bytes.len() - good
+            );
+            return Ok(LogRead {
+                chunks,
+                size: bytes.len() as u64,
+                corrupt: Some(why),
+            });
+        }
         tracing::warn!(path = %path.display(), kept = good, dropped = bytes.len() - good,
             "cutting a torn tail off an ECHO log (a crash during a write that was never acknowledged)");
         let f = OpenOptions::new()
@@ -272,7 +307,33 @@ fn read_log(path: &Path) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
         f.set_len(good as u64).map_err(io(path))?;
         f.sync_data().map_err(io(path))?;
     }
-    Ok((chunks, good as u64))
+    Ok(LogRead {
+        chunks,
+        size: good as u64,
+        corrupt: None,
+    })
+}
+
+/// A log as read: its whole frames, its size after any repair, and why it is corrupt.
+struct LogRead {
+    chunks: Vec<Vec<u8>>,
+    size: u64,
+    corrupt: Option<String>,
+}
+
+/// Where the first whole, non-empty frame after `from` starts, if any.
+fn next_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    (from + 1..bytes.len()).find(|&at| {
+        let Some(h) = bytes.get(at..at + FRAME_HEADER) else {
+            return false;
+        };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        len > 0
+            && bytes
+                .get(at + FRAME_HEADER..at + FRAME_HEADER + len)
+                .is_some_and(|b| crc32fast::hash(b) == crc)
+    })
 }
 
 /// The whole, intact frames at the start of `bytes`, and how many bytes they span.
@@ -366,6 +427,45 @@ mod tests {
         let loaded = store.load().unwrap();
         assert_eq!(loaded[0].docs["r"].log, vec![b"kept".to_vec()]);
         assert_eq!(fs::metadata(&log).unwrap().len(), 12);
+    }
+
+    /// Issue 14 (10): a damaged frame in the middle of a log is corruption, not a torn
+    /// tail: the later, acknowledged frames are never cut off, the file is left as it is,
+    /// and the document is reported.
+    #[test]
+    fn a_corrupt_frame_mid_log_is_reported_and_nothing_is_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::open(tmp.path()).unwrap();
+        let space = "s".to_owned();
+        let mut writes = vec![Write::NewSpace {
+            space: space.clone(),
+            root: "r".into(),
+        }];
+        for c in [&b"first"[..], b"second", b"third"] {
+            writes.push(Write::Append {
+                space: space.clone(),
+                doc: "r".into(),
+                chunk: c.to_vec(),
+            });
+        }
+        store.apply(&writes).unwrap();
+        let log = tmp.path().join("spaces/s/r.log");
+        let mut bytes = fs::read(&log).unwrap();
+        bytes[13 + 8 + 2] ^= 0x40; // inside "second"
+        fs::write(&log, &bytes).unwrap();
+        let loaded = store.load().unwrap();
+        let d = &loaded[0].docs["r"];
+        assert!(d.corrupt.is_some(), "reported");
+        assert_eq!(fs::read(&log).unwrap(), bytes, "the file is left as it was");
+        // A torn tail (a crash mid-append) is still cut off.
+        let torn = tmp.path().join("spaces/s/t.log");
+        let mut t = bytes[..13].to_vec();
+        t.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+        fs::write(&torn, &t).unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded[0].docs["t"].corrupt.is_none());
+        assert_eq!(loaded[0].docs["t"].log, vec![b"first".to_vec()]);
+        assert_eq!(fs::metadata(&torn).unwrap().len(), 13);
     }
 
     proptest! {

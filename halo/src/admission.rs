@@ -3,7 +3,7 @@
 //! credential's issuer must be an admin the operator's policy (`echo.admit`) accepts.
 
 use crate::credential::{Credential, Role};
-use crate::space::{self, Clock};
+use crate::space::{self, Clock, Membership};
 
 /// The operator's policy: which space admins this KUBE serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +42,11 @@ pub fn decide(
     credentials: &[Credential],
     clock: Clock,
 ) -> Decision {
-    let membership = space::validate(space, credentials, clock);
+    decide_for(policy, kube, &space::validate(space, credentials, clock))
+}
+
+/// [`decide`] on a membership already validated.
+pub fn decide_for(policy: &Admit, kube: &str, membership: &Membership) -> Decision {
     let mut best: Option<Refusal> = None;
     for g in membership.grants.iter().filter(|g| g.subject == kube) {
         if g.role < Role::Replicator {

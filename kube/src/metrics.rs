@@ -38,6 +38,7 @@ pub struct Metrics {
     pub echo_bytes: IntCounterVec,
     pub echo_refused: IntCounterVec,
     pub echo_storage_bytes: IntGauge,
+    pub echo_quarantined: IntGauge,
     pub echo_sync_lag: prometheus::Histogram,
 }
 
@@ -97,7 +98,8 @@ impl Metrics {
         let turn_refused = IntCounterVec::new(
             Opts::new(
                 "kube_turn_refused_total",
-                "TURN requests refused by KUBE's policy, by reason (the peer range, or a quota).",
+                "TURN packets refused, by reason: a peer range, a quota, malformed-peer-address, \
+                 bad-credentials, or relay-socket (a send the relay socket itself refused).",
             ),
             &["reason"],
         )
@@ -217,6 +219,11 @@ impl Metrics {
             "Bytes of ECHO's files under <data_dir>/echo.",
         )
         .expect("valid metric");
+        let echo_quarantined = IntGauge::new(
+            "kube_echo_quarantined_documents",
+            "ECHO documents whose files do not load: served and written by nobody until restored.",
+        )
+        .expect("valid metric");
         let echo_sync_lag = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "kube_echo_sync_lag_seconds",
@@ -256,6 +263,7 @@ impl Metrics {
             Box::new(echo_bytes.clone()),
             Box::new(echo_refused.clone()),
             Box::new(echo_storage_bytes.clone()),
+            Box::new(echo_quarantined.clone()),
             Box::new(echo_sync_lag.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -269,7 +277,13 @@ impl Metrics {
         for direction in ["in", "out"] {
             turn_packets.with_label_values(&[direction]);
         }
-        for reason in ["user-quota", "total-quota"] {
+        for reason in [
+            "user-quota",
+            "total-quota",
+            "bad-credentials",
+            "malformed-peer-address",
+            "relay-socket",
+        ] {
             turn_refused.with_label_values(&[reason]);
         }
         for action in ["slipped", "dropped"] {
@@ -316,6 +330,7 @@ impl Metrics {
             echo_bytes,
             echo_refused,
             echo_storage_bytes,
+            echo_quarantined,
             echo_sync_lag,
         }
     }

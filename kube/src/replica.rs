@@ -35,7 +35,7 @@ enum Event {
     Connect {
         conn: ConnId,
         peer: echo::auth::Peer,
-        tx: mpsc::Sender<Outgoing>,
+        outbox: Outbox,
     },
     Frame {
         conn: ConnId,
@@ -74,11 +74,82 @@ pub struct EchoStatus {
     pub documents: usize,
     pub peers: usize,
     pub storage_bytes: u64,
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A document whose files do not load.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Quarantined {
+    pub space: String,
+    pub document: String,
+    pub why: String,
 }
 
 enum Outgoing {
     Binary(Vec<u8>),
     Close,
+}
+
+/// One connection's frames waiting to be sent: at most [`QUEUE`] frames and `cap` bytes
+/// (one frame larger than `cap` still goes when nothing else waits). A peer that does not
+/// read fills it and is dropped, instead of growing KUBE's memory.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    queued: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+impl Outbox {
+    fn new(cap: usize) -> (Outbox, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Outbox { tx, queued, cap }, rx)
+    }
+
+    /// Queues a frame; false when the peer is not reading.
+    fn push(&self, bytes: Vec<u8>) -> bool {
+        let n = bytes.len();
+        let q = self.queued.load(Ordering::Relaxed);
+        if q > 0 && q.saturating_add(n) > self.cap {
+            return false;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.try_send(Outgoing::Binary(bytes)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A frame left the queue.
+    fn sent(queued: &AtomicUsize, n: usize) {
+        queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        let _ = self.tx.try_send(Outgoing::Close);
+    }
+}
+
+/// One of `echo.max_connections`, taken before the upgrade and given back when the
+/// connection ends (or the upgrade never completes).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the HTTPS listener and the admin API need to reach ECHO.
@@ -117,32 +188,35 @@ impl EchoHandle {
         };
         let peer = match peer {
             Ok(p) => p,
+            Err(e @ echo::auth::AuthError::Busy) => {
+                return (http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+            }
             Err(e) => {
                 return (http::StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response();
             }
         };
-        if self.open.load(Ordering::Relaxed) >= self.max_connections {
+        let Some(slot) = Slot::take(&self.open, self.max_connections) else {
             return (
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "too many ECHO connections\n",
             )
                 .into_response();
-        }
+        };
         let this = self.clone();
         // Frames over the limit still arrive (up to twice it) so the peer hears why.
         let cap = self.max_frame.saturating_mul(2).max(1 << 16);
         ws.max_message_size(cap)
             .max_frame_size(cap)
-            .on_upgrade(move |socket| async move { this.connection(socket, peer).await })
+            .on_upgrade(move |socket| async move { this.connection(socket, peer, slot).await })
     }
 
-    async fn connection(self, socket: WebSocket, peer: echo::auth::Peer) {
+    async fn connection(self, socket: WebSocket, peer: echo::auth::Peer, _slot: Slot) {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (outbox, mut rx) = Outbox::new(self.max_frame.saturating_mul(2));
+        let queued = outbox.queued.clone();
         if self
             .events
-            .send(Event::Connect { conn, peer, tx })
+            .send(Event::Connect { conn, peer, outbox })
             .await
             .is_ok()
         {
@@ -173,7 +247,10 @@ impl EchoHandle {
                     },
                     out = rx.recv() => match out {
                         Some(Outgoing::Binary(b)) => {
-                            if sink.send(Message::Binary(b.into())).await.is_err() {
+                            let n = b.len();
+                            let sent = sink.send(Message::Binary(b.into())).await;
+                            Outbox::sent(&queued, n);
+                            if sent.is_err() {
                                 break;
                             }
                         }
@@ -194,7 +271,6 @@ impl EchoHandle {
             }
             let _ = self.events.send(Event::Closed { conn }).await;
         }
-        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Applies a changed `echo` section: limits and `echo.admit` for new decisions, and the
@@ -224,6 +300,7 @@ fn limits(e: &config::Echo) -> Limits {
         max_message_bytes: e.max_message_bytes,
         messages_per_second: e.messages_per_second,
         max_docs_per_space: e.max_docs_per_space,
+        max_space_bytes: e.max_space_bytes,
         max_pending_docs: e.max_pending_docs,
         pending_secs: e.pending_secs,
         strikes: e.strikes,
@@ -252,6 +329,7 @@ impl Service for EchoService {
             ("echo.max_message_bytes", e.max_message_bytes as u64),
             ("echo.messages_per_second", u64::from(e.messages_per_second)),
             ("echo.max_docs_per_space", e.max_docs_per_space as u64),
+            ("echo.max_space_bytes", e.max_space_bytes),
             ("echo.max_pending_docs", e.max_pending_docs as u64),
             ("echo.pending_secs", e.pending_secs),
             ("echo.max_connections", e.max_connections as u64),
@@ -303,7 +381,25 @@ impl Service for EchoService {
         let cancel = CancellationToken::new();
         let mut tasks = Tasks::new("echo", cancel.clone());
         let store = Arc::new(store);
-        tasks.spawn(run(echo, store.clone(), rx, deps.metrics, cancel));
+        // The peer runs on a thread of its own: parsing and merging a peer's Automerge data
+        // costs CPU, and must not take a worker from HTTPS, DNS or TURN.
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let (st, metrics) = (store.clone(), deps.metrics);
+        std::thread::Builder::new()
+            .name("echo".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run(echo, st, rx, metrics, cancel)),
+                    Err(e) => tracing::error!(error = %e, "ECHO's runtime did not start"),
+                }
+                let _ = done_tx.send(());
+            })?;
+        tasks.spawn(async move {
+            let _ = done_rx.await;
+        });
         Ok(Started {
             handle: Some(EchoHandle {
                 events,
@@ -331,7 +427,7 @@ async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut conns: HashMap<ConnId, mpsc::Sender<Outgoing>> = HashMap::new();
+    let mut conns: HashMap<ConnId, Outbox> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut published = echo::repo::Stats::default();
     let mut failed = false;
@@ -341,8 +437,8 @@ async fn run(
         let mut batch = Vec::new();
         tokio::select! {
             _ = cancel.cancelled() => {
-                for tx in conns.values() {
-                    let _ = tx.try_send(Outgoing::Close);
+                for outbox in conns.values() {
+                    outbox.close();
                 }
                 return;
             }
@@ -363,17 +459,35 @@ async fn run(
         let mut oldest: Option<Instant> = None;
         for e in batch {
             match e {
-                Event::Connect { conn, peer, tx } => {
+                Event::Connect { conn, peer, outbox } => {
                     if failed {
-                        let _ = tx.try_send(Outgoing::Close);
+                        outbox.close();
                         continue;
                     }
-                    conns.insert(conn, tx);
+                    conns.insert(conn, outbox);
                     echo.connect(conn, peer, now_ms);
                 }
                 Event::Frame { conn, bytes, at } => {
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                    actions.extend(echo.receive(conn, &bytes, now_ms));
+                    // A panic in Automerge on a peer's bytes costs that peer its
+                    // connection, not ECHO.
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        echo.receive(conn, &bytes, now_ms)
+                    }));
+                    match step {
+                        Ok(a) => actions.extend(a),
+                        Err(_) => {
+                            tracing::error!(
+                                conn,
+                                "ECHO panicked on a peer's message; closing that connection"
+                            );
+                            *echo.stats.refused.entry("invalid").or_default() += 1;
+                            if let Some(outbox) = conns.remove(&conn) {
+                                outbox.close();
+                            }
+                            echo.disconnect(conn);
+                        }
+                    }
                 }
                 Event::Closed { conn } => {
                     conns.remove(&conn);
@@ -381,7 +495,7 @@ async fn run(
                 }
                 Event::Reload { limits, policy } => {
                     echo.set_limits(limits);
-                    echo.set_policy(policy);
+                    actions.extend(echo.set_policy(policy, now_ms));
                 }
                 Event::Op(op) => actions.extend(operate(&mut echo, op, &store, now_ms)),
             }
@@ -401,8 +515,8 @@ async fn run(
                 // now ahead of the disk: stop serving rather than risk acknowledging it.
                 tracing::error!(error = %err, "ECHO cannot write to its store; closing every connection and refusing new ones until a restart");
                 failed = true;
-                for tx in conns.values() {
-                    let _ = tx.try_send(Outgoing::Close);
+                for outbox in conns.values() {
+                    outbox.close();
                 }
                 conns.clear();
                 continue;
@@ -411,19 +525,19 @@ async fn run(
         for a in actions {
             match a {
                 Action::Send { conn, bytes } => {
-                    if let Some(tx) = conns.get(&conn)
-                        && tx.try_send(Outgoing::Binary(bytes)).is_err()
+                    if let Some(outbox) = conns.get(&conn)
+                        && !outbox.push(bytes)
                     {
                         // A peer that does not read is dropped, not buffered without end.
-                        if let Some(tx) = conns.remove(&conn) {
-                            let _ = tx.try_send(Outgoing::Close);
+                        if let Some(outbox) = conns.remove(&conn) {
+                            outbox.close();
                         }
                         echo.disconnect(conn);
                     }
                 }
                 Action::Close { conn } => {
-                    if let Some(tx) = conns.remove(&conn) {
-                        let _ = tx.try_send(Outgoing::Close);
+                    if let Some(outbox) = conns.remove(&conn) {
+                        outbox.close();
                     }
                 }
                 Action::Store(_) => {}
@@ -445,6 +559,9 @@ async fn update_gauges(echo: &Echo, store: &Arc<FileStore>, metrics: &Metrics, d
     metrics.echo_spaces.set(echo.space_count() as i64);
     metrics.echo_documents.set(echo.doc_count() as i64);
     metrics.echo_peers.set(echo.peers() as i64);
+    metrics
+        .echo_quarantined
+        .set(echo.quarantined_count() as i64);
     if disk {
         let st = store.clone();
         if let Ok(bytes) = tokio::task::spawn_blocking(move || st.disk_bytes()).await {
@@ -500,8 +617,16 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
             match echo.import(*export, now_ms) {
                 Ok(writes) => {
                     // Written here, before the answer, so an import that reports success
-                    // is on disk.
-                    let result = tokio::task::block_in_place(|| store.apply(&writes));
+                    // is on disk; one that fails leaves ECHO and its files as they were.
+                    // (This is ECHO's own thread: blocking here holds up only ECHO.)
+                    let result = store.apply(&writes);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, %space, "import failed while writing; undone");
+                        echo.forget_import(&space);
+                        if let Err(e) = store.remove_space(&space) {
+                            tracing::error!(error = %e, %space, "removing a failed import's files");
+                        }
+                    }
                     let _ = reply.send(result.map(|()| space).map_err(|e| e.to_string()));
                 }
                 Err(e) => {
@@ -515,8 +640,67 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
                 documents: echo.doc_count(),
                 peers: echo.peers(),
                 storage_bytes: store.disk_bytes(),
+                quarantined: echo
+                    .quarantined()
+                    .into_iter()
+                    .map(|(space, document, why)| Quarantined {
+                        space,
+                        document,
+                        why,
+                    })
+                    .collect(),
             });
         }
     }
     Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_slots_never_exceed_the_cap() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<Slot> = (0..3).filter_map(|_| Slot::take(&open, 3)).collect();
+        assert_eq!(slots.len(), 3);
+        assert!(
+            Slot::take(&open, 3).is_none(),
+            "taken before counted, so never over"
+        );
+        drop(slots);
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+        // Many takers at once: never more than the cap held together.
+        let held: Vec<Slot> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..100)
+                            .filter_map(|_| Slot::take(&open, 50))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(held.len(), 50);
+    }
+
+    #[test]
+    fn an_outbox_is_bounded_in_bytes() {
+        let (outbox, mut rx) = Outbox::new(1000);
+        assert!(
+            outbox.push(vec![0; 5000]),
+            "one large frame goes when nothing waits"
+        );
+        assert!(!outbox.push(vec![0; 10]), "but nothing more while it waits");
+        let Some(Outgoing::Binary(b)) = rx.try_recv().ok() else {
+            panic!("queued")
+        };
+        Outbox::sent(&outbox.queued, b.len());
+        for _ in 0..10 {
+            assert!(outbox.push(vec![0; 100]));
+        }
+        assert!(!outbox.push(vec![0; 100]), "1000 bytes wait: the cap");
+    }
 }

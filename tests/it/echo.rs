@@ -496,3 +496,59 @@ async fn acknowledged_changes_survive_kill_9() {
     }
     eprintln!("{ROUNDS} kill -9 rounds in {:?}", started.elapsed());
 }
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Issue 14 (3): one frame of 2 MiB that Automerge would inflate to 2 GiB, sent by a
+/// stranger with a key for a document nobody has: refused before it is inflated, KUBE's
+/// peak memory stays low, and every other service keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decompression_bomb_does_not_raise_kubes_memory() {
+    let kube = Kube::start();
+    let did = kube_did(&kube).await;
+    let mut p = Peer::connect(&kube, &did, &key(8), "stranger").await;
+    let before = peak_rss(kube.pid());
+    let mut m = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .unwrap();
+    m.changes = echo::bound::compressed_chunk(&echo::bound::zeros_bomb(2048)).into();
+    let data = m.encode();
+    assert!(data.len() < 4 << 20);
+    p.send(frame(vec![
+        ("type", t("sync")),
+        ("senderId", t("stranger")),
+        ("targetId", t("kube")),
+        ("documentId", t(TASK_ID)),
+        ("data", Value::Bytes(data)),
+    ]))
+    .await;
+    while p.errors.is_empty() && p.recv(Duration::from_secs(20)).await.is_some() {}
+    assert!(
+        p.errors.iter().any(|e| e.contains("inflates to more than")),
+        "{:?}",
+        p.errors
+    );
+    let after = peak_rss(kube.pid());
+    assert!(
+        after < before + (256 << 20),
+        "peak RSS grew from {before} to {after} bytes"
+    );
+    let ready = kube
+        .client()
+        .get(kube.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(!kube.log().contains("panicked"));
+}

@@ -686,3 +686,431 @@ fn logs_are_compacted_into_snapshots_that_load_back() {
     assert_eq!(reloaded.get_heads(), e.docs[ROOT_ID].am.get_heads());
     assert_eq!(get(reloaded, "k199").map(|v| v.len()), Some(1024));
 }
+
+// ---- attacks (issue 14) ----
+
+/// A credential entry put under any key of the root's `credentials` map, as raw JSON text.
+fn put_entry(doc: &mut Automerge, key: &str, json: &str) {
+    let mut tx = doc.transaction();
+    let (_, c) = tx.get(ROOT, "credentials").unwrap().unwrap();
+    tx.put(&c, key, json).unwrap();
+    tx.commit();
+}
+
+/// A copy of `c` whose signature no longer verifies (same claimed id).
+fn forged(c: &Credential) -> String {
+    let mut f = c.clone();
+    f.proof.signature = "A".repeat(86);
+    serde_json::to_string(&f).unwrap()
+}
+
+#[test]
+fn an_editor_cannot_brick_a_space_with_a_forged_copy_of_the_genesis() {
+    let (mut e, w, mut alice) = set_up();
+    let bob = key(4);
+    let grant = says(&w.admin, &halo::did(&bob), member(&w.space, Role::Editor));
+    add_credential(alice.doc(ROOT_ID), &grant);
+    alice.sync(&mut e, ROOT_ID);
+    let mut b = Client::join(&mut e, 2, &bob);
+    b.sync(&mut e, ROOT_ID);
+    let before = e.docs[ROOT_ID].am.get_heads();
+    // Under a key that sorts after the real entry, and under one that sorts before it.
+    for k in [format!("{}z", w.creds[0].id), "0".to_owned()] {
+        let mut doc = b.doc(ROOT_ID).clone();
+        put_entry(&mut doc, &k, &forged(&w.creds[0]));
+        *b.doc(ROOT_ID) = doc;
+        b.sync(&mut e, ROOT_ID);
+        assert_eq!(
+            e.docs[ROOT_ID].am.get_heads(),
+            before,
+            "refused at the door"
+        );
+        assert!(
+            b.errors.iter().any(|m| m.starts_with("refused:")),
+            "{:?}",
+            b.errors
+        );
+        assert_eq!(
+            e.role(1, &w.space),
+            Some(Role::Admin),
+            "the admin keeps the space"
+        );
+        assert_eq!(e.role(2, &w.space), Some(Role::Editor));
+    }
+    // Changing an existing entry in place (same key, other bytes) is refused too.
+    let mut doc = alice.doc(ROOT_ID).clone();
+    put_entry(&mut doc, &w.creds[0].id, &forged(&w.creds[0]));
+    *alice.doc(ROOT_ID) = doc;
+    alice.errors.clear();
+    alice.sync(&mut e, ROOT_ID);
+    assert!(alice.errors.iter().any(|m| m.starts_with("refused:")));
+    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+}
+
+#[test]
+fn a_forged_copy_cannot_hide_a_revocation() {
+    let (mut e, w, mut alice) = set_up();
+    let mallory = key(4);
+    let admin_grant = says(
+        &w.admin,
+        &halo::did(&mallory),
+        member(&w.space, Role::Admin),
+    );
+    let editor_grant = says(
+        &w.admin,
+        &halo::did(&mallory),
+        member(&w.space, Role::Editor),
+    );
+    add_credential(alice.doc(ROOT_ID), &admin_grant);
+    add_credential(alice.doc(ROOT_ID), &editor_grant);
+    let revoke = says(
+        &w.admin,
+        &halo::did(&mallory),
+        Assertion::Revocation {
+            credential: admin_grant.id.clone(),
+        },
+    );
+    add_credential(alice.doc(ROOT_ID), &revoke);
+    alice.sync(&mut e, ROOT_ID);
+    let mut m = Client::join(&mut e, 2, &mallory);
+    m.sync(&mut e, ROOT_ID);
+    assert_eq!(e.role(2, &w.space), Some(Role::Editor));
+    let mut doc = m.doc(ROOT_ID).clone();
+    put_entry(&mut doc, &format!("{}~", revoke.id), &forged(&revoke));
+    *m.doc(ROOT_ID) = doc;
+    m.sync(&mut e, ROOT_ID);
+    assert_eq!(e.role(2, &w.space), Some(Role::Editor), "still demoted");
+
+    // A root that already holds such an entry (written before this rule, or imported)
+    // still counts the real revocation and the real genesis.
+    let mut json = space::to_json(&e.docs[ROOT_ID].am);
+    let creds = json["credentials"].as_object_mut().unwrap();
+    creds.insert(format!("{}~", revoke.id), forged(&revoke).into());
+    creds.insert(format!("{}~", w.creds[0].id), forged(&w.creds[0]).into());
+    let root = space::root_from_json(&json).unwrap();
+    let m = halo::space::validate(&w.space, &root.credentials, clock(NOW));
+    assert_eq!(m.role_of(&halo::did(&mallory)), Some(Role::Editor));
+    assert_eq!(m.role_of(&halo::did(&w.admin)), Some(Role::Admin));
+}
+
+#[test]
+fn an_expired_credential_loses_access_on_time_without_a_root_change() {
+    use ed25519_dalek::Signer;
+    let (mut e, w, mut alice) = set_up();
+    let bob = key(4);
+    let expires = NOW / 1000 + 100;
+    let admin = halo::did(&w.admin);
+    let grant = Credential::issue(
+        &admin,
+        &halo::did(&bob),
+        member(&w.space, Role::Editor),
+        NOW / 1000 - 10,
+        Some(expires),
+        &admin,
+        |b| w.admin.sign(b).to_bytes(),
+    )
+    .unwrap();
+    add_credential(alice.doc(ROOT_ID), &grant);
+    alice.sync(&mut e, ROOT_ID);
+    let mut b = Client::join(&mut e, 2, &bob);
+    b.sync(&mut e, ROOT_ID);
+    assert_eq!(e.role(2, &w.space), Some(Role::Editor));
+    // Still inside the allowed skew: nothing happens.
+    let a = e.tick(NOW + 100_000);
+    assert!(!a.iter().any(|a| matches!(a, Action::Close { conn: 2 })));
+    let after = NOW + (100 + halo::space::SKEW_SECS + 1) * 1000;
+    let a = e.tick(after);
+    b.absorb(&mut e, a);
+    assert!(b.closed, "the expired member's open connection is cut");
+    assert_eq!(e.role(2, &w.space), None);
+    assert_eq!(e.role(1, &w.space), Some(Role::Admin));
+}
+
+#[test]
+fn a_space_that_stops_admitting_kube_is_no_longer_served() {
+    let (mut e, w, mut alice) = set_up();
+    let bob = key(4);
+    add_credential(
+        alice.doc(ROOT_ID),
+        &says(&w.admin, &halo::did(&bob), member(&w.space, Role::Editor)),
+    );
+    alice.sync(&mut e, ROOT_ID);
+    // The admin revokes KUBE's replicator credential.
+    let revoke = says(
+        &w.admin,
+        &halo::did(&key(9)),
+        Assertion::Revocation {
+            credential: w.creds[1].id.clone(),
+        },
+    );
+    add_credential(alice.doc(ROOT_ID), &revoke);
+    alice.sync(&mut e, ROOT_ID);
+    let mut b = Client::join(&mut e, 2, &bob);
+    b.sync(&mut e, ROOT_ID);
+    assert_eq!(
+        b.unavailable,
+        vec![ROOT_ID.to_owned()],
+        "not served any more"
+    );
+    assert!(b.doc(ROOT_ID).get_heads().is_empty());
+    assert_eq!(e.space_count(), 1, "the files stay: nothing is deleted");
+
+    // An `echo.admit` change on reload drops spaces the new policy refuses.
+    let (mut e, w, mut alice) = set_up();
+    let a = e.set_policy(Admit::Admins(vec![halo::did(&key(8))]), NOW);
+    alice.absorb(&mut e, a);
+    assert!(alice.closed, "{:?}", alice.errors);
+    let mut a2 = Client::join(&mut e, 3, &w.admin);
+    a2.sync(&mut e, ROOT_ID);
+    assert_eq!(a2.unavailable, vec![ROOT_ID.to_owned()]);
+    // And admits them again when the policy does.
+    let _ = e.set_policy(Admit::Admins(vec![halo::did(&w.admin)]), NOW);
+    let mut a3 = Client::join(&mut e, 4, &w.admin);
+    a3.sync(&mut e, ROOT_ID);
+    assert!(a3.unavailable.is_empty());
+    assert_eq!(get(a3.doc(ROOT_ID), "kube").as_deref(), Some("space"));
+}
+
+/// Mallory's own space (key 13, Mallory key 4 its admin, KUBE its replicator) with a root
+/// at `root_id` listing `objects`.
+fn mallorys_space(e: &mut Echo, conn: ConnId, root_id: &str, objects: &[&str]) -> Client {
+    let w = World {
+        space: halo::did(&key(13)),
+        admin: key(4),
+        creds: vec![],
+    };
+    let genesis = says(
+        &key(13),
+        &halo::did(&key(4)),
+        Assertion::SpaceGenesis {
+            space: w.space.clone(),
+        },
+    );
+    let kube = says(
+        &key(4),
+        &halo::did(&key(9)),
+        member(&w.space, Role::Replicator),
+    );
+    let mut m = Client::join(e, conn, &key(4));
+    let mut doc = root_doc(&w, &[genesis, kube]);
+    for o in objects {
+        list_object(&mut doc, o);
+    }
+    *m.doc(root_id) = doc;
+    m.sync(e, root_id);
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    m
+}
+
+#[test]
+fn an_id_another_space_listed_first_cannot_be_taken_over() {
+    let (mut e, w, mut alice) = set_up();
+    // Alice lists her object; its content is on its way.
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    alice.sync(&mut e, ROOT_ID);
+    // Mallory lists the same id in her space, then changes her root again.
+    let mroot = "MxyRootMxyRootMxyRoot123";
+    let mut m = mallorys_space(&mut e, 2, mroot, &[OBJ_ID]);
+    list_object(m.doc(mroot), "ThemThemThemThemThemThem");
+    m.sync(&mut e, mroot);
+    // Mallory's upload of that id is refused; Alice's lands in her space.
+    set(m.doc(OBJ_ID), "title", "mallory's");
+    let a = m.sync(&mut e, OBJ_ID);
+    let a2 = e.tick(NOW + 31_000);
+    assert!(
+        !a.iter().chain(&a2).any(|a| matches!(a, Action::Store(_))),
+        "mallory's copy is never stored"
+    );
+    set(alice.doc(OBJ_ID), "title", "alice's");
+    alice.sync(&mut e, OBJ_ID);
+    assert_eq!(e.docs[OBJ_ID].space, w.space);
+    assert_eq!(get(&e.docs[OBJ_ID].am, "title").as_deref(), Some("alice's"));
+}
+
+#[test]
+fn a_space_root_cannot_be_listed_as_another_spaces_object() {
+    let (mut e, _w, _alice) = set_up();
+    let mroot = "MxyRootMxyRootMxyRoot123";
+    let _m = mallorys_space(&mut e, 2, mroot, &[ROOT_ID]);
+    assert_eq!(e.listed.get(ROOT_ID), None, "a root is nobody's object");
+    // Nor can an id another space lists become a new space's root.
+    let mut e = echo();
+    let w = world();
+    let _m = mallorys_space(&mut e, 2, "MxyRootMxyRootMxyRoot123", &[ROOT_ID]);
+    let mut alice = Client::join(&mut e, 1, &w.admin);
+    *alice.doc(ROOT_ID) = root_doc(&w, &w.creds);
+    alice.sync(&mut e, ROOT_ID);
+    assert!(
+        alice.errors.iter().any(|m| m.contains("listed")),
+        "{:?}",
+        alice.errors
+    );
+    assert_eq!(e.space_count(), 1);
+}
+
+#[test]
+fn a_document_that_does_not_load_is_quarantined_and_never_overwritten() {
+    use crate::store::{StoredDoc, StoredSpace};
+    let (mut e, w, mut alice) = set_up();
+    set(alice.doc(OBJ_ID), "title", "acknowledged");
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    alice.sync(&mut e, OBJ_ID);
+    alice.sync(&mut e, ROOT_ID);
+    assert!(e.docs.contains_key(OBJ_ID));
+    for damage in ["snapshot", "log"] {
+        let mut stored = StoredSpace {
+            space: w.space.clone(),
+            root: ROOT_ID.into(),
+            docs: BTreeMap::new(),
+        };
+        stored.docs.insert(
+            ROOT_ID.into(),
+            StoredDoc {
+                snapshot: e.docs[ROOT_ID].am.save(),
+                ..StoredDoc::default()
+            },
+        );
+        let obj = if damage == "snapshot" {
+            StoredDoc {
+                snapshot: b"not automerge".to_vec(),
+                ..StoredDoc::default()
+            }
+        } else {
+            StoredDoc {
+                snapshot: e.docs[OBJ_ID].am.save(),
+                corrupt: Some("the log frame at byte 13 is damaged".into()),
+                ..StoredDoc::default()
+            }
+        };
+        stored.docs.insert(OBJ_ID.into(), obj);
+        let mut e2 = echo();
+        let problems = e2.load(stored, NOW);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(e2.quarantined().len(), 1);
+        // A writer who still has the document sends it: nothing may overwrite the files.
+        let mut a2 = Client::join(&mut e2, 1, &w.admin);
+        *a2.doc(ROOT_ID) = alice.doc(ROOT_ID).clone();
+        *a2.doc(OBJ_ID) = alice.doc(OBJ_ID).clone();
+        set(a2.doc(OBJ_ID), "title", "overwrite");
+        a2.sync(&mut e2, ROOT_ID);
+        let mut all = a2.sync(&mut e2, OBJ_ID);
+        all.extend(e2.tick(NOW + 60_000));
+        assert!(
+            !all.iter()
+                .any(|a| matches!(a, Action::Store(w) if format!("{w:?}").contains(OBJ_ID))),
+            "{damage}: never written"
+        );
+        assert!(
+            a2.errors.iter().any(|m| m.contains("quarantined")),
+            "{damage}: {:?}",
+            a2.errors
+        );
+    }
+}
+
+#[test]
+fn a_failed_import_is_undone_in_memory_and_on_disk() {
+    let (mut e, w, mut alice) = set_up();
+    set(alice.doc(OBJ_ID), "title", "t");
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    alice.sync(&mut e, OBJ_ID);
+    alice.sync(&mut e, ROOT_ID);
+    let exp = e.export(&w.space).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = crate::store::FileStore::open(tmp.path()).unwrap();
+    // The store cannot make the space's directory: a file is in the way.
+    std::fs::write(tmp.path().join("spaces").join(&w.space), b"in the way").unwrap();
+    let mut fresh = echo();
+    let writes = fresh.import(exp.clone(), NOW).unwrap();
+    assert!(store.apply(&writes).is_err());
+    fresh.forget_import(&w.space);
+    store.remove_space(&w.space).unwrap();
+    assert_eq!((fresh.space_count(), fresh.doc_count()), (0, 0));
+    assert!(fresh.list().is_empty());
+    std::fs::remove_file(tmp.path().join("spaces").join(&w.space)).unwrap();
+    // Nothing of it is left: the same import succeeds now, and loads back.
+    let writes = fresh.import(exp, NOW).unwrap();
+    store.apply(&writes).unwrap();
+    let mut again = echo();
+    for s in store.load().unwrap() {
+        assert!(again.load(s, NOW).is_empty());
+    }
+    assert_eq!(again.doc_count(), 2);
+}
+
+#[test]
+fn a_space_over_its_byte_quota_refuses_changes_but_not_its_admins_root_changes() {
+    let mut e = Echo::new(
+        halo::did(&key(9)),
+        Admit::Any,
+        Limits {
+            max_space_bytes: 4000,
+            ..Limits::default()
+        },
+    );
+    let w = world();
+    let mut alice = Client::join(&mut e, 1, &w.admin);
+    *alice.doc(ROOT_ID) = root_doc(&w, &w.creds);
+    alice.sync(&mut e, ROOT_ID);
+    let bob = key(4);
+    let grant = says(&w.admin, &halo::did(&bob), member(&w.space, Role::Editor));
+    add_credential(alice.doc(ROOT_ID), &grant);
+    alice.sync(&mut e, ROOT_ID);
+    let mut b = Client::join(&mut e, 2, &bob);
+    b.sync(&mut e, ROOT_ID);
+    let mut refused = false;
+    for i in 0..20 {
+        set(b.doc(ROOT_ID), &format!("k{i}"), &"x".repeat(1000));
+        let a = b.sync(&mut e, ROOT_ID);
+        if b.errors.iter().any(|m| m.contains("quota")) {
+            assert!(!a.iter().any(|a| matches!(a, Action::Store(_))));
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the quota held: {:?}", b.errors);
+    // The admin can still revoke Bob.
+    let revoke = says(
+        &w.admin,
+        &halo::did(&bob),
+        Assertion::Revocation {
+            credential: grant.id.clone(),
+        },
+    );
+    add_credential(alice.doc(ROOT_ID), &revoke);
+    let a = alice.sync(&mut e, ROOT_ID);
+    assert!(a.iter().any(|a| matches!(a, Action::Close { conn: 2 })));
+}
+
+/// A sync message whose changes are one compressed change that inflates to `mib` MiB.
+fn bomb_message(mib: usize) -> Vec<u8> {
+    let mut m = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .unwrap();
+    m.changes = crate::bound::compressed_chunk(&crate::bound::zeros_bomb(mib)).into();
+    m.encode()
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
+    let (mut e, _w, _alice) = set_up();
+    let mut m = Client::join(&mut e, 2, &key(8)); // a stranger with a key
+    let data = bomb_message(1024);
+    assert!(data.len() < Limits::default().max_message_bytes);
+    let start = std::time::Instant::now();
+    for doc in [OBJ_ID, ROOT_ID] {
+        let f = frame(vec![
+            ("type", t("sync")),
+            ("senderId", t(&m.peer)),
+            ("targetId", t(e.peer_id())),
+            ("documentId", t(doc)),
+            ("data", Value::Bytes(data.clone())),
+        ]);
+        let a = e.receive(2, &f, NOW);
+        m.absorb(&mut e, a);
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
+    assert!(m.errors.iter().all(|e| e.contains("inflates to more than")));
+    assert_eq!(e.stats.refused.get("too-large"), Some(&2));
+}

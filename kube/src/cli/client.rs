@@ -227,7 +227,6 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
         "turn: {} allocations, {} bytes relayed",
         s["turn"]["allocations"], s["turn"]["relayed_bytes"]
     );
-    println!("echo: not in this version");
     if s["echo"].is_object() {
         println!(
             "echo: {} spaces, {} documents, {} peers, {:.1} MiB stored",
@@ -236,6 +235,16 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
             s["echo"]["peers"],
             s["echo"]["storage_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0
         );
+        for q in s["echo"]["quarantined"].as_array().into_iter().flatten() {
+            println!(
+                "  QUARANTINED {} of {}: {}",
+                str_of(&q["document"]),
+                str_of(&q["space"]),
+                str_of(&q["why"])
+            );
+        }
+    } else {
+        println!("echo: off");
     }
     let bytes = s["disk"]["bytes"].as_u64().unwrap_or(0);
     println!(

@@ -1,0 +1,273 @@
+//! How much a peer's Automerge bytes would inflate to, found before Automerge parses them
+//! (pure). Automerge inflates DEFLATE-compressed chunks and columns without a bound, so one
+//! small frame (a compressed change of zeros) could make it allocate gigabytes. ECHO walks
+//! the chunk headers and column metadata itself, inflates each compressed part into a
+//! counter that stops at the limit, and refuses the message before Automerge sees it.
+//!
+//! Chunk layout (the Automerge binary format): `magic(4) checksum(4) type(1) len(uleb)`
+//! then `len` bytes. Type 0 (document): actors, heads, change column metadata, op column
+//! metadata, change data, op data, head indices. Type 1 (change): never has compressed
+//! columns (Automerge refuses them). Type 2: a whole change, DEFLATE-compressed. Type 3
+//! (bundle): deps, actors, change column metadata and data, op column metadata and data. A
+//! column's spec has bit 3 set when its data is DEFLATE-compressed.
+
+use std::io::Read;
+
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const HASH: usize = 32;
+const DEFLATE_BIT: u64 = 0b1000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BoundError {
+    #[error("compressed data inflates to more than {0} bytes")]
+    TooLarge(u64),
+    #[error("malformed Automerge chunk: {0}")]
+    Malformed(&'static str),
+}
+
+/// Checks a sequence of chunks (a sync message's changes, or a saved document): their
+/// compressed parts together inflate to at most `limit` bytes.
+pub fn check<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, limit: u64) -> Result<(), BoundError> {
+    let mut budget = Budget { left: limit, limit };
+    for bytes in chunks {
+        let mut r = Reader(bytes);
+        while !r.0.is_empty() {
+            chunk(&mut r, &mut budget)?;
+        }
+    }
+    Ok(())
+}
+
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    /// Inflates `data` into nothing, counting: at most what is left of the budget.
+    fn inflate(&mut self, data: &[u8]) -> Result<(), BoundError> {
+        let decoder = flate2::bufread::DeflateDecoder::new(data);
+        // One byte past the budget tells "over" from "exactly at".
+        let n = std::io::copy(&mut decoder.take(self.left + 1), &mut std::io::sink())
+            .map_err(|_| BoundError::Malformed("bad DEFLATE data"))?;
+        if n > self.left {
+            return Err(BoundError::TooLarge(self.limit));
+        }
+        self.left -= n;
+        Ok(())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], BoundError> {
+        let n = usize::try_from(n).map_err(|_| BoundError::Malformed("length"))?;
+        if n > self.0.len() {
+            return Err(BoundError::Malformed("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn uleb(&mut self) -> Result<u64, BoundError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let [b, ..] = *self.take(1)? else {
+                return Err(BoundError::Malformed("truncated"));
+            };
+            v |= u64::from(b & 0x7f)
+                .checked_shl(7 * i)
+                .ok_or(BoundError::Malformed("LEB128 overflow"))?;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(BoundError::Malformed("LEB128 too long"))
+    }
+
+    /// A count-prefixed list of length-prefixed byte strings (actor ids).
+    fn skip_actors(&mut self) -> Result<(), BoundError> {
+        let n = self.uleb()?;
+        for _ in 0..n {
+            let len = self.uleb()?;
+            self.take(len)?;
+        }
+        Ok(())
+    }
+
+    /// A count-prefixed list of change hashes.
+    fn skip_hashes(&mut self) -> Result<(), BoundError> {
+        let n = self.uleb()?;
+        self.take(
+            n.checked_mul(HASH as u64)
+                .ok_or(BoundError::Malformed("count"))?,
+        )?;
+        Ok(())
+    }
+
+    /// Column metadata: (spec, length) pairs.
+    fn columns(&mut self) -> Result<Vec<(u64, u64)>, BoundError> {
+        let n = self.uleb()?;
+        let mut cols = Vec::new();
+        for _ in 0..n {
+            let spec = self.uleb()?;
+            let len = self.uleb()?;
+            cols.push((spec, len));
+        }
+        Ok(cols)
+    }
+
+    /// The columns' data, each compressed one inflated into `budget`.
+    fn column_data(&mut self, cols: &[(u64, u64)], budget: &mut Budget) -> Result<(), BoundError> {
+        for (spec, len) in cols {
+            let data = self.take(*len)?;
+            if spec & DEFLATE_BIT != 0 {
+                budget.inflate(data)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn chunk(r: &mut Reader<'_>, budget: &mut Budget) -> Result<(), BoundError> {
+    if r.take(4)? != MAGIC {
+        return Err(BoundError::Malformed("not an Automerge chunk"));
+    }
+    r.take(4)?; // checksum
+    let kind = r.take(1)?[0];
+    let len = r.uleb()?;
+    let mut body = Reader(r.take(len)?);
+    match kind {
+        0 => {
+            body.skip_actors()?;
+            body.skip_hashes()?;
+            let changes = body.columns()?;
+            let ops = body.columns()?;
+            body.column_data(&changes, budget)?;
+            body.column_data(&ops, budget)?;
+        }
+        1 => {}
+        2 => budget.inflate(body.0)?,
+        3 => {
+            body.skip_hashes()?;
+            body.skip_actors()?;
+            let changes = body.columns()?;
+            body.column_data(&changes, budget)?;
+            let ops = body.columns()?;
+            body.column_data(&ops, budget)?;
+        }
+        _ => return Err(BoundError::Malformed("unknown chunk type")),
+    }
+    Ok(())
+}
+
+/// A DEFLATE stream that inflates to `mib` MiB of zeros in about `mib` KiB: a block that
+/// ends on a byte boundary (a sync flush), repeated, then an empty final block. For tests.
+pub fn zeros_bomb(mib: usize) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
+    let zeros = vec![0u8; 1 << 20];
+    let mut block = Vec::with_capacity(64 << 10);
+    c.compress_vec(&zeros, &mut block, flate2::FlushCompress::Sync)
+        .expect("compressing into a large enough buffer");
+    let mut out = Vec::with_capacity(block.len() * mib + 2);
+    for _ in 0..mib {
+        out.extend_from_slice(&block);
+    }
+    out.extend_from_slice(&[0x03, 0x00]); // final fixed-Huffman block, end of block
+    out
+}
+
+/// A compressed-change chunk (type 2) around `deflated` (a bad checksum: Automerge
+/// inflates before it checks). For tests.
+pub fn compressed_chunk(deflated: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&[0; 4]);
+    out.push(2);
+    let mut n = deflated.len() as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(deflated);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+
+    use super::*;
+
+    #[test]
+    fn a_bomb_is_refused_without_inflating_it() {
+        let bomb = compressed_chunk(&zeros_bomb(64));
+        assert!(bomb.len() < 200 << 10, "{} bytes", bomb.len());
+        let start = std::time::Instant::now();
+        assert_eq!(
+            check([&bomb[..]], 1 << 20),
+            Err(BoundError::TooLarge(1 << 20))
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // The bytes inflate exactly as claimed (so Automerge would have inflated them).
+        assert_eq!(check([&bomb[..]], 64 << 20), Ok(()));
+        assert_eq!(
+            check([&bomb[..]], (64 << 20) - 1),
+            Err(BoundError::TooLarge((64 << 20) - 1))
+        );
+    }
+
+    #[test]
+    fn real_documents_and_sync_messages_pass_and_are_counted() {
+        let mut doc = Automerge::new();
+        for i in 0..200 {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, format!("key{i}"), "a value that repeats ".repeat(20))
+                .unwrap();
+            tx.commit();
+        }
+        let saved = doc.save(); // compressed columns
+        assert_eq!(check([&saved[..]], 1 << 20), Ok(()));
+        assert!(matches!(
+            check([&saved[..]], 10),
+            Err(BoundError::TooLarge(10))
+        ));
+        let mut state = automerge::sync::State::new();
+        use automerge::sync::SyncDoc;
+        let mut all = Vec::new();
+        while let Some(m) = doc.generate_sync_message(&mut state) {
+            all.extend(m.changes.iter().map(<[u8]>::to_vec));
+            let mut peer = Automerge::new();
+            let mut ps = automerge::sync::State::new();
+            peer.receive_sync_message(&mut ps, m).unwrap();
+            match peer.generate_sync_message(&mut ps) {
+                Some(back) => doc.receive_sync_message(&mut state, back).unwrap(),
+                None => break,
+            }
+        }
+        assert_eq!(check(all.iter().map(Vec::as_slice), 1 << 20), Ok(()));
+        let one_change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        assert_eq!(check([&one_change[..]], 0), Ok(()));
+    }
+
+    #[test]
+    fn garbage_is_malformed_never_a_panic() {
+        for bytes in [
+            &b"\x85\x6f\x4a\x83"[..],
+            b"xxxx",
+            &[0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 0, 0xff],
+        ] {
+            assert!(matches!(
+                check([bytes], 1 << 20),
+                Err(BoundError::Malformed(_))
+            ));
+        }
+    }
+}
