@@ -15,7 +15,7 @@ use serde_json::Value;
 pub use sections::*;
 pub use source::Origin;
 use source::Tree;
-pub use template::template;
+pub use template::{template, template_for};
 
 /// The whole `kube.yml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,17 @@ use crate::is_local_domain;
 /// A commented `kube.yml` for `domain`. A public domain listens on every interface on the
 /// standard ports; `localhost` keeps the loopback defaults.
 pub fn template(domain: &str) -> String {
+    template_for(domain, None)
+}
+
+/// [`template`], with `operator` (a did:key) as the one operator and the one space admin
+/// ECHO serves: on a public server, ECHO is closed to everyone else's spaces.
+pub fn template_for(domain: &str, operator: Option<&str>) -> String {
     let public = !is_local_domain(domain);
+    let (operators, admit) = match operator {
+        Some(did) => (format!("[\"{did}\"]"), format!("[\"{did}\"]")),
+        None => ("[]".to_owned(), "any".to_owned()),
+    };
     let pick = |local: &'static str, public_value: &'static str| {
         if public { public_value } else { local }
     };
@@ -139,8 +149,9 @@ echo:
   enabled: true
   # Which space admins this KUBE serves: any, or a list of identity keys (did:key). A space
   # is replicated only when it admits KUBE's key (`kube identity`) as replicator, through a
-  # credential one of these admins issued.
-  admit: any
+  # credential one of these admins issued. On a public server keep it a list: with `any`,
+  # anyone who makes a key can store spaces here (up to max_space_bytes each).
+  admit: {admit}
   # Seconds a connection's signed token may be off KUBE's clock.
   auth_window_secs: 60
   # Largest message (bytes), messages per second per connection (burst: ten seconds' worth).
@@ -173,7 +184,7 @@ admin:
   listen: 127.0.0.1:9180
   # Operator keys (did:key) whose signed requests the admin API accepts, besides the bearer
   # token in <data_dir>/admin.token. `kube identity new FILE` makes one.
-  operators: []
+  operators: {operators}
   # Seconds a signed request's timestamp may differ from this server's clock.
   signature_window_secs: 60
 

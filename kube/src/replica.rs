@@ -353,6 +353,11 @@ impl Service for EchoService {
                 running: Box::new(crate::service::Idle("echo")),
             });
         }
+        if !config::is_local_domain(&cx.domain) && e.admit == config::Admit::Any {
+            tracing::warn!(
+                "echo.admit is `any` on a public domain: anyone who makes a key can store spaces here (up to echo.max_space_bytes each); list your identity instead (kube init does)"
+            );
+        }
         let dir = cx.data_dir.join("echo");
         let (store, echo, problems) = {
             let did = deps.identity.clone();

@@ -108,6 +108,17 @@ fn init_writes_a_file_that_checks() {
         );
         let (ok, err, _) = check(&text, &[]);
         assert!(ok, "{err}");
+        // A public server's ECHO is closed: only the operator key made beside it admits
+        // spaces (issue 14); localhost keeps `any` (it listens on loopback only).
+        let key = dir.path().join("operator.key");
+        if domain == "localhost" {
+            assert!(text.contains("\n  admit: any\n") && !key.exists());
+        } else {
+            let did = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(key.exists(), "{did}");
+            assert!(!text.contains("\n  admit: any\n"), "closed");
+            assert!(text.contains("\n  admit: [\"did:key:z"), "{text}");
+        }
         let again = cli_in(
             dir.path(),
             &["init", "--domain", domain, "-o", file.to_str().unwrap()],

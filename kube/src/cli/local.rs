@@ -15,7 +15,26 @@ pub fn init(domain: &str, output: &Path, force: bool) -> anyhow::Result<()> {
     if output.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", output.display());
     }
-    let text = config::template(domain);
+    // A public server gets an operator key beside its config: the one operator, and the
+    // one space admin ECHO serves (closed to strangers' spaces; `kube identity` shows it).
+    let operator = if config::is_local_domain(domain) {
+        None
+    } else {
+        let path = output.with_file_name("operator.key");
+        let key = if path.exists() {
+            crate::identity::load(&path)?
+        } else {
+            let key = crate::identity::create(&path)?;
+            println!(
+                "wrote {} (the operator key: kube --key {} …; keep it safe)",
+                path.display(),
+                path.display()
+            );
+            key
+        };
+        Some(halo::did(&key))
+    };
+    let text = config::template_for(domain, operator.as_deref());
     // The template must load as written; a failure here is a bug, not the user's input.
     if let Err(e) = config::load_str("kube.yml", &text, std::iter::empty()) {
         bail!("the generated configuration does not load: {e}");
