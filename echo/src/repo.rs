@@ -126,6 +126,9 @@ struct Space {
     review_at: Option<u64>,
     /// Bytes of its documents' files (for `echo.max_space_bytes`).
     bytes: u64,
+    /// Credentials (as JSON) whose proofs verified: entries never change once in a root,
+    /// so a root change verifies only the new ones.
+    proven: std::collections::HashSet<String>,
 }
 
 impl Space {
@@ -140,6 +143,7 @@ impl Space {
             refusal: None,
             review_at: None,
             bytes: 0,
+            proven: std::collections::HashSet::new(),
         }
     }
 }
@@ -369,7 +373,20 @@ impl Echo {
             .and_then(|d| space::read_root(&d.am))
             .unwrap_or_default();
         space.credentials = root.credentials;
-        space.membership = halo::space::validate(space_id, &space.credentials, clock(now_ms));
+        // Proofs are verified once per credential (the whole credential is the key: a copy
+        // that differs anywhere is verified on its own).
+        let key = |c: &Credential| serde_json::to_string(c).unwrap_or_default();
+        for c in &space.credentials {
+            let k = key(c);
+            if !space.proven.contains(&k) && c.verify_proof().is_ok() {
+                space.proven.insert(k);
+            }
+        }
+        let proven = &space.proven;
+        space.membership =
+            halo::space::validate_with(space_id, &space.credentials, clock(now_ms), &|c| {
+                proven.contains(&key(c))
+            });
         space.review_at = next_review(&space.credentials, clock(now_ms));
         space.refusal =
             match halo::admission::decide_for(&self.policy, &self.kube, &space.membership) {
