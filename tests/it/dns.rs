@@ -410,6 +410,11 @@ fn record_errors_name_line_column_and_key() {
 
 /// A query for `name` A with id `id`, no recursion desired.
 fn query(id: u16, name: &str) -> Vec<u8> {
+    query_type(id, name, 1)
+}
+
+/// A query for `name` of type `qtype` with id `id`, no recursion desired.
+fn query_type(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -417,8 +422,17 @@ fn query(id: u16, name: &str) -> Vec<u8> {
         p.push(label.len() as u8);
         p.extend_from_slice(label.as_bytes());
     }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p.push(0);
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&[0, 1]);
     p
+}
+
+/// A query framed for TCP (RFC 7766 §8: a two-byte length first).
+fn framed(q: &[u8]) -> Vec<u8> {
+    let mut f = (q.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(q);
+    f
 }
 
 /// (id, truncated, rcode, answers) of a response.
@@ -582,4 +596,78 @@ fn garbage_is_dropped_and_the_server_keeps_answering() {
         started.elapsed() < Duration::from_millis(900),
         "refused before the idle timeout"
     );
+}
+
+/// One query over a fresh TCP connection; the answer's id, or None when the connection was
+/// closed (over the limit) or did not answer in time.
+fn tcp_answer_id(dns: SocketAddr, id: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut t = std::net::TcpStream::connect(dns).ok()?;
+    t.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    t.write_all(&framed(&query(id, "kube.test"))).ok()?;
+    let mut len = [0u8; 2];
+    t.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    t.read_exact(&mut body).ok()?;
+    (body.len() >= 12).then(|| header(&body).0)
+}
+
+#[test]
+fn clients_that_never_read_their_answers_lose_their_slots() {
+    // Two slots; clients may pipeline far more queries than the socket buffers hold.
+    let kube = start(&format!(
+        "{}  tcp_max_connections: 2\n  tcp_max_queries: 1000000\n  tcp_idle_timeout_secs: 1\n",
+        big_txt()
+    ));
+    let dns = kube.dns.expect("dns is enabled");
+    assert_eq!(tcp_answer_id(dns, 1), Some(1), "served before the attack");
+    // Each query asks for the 30 TXT records of big (about 2 KiB over TCP).
+    let pipeline: Vec<u8> = (0..1000u16)
+        .flat_map(|id| framed(&query_type(id, "big.kube.test", 16)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut stalled_after = Vec::new();
+    let hogs: Vec<tokio::net::TcpStream> = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut hogs = Vec::new();
+        for _ in 0..2 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            let mut s = s.connect(dns).await.unwrap();
+            // Write until the server stops reading (it is stuck sending answers nobody reads)
+            // or drops the connection.
+            let mut sent = 0usize;
+            while let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_millis(500), s.write_all(&pipeline)).await
+            {
+                sent += pipeline.len();
+                assert!(sent < 64 << 20, "the server kept reading: {sent} bytes");
+            }
+            stalled_after.push(sent);
+            hogs.push(s);
+        }
+        hogs
+    });
+    eprintln!("the hogs' writes stalled after {stalled_after:?} bytes");
+    // A fresh client is served once the stuck connections are dropped.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let mut tries = 0;
+    while tcp_answer_id(dns, 4242) != Some(4242) {
+        tries += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no TCP answer after {tries} tries in {:?}: the slots stay held",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "a fresh TCP client was served {:?} after the hogs stalled ({tries} refused tries)",
+        started.elapsed()
+    );
+    drop(hogs);
 }

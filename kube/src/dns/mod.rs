@@ -1,6 +1,12 @@
 //! The `dns` service: authoritative answers for `domain` on UDP and TCP. `zone`, `answer`,
 //! `rrl` and `records` are pure; this file holds the handle other services change records
 //! through (persisted in `<data_dir>/dns/records.json`) and the socket drivers.
+//!
+//! What a remote peer can hold: UDP keeps no per-peer state here (RRL's table and the answer
+//! cache are bounded, see `rrl` and `cache`). TCP holds at most `tcp_max_connections` connections; each ends after
+//! `tcp_max_queries` queries, or when a read or a write waits longer than
+//! `tcp_idle_timeout_secs` (a peer that stops reading its answers is dropped, freeing its
+//! slot), so one lives at most `tcp_max_queries` × 3 × `tcp_idle_timeout_secs`.
 
 pub mod answer;
 pub mod cache;
@@ -602,7 +608,9 @@ async fn serve_tcp(
     conns.abort_all();
 }
 
-/// RFC 7766: length-prefixed messages, several per connection, closed when idle.
+/// RFC 7766: length-prefixed messages, several per connection, closed when idle (§6.2.3):
+/// no query within `idle`, a query not complete within `idle`, or an answer the peer has not
+/// taken within `idle` (it sends queries but never reads).
 async fn tcp_connection(
     mut s: TcpStream,
     dns: &DnsHandle,
@@ -631,7 +639,15 @@ async fn tcp_connection(
         let mut out = Vec::with_capacity(bytes.len() + 2);
         out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
         out.extend_from_slice(&bytes);
-        s.write_all(&out).await?;
+        match tokio::time::timeout(idle, s.write_all(&out)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "peer does not read its answers",
+                ));
+            }
+        }
     }
     Ok(())
 }
