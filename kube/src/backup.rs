@@ -2,8 +2,10 @@
 //! (`GET /api/backup`, `kube backup FILE`), and its restore into an empty data dir
 //! (`kube restore FILE`, KUBE stopped). Every durable file is written by an atomic rename,
 //! so each file is read whole; app publishes are held off for the length of the snapshot so
-//! versions and blobs agree. Per-run files (`run.json`, `kube.lock`) and work in progress
-//! (`apps/.staging`, temporary files) are left out.
+//! versions and blobs agree. A certificate needs no hold: it is stored in its key's file
+//! (`tls::pair`), so a renewal during the snapshot cannot part them. Per-run files
+//! (`run.json`, `kube.lock`) and work in progress (`apps/.staging`, temporary files) are
+//! left out.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -74,6 +76,20 @@ pub fn write(
     identity: &str,
     now: u64,
 ) -> Result<(), BackupError> {
+    write_observed(data_dir, out, apps, echo, identity, now, &mut |_| {})
+}
+
+/// As [`write`], calling `before_read` with each file's relative path just before the file
+/// is opened: tests change the data dir there, as a concurrent writer could.
+fn write_observed(
+    data_dir: &Path,
+    out: impl Write,
+    apps: &AppsHandle,
+    echo: Option<&echo::store::FileStore>,
+    identity: &str,
+    now: u64,
+    before_read: &mut dyn FnMut(&Path),
+) -> Result<(), BackupError> {
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
@@ -95,7 +111,7 @@ pub fn write(
         let _held = apps.hold_writes();
         // ECHO's batches wait too: a snapshot and its log are read as one state.
         let _echo = echo.map(|e| e.hold_writes());
-        add_dir(&mut tar, data_dir, Path::new(""))?;
+        add_dir(&mut tar, data_dir, Path::new(""), before_read)?;
     }
     let gz = tar.into_inner().map_err(io(data_dir))?;
     gz.finish()
@@ -109,6 +125,7 @@ fn add_dir<W: Write>(
     tar: &mut tar::Builder<W>,
     root: &Path,
     rel: &Path,
+    before_read: &mut dyn FnMut(&Path),
 ) -> Result<(), BackupError> {
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
@@ -138,8 +155,9 @@ fn add_dir<W: Write>(
             header.set_cksum();
             tar.append_data(&mut header, &rel, std::io::empty())
                 .map_err(io(&path))?;
-            add_dir(tar, root, &rel)?;
+            add_dir(tar, root, &rel, before_read)?;
         } else if meta.is_file() {
+            before_read(&rel);
             let mut file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -366,5 +384,54 @@ mod tests {
         ]);
         restore(good.as_slice(), &link).unwrap();
         assert!(real.join("dns/records.json").exists() && real.join("format.json").exists());
+    }
+
+    /// A certificate renewal that runs while the backup is part way through `tls/acme/`
+    /// (after it read some of the files, before the rest): whatever the moment, the restored
+    /// data dir holds a certificate and key that belong together, served without a new order.
+    #[test]
+    fn a_renewal_during_a_backup_restores_a_matching_pair() {
+        use crate::tls::acme;
+        let names = vec!["example.org".to_string()];
+        let meta = acme::Meta {
+            names: names.clone(),
+            directory: "https://ca.test/directory".into(),
+            ari_window: None,
+        };
+        let issue = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(names.clone()).unwrap();
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        for at in ["cert.pem", "key.pem", "meta.json"] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let paths = acme::Paths::new(&data);
+            let (old, new) = (issue(), issue());
+            acme::save(&paths, &old.0, &old.1, &meta).unwrap();
+            let limits = crate::apps::bundle::Limits {
+                max_bytes: 1 << 20,
+                max_files: 16,
+            };
+            let apps = std::sync::Arc::new(
+                crate::apps::AppStore::open(&data.join("apps"), limits, 2).unwrap(),
+            );
+            let mut renewed = false;
+            let mut out = Vec::new();
+            write_observed(&data, &mut out, &apps, None, "did:key:z", 1, &mut |rel| {
+                if rel == Path::new("tls/acme").join(at) {
+                    acme::save(&paths, &new.0, &new.1, &meta).unwrap();
+                    renewed = true;
+                }
+            })
+            .unwrap();
+            assert!(renewed, "the renewal ran during the backup, before {at}");
+            let restored = dir.path().join("restored");
+            restore(out.as_slice(), &restored).unwrap();
+            let (chain, key, _, _) = acme::load(&acme::Paths::new(&restored), &names)
+                .unwrap_or_else(|| panic!("renewed before {at}: no usable pair restored"));
+            let pair = (chain, key);
+            assert!(pair == old || pair == new, "renewed before {at}");
+        }
     }
 }

@@ -231,3 +231,108 @@ fn data_dir_format_is_recorded_migrated_and_guarded() {
             .contains("\"format\": 7")
     );
 }
+
+/// The leaf certificate `kube` presents for `localhost`, trusting only its CA.
+fn served_leaf(kube: &Kube) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&kube.ca_pem()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(kube.https).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("TLS to localhost: {e}\n{}", kube.log()));
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    })
+}
+
+/// The first certificate of a PEM chain, as DER.
+fn leaf_of(chain: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(chain)
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// A renewal replaces the certificate and its key; a backup taken between the two can hold
+/// the certificate file from before and the key file from after. The restored KUBE serves
+/// the stored pair as it is (no new certificate, which for ACME would be a new order) and
+/// brings the certificate file level with its key.
+#[test]
+fn a_backup_between_the_renames_of_a_renewal_restores_a_matching_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kube = Kube::start_with(Opts {
+        data_dir: Some(tmp.path().join("data")),
+        ..Opts::default()
+    })
+    .unwrap_or_else(|log| panic!("kube did not start:\n{log}"));
+    let (cert, key) = (
+        Path::new("tls/local/cert.pem"),
+        Path::new("tls/local/key.pem"),
+    );
+    let read = |p: &Path| std::fs::read(kube.data_dir.join(p)).ok();
+    let before = read(cert).unwrap();
+    let key_before = read(key).unwrap();
+    let out = kube.cli(&["cert", "renew"]);
+    assert!(out.status.success(), "{out:?}");
+    // The renewal is done once the served certificate is the new one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while read(cert).is_none_or(|c| leaf_of(&c) == leaf_of(&before))
+        || served_leaf(&kube) == leaf_of(&before)
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", kube.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (after, key_after) = (read(cert).unwrap(), read(key).unwrap());
+    assert_ne!(key_after, key_before);
+    let backup = tmp.path().join("b.tar.gz");
+    assert!(
+        kube.cli(&["backup", backup.to_str().unwrap()])
+            .status
+            .success()
+    );
+    drop(kube);
+
+    let restored = tmp.path().join("restored");
+    let out = cli_in(&restored, &["restore", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // What a backup that read the certificate before the renewal and the key after holds.
+    std::fs::write(restored.join(cert), &before).unwrap();
+    let again = Kube::start_with(Opts {
+        data_dir: Some(restored.clone()),
+        ..Opts::default()
+    })
+    .unwrap_or_else(|log| panic!("restored kube did not start:\n{log}"));
+    assert!(
+        served_leaf(&again) == leaf_of(&after),
+        "the stored pair is served, not a new one"
+    );
+    assert_eq!(
+        std::fs::read(restored.join(key)).unwrap(),
+        key_after,
+        "no new key"
+    );
+    assert_eq!(
+        std::fs::read(restored.join(cert)).unwrap(),
+        after,
+        "brought level"
+    );
+}

@@ -10,8 +10,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use super::{CertInfo, TlsError};
-use crate::datadir;
+use super::{CertInfo, TlsError, pair};
 
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -72,20 +71,15 @@ pub fn ensure(
 ) -> Result<(String, String, CertInfo), TlsError> {
     let (ca_pem, ca_key) = load_or_create_ca(paths, domain, now)?;
     let want = leaf_names(domain, apps);
-    if let (Ok(cert), Ok(key)) = (
-        std::fs::read_to_string(&paths.leaf_cert),
-        std::fs::read_to_string(&paths.leaf_key),
-    ) {
-        let pair_ok = super::certified_key(&cert, &key).is_ok();
-        match super::cert_info(&cert) {
-            Ok(info)
-                if pair_ok && !needs_reissue(&info, &want, now) && cert.contains(ca_pem.trim()) =>
-            {
-                return Ok((cert, key, info));
-            }
-            Ok(_) => tracing::info!("local certificate is due or its names changed: reissuing"),
-            Err(e) => tracing::warn!(error = %e, "local certificate unreadable: reissuing"),
+    match pair::read(&paths.leaf_key, &paths.leaf_cert)
+        .and_then(|p| super::cert_info(&p.chain).map(|info| (p, info)))
+    {
+        Ok((p, info)) if !needs_reissue(&info, &want, now) && p.chain.contains(ca_pem.trim()) => {
+            return Ok((p.chain, p.key, info));
         }
+        Ok(_) => tracing::info!("local certificate is due or its names changed: reissuing"),
+        Err(e) if pair::is_missing(&e, &paths.leaf_key) => {}
+        Err(e) => tracing::warn!(error = %e, "local certificate unusable: reissuing"),
     }
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(TlsError::generate)?;
     let key = KeyPair::generate().map_err(TlsError::generate)?;
@@ -112,8 +106,7 @@ pub fn ensure(
         .map_err(TlsError::generate)?;
     let chain = format!("{}{}", leaf.pem(), ca_pem);
     let key_pem = key.serialize_pem();
-    datadir::write_private(&paths.leaf_key, key_pem.as_bytes())?;
-    datadir::write_atomic(&paths.leaf_cert, chain.as_bytes())?;
+    pair::write(&paths.leaf_key, &paths.leaf_cert, &chain, &key_pem)?;
     let info = super::cert_info(&chain)?;
     tracing::info!(names = ?info.names, "issued local certificate");
     Ok((chain, key_pem, info))
@@ -124,27 +117,30 @@ fn load_or_create_ca(
     domain: &str,
     now: SystemTime,
 ) -> Result<(String, KeyPair), TlsError> {
-    if paths.ca_cert.exists() != paths.ca_key.exists() {
-        let (have, missing) = if paths.ca_cert.exists() {
-            (&paths.ca_cert, &paths.ca_key)
-        } else {
-            (&paths.ca_key, &paths.ca_cert)
-        };
-        return Err(TlsError::Corrupt {
-            path: missing.clone(),
-            reason: format!(
-                "is missing but {} exists: restore it, or remove both to create a new CA (browsers must then trust the new one)",
-                have.display()
-            ),
-        });
-    }
-    if paths.ca_cert.exists() {
-        let cert = read(&paths.ca_cert)?;
-        let key = KeyPair::from_pem(&read(&paths.ca_key)?).map_err(|e| TlsError::Corrupt {
+    let missing = |missing: &Path, have: &Path| TlsError::Corrupt {
+        path: missing.to_owned(),
+        reason: format!(
+            "is missing but {} exists: restore it, or remove both to create a new CA (browsers must then trust the new one)",
+            have.display()
+        ),
+    };
+    if paths.ca_key.exists() {
+        // The key file holds the certificate too; only an older one needs `ca.pem`.
+        let p = pair::read(&paths.ca_key, &paths.ca_cert).map_err(|e| {
+            if pair::is_missing(&e, &paths.ca_cert) {
+                missing(&paths.ca_cert, &paths.ca_key)
+            } else {
+                e
+            }
+        })?;
+        let key = KeyPair::from_pem(&p.key).map_err(|e| TlsError::Corrupt {
             path: paths.ca_key.clone(),
             reason: e.to_string(),
         })?;
-        return Ok((cert, key));
+        return Ok((p.chain, key));
+    }
+    if paths.ca_cert.exists() {
+        return Err(missing(&paths.ca_key, &paths.ca_cert));
     }
     let key = KeyPair::generate().map_err(TlsError::generate)?;
     let mut params = CertificateParams::default();
@@ -164,17 +160,14 @@ fn load_or_create_ca(
     params.not_after = (now + CA_LIFETIME).into();
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key).map_err(TlsError::generate)?;
-    datadir::write_private(&paths.ca_key, key.serialize_pem().as_bytes())?;
-    datadir::write_atomic(&paths.ca_cert, cert.pem().as_bytes())?;
+    pair::write(
+        &paths.ca_key,
+        &paths.ca_cert,
+        &cert.pem(),
+        &key.serialize_pem(),
+    )?;
     tracing::info!(path = %paths.ca_cert.display(), "created local CA");
     Ok((cert.pem(), key))
-}
-
-fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod acme;
 pub mod challenges;
 pub mod local_ca;
+mod pair;
 mod renew;
 
 use std::path::PathBuf;
@@ -305,8 +306,9 @@ impl TlsHandle {
 
     fn force_local(&self) {
         if let Some(local) = &self.local {
+            // The key file holds the stored pair: without it the leaf is issued again.
             let paths = local_ca::LocalCaPaths::new(&local.cx.data_dir);
-            let _ = std::fs::remove_file(&paths.leaf_cert);
+            let _ = std::fs::remove_file(&paths.leaf_key);
         }
         if let Err(e) = self.refresh_local(None) {
             tracing::error!(error = %e, "local certificate renewal failed");
@@ -521,3 +523,6 @@ impl From<acme::AcmeError> for TlsError {
         TlsError::Acme(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;

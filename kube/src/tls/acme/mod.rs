@@ -99,10 +99,8 @@ pub fn check_writable(paths: &Paths) -> Result<(), AcmeError> {
 
 /// The stored certificate, when its key matches and it names exactly `names`.
 pub fn load(paths: &Paths, names: &[String]) -> Option<(String, String, CertInfo, Meta)> {
-    let chain = std::fs::read_to_string(&paths.cert).ok()?;
-    let key = std::fs::read_to_string(&paths.key).ok()?;
     let meta: Meta = serde_json::from_slice(&std::fs::read(&paths.meta).ok()?).ok()?;
-    super::certified_key(&chain, &key).ok()?;
+    let super::pair::Pair { chain, key } = super::pair::read(&paths.key, &paths.cert).ok()?;
     let info = super::cert_info(&chain).ok()?;
     let mut want = names.to_vec();
     let mut have = meta.names.clone();
@@ -111,14 +109,14 @@ pub fn load(paths: &Paths, names: &[String]) -> Option<(String, String, CertInfo
     (want == have).then_some((chain, key, info, meta))
 }
 
-/// Writes key, then chain, then metadata; `load` refuses a key and chain that do not match,
-/// so a crash in between is re-issued rather than served.
+/// Writes the key with its chain as one file (`pair`), then metadata. Metadata last: a crash
+/// or a backup in between pairs the new certificate with the old names, which at worst
+/// orders again, and with the old renewal window, fetched again on the next start.
 pub fn save(paths: &Paths, chain: &str, key: &str, meta: &Meta) -> Result<(), AcmeError> {
-    let store = |e: datadir::DataDirError| AcmeError::NotWritable(e.to_string());
-    datadir::write_private(&paths.key, key.as_bytes()).map_err(store)?;
-    datadir::write_atomic(&paths.cert, chain.as_bytes()).map_err(store)?;
+    super::pair::write(&paths.key, &paths.cert, chain, key)
+        .map_err(|e| AcmeError::NotWritable(e.to_string()))?;
     let json = serde_json::to_vec_pretty(meta).map_err(|e| AcmeError::Protocol(e.to_string()))?;
-    datadir::write_atomic(&paths.meta, &json).map_err(store)
+    datadir::write_atomic(&paths.meta, &json).map_err(|e| AcmeError::NotWritable(e.to_string()))
 }
 
 /// Rewrites the metadata alone (a new renewal window).
