@@ -7,6 +7,8 @@ mod backup;
 mod cli;
 mod datadir;
 mod dns;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod identity;
 mod metrics;
