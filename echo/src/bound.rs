@@ -21,6 +21,10 @@ const DEFLATE_BIT: u64 = 0b1000;
 pub enum BoundError {
     #[error("compressed data inflates to more than {0} bytes")]
     TooLarge(u64),
+    #[error(
+        "a Bloom filter with {bits} bits per entry and {probes} probes (at most {MAX_BLOOM} each, and at least 1)"
+    )]
+    Bloom { bits: u64, probes: u64 },
     #[error("malformed Automerge chunk: {0}")]
     Malformed(&'static str),
 }
@@ -33,6 +37,31 @@ pub fn check<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, limit: u64) -> Resu
         let mut r = Reader(bytes);
         while !r.0.is_empty() {
             chunk(&mut r, &mut budget)?;
+        }
+    }
+    Ok(())
+}
+
+/// The most bits per entry and probes a sync message's Bloom filter may ask for. Automerge
+/// makes 10 and 7; it trusts the peer's numbers, allocating 4 bytes per probe for every
+/// change it looks up (2^32 probes: 16 GiB, an abort) and dividing by the filter's size (0
+/// bits: a panic).
+pub const MAX_BLOOM: u64 = 64;
+
+/// Checks the Bloom filters of a sync message's `have` entries (each as
+/// `BloomFilter::to_bytes`: entries, bits per entry, probes as LEB128, then the bits).
+pub fn check_blooms(blooms: impl IntoIterator<Item = Vec<u8>>) -> Result<(), BoundError> {
+    for b in blooms {
+        let mut r = Reader(&b);
+        if r.0.is_empty() {
+            continue; // empty filter: no entries
+        }
+        let entries = r.uleb()?;
+        let bits = r.uleb()?;
+        let probes = r.uleb()?;
+        let ok = |v: u64| (1..=MAX_BLOOM).contains(&v);
+        if entries > 0 && !(ok(bits) && ok(probes)) {
+            return Err(BoundError::Bloom { bits, probes });
         }
     }
     Ok(())
@@ -255,6 +284,26 @@ mod tests {
         assert_eq!(check(all.iter().map(Vec::as_slice), 1 << 20), Ok(()));
         let one_change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
         assert_eq!(check([&one_change[..]], 0), Ok(()));
+    }
+
+    #[test]
+    fn bloom_filters_must_ask_for_sane_probes() {
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "k", "v").unwrap();
+        tx.commit();
+        let mut st = automerge::sync::State::new();
+        use automerge::sync::SyncDoc;
+        let m = doc.generate_sync_message(&mut st).unwrap();
+        assert_eq!(
+            check_blooms(m.have.iter().map(|h| h.bloom.to_bytes())),
+            Ok(())
+        );
+        assert_eq!(check_blooms([vec![1, 10, 7, 0, 0]]), Ok(()));
+        assert!(check_blooms([vec![1, 10, 0xff, 0xff, 0xff, 0xff, 0x0f]]).is_err());
+        assert!(check_blooms([vec![1, 0, 7]]).is_err());
+        assert!(check_blooms([vec![1, 10, 0]]).is_err());
+        assert_eq!(check_blooms([vec![]]), Ok(()));
     }
 
     #[test]

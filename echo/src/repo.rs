@@ -575,7 +575,15 @@ impl Echo {
             } => match sync::Message::decode(&data) {
                 // Compressed changes are measured before Automerge inflates them.
                 Ok(m) => {
-                    match crate::bound::check(m.changes.iter(), self.limits.max_inflated_bytes()) {
+                    let bounded =
+                        crate::bound::check_blooms(m.have.iter().map(|h| h.bloom.to_bytes()))
+                            .and_then(|()| {
+                                crate::bound::check(
+                                    m.changes.iter(),
+                                    self.limits.max_inflated_bytes(),
+                                )
+                            });
+                    match bounded {
                         Err(e) => {
                             let m = format!("refused: changes to {doc}: {e}");
                             self.strike(conn, "too-large", &m, &mut out);

@@ -78,7 +78,14 @@ pub enum CredentialError {
     Encoding,
     #[error("cannot encode the credential canonically: {0}")]
     Canonical(String),
+    /// JCS writes numbers as IEEE doubles: above 2^53 − 1 two times share one encoding, so
+    /// the signature would not pin the time (found by fuzzing, SECURITY.md).
+    #[error("issued and expires must be at most 2^53 - 1")]
+    TimeTooLarge,
 }
+
+/// The largest integer JCS (an IEEE double) writes exactly.
+pub const MAX_TIME: u64 = (1 << 53) - 1;
 
 /// The exact bytes a credential's proof signs.
 pub fn signed_bytes(
@@ -89,6 +96,9 @@ pub fn signed_bytes(
     expires: Option<u64>,
     signer: &str,
 ) -> Result<Vec<u8>, CredentialError> {
+    if issued > MAX_TIME || expires.is_some_and(|e| e > MAX_TIME) {
+        return Err(CredentialError::TimeTooLarge);
+    }
     let signed = Signed {
         issuer,
         subject,
@@ -158,6 +168,34 @@ impl Credential {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
+
+    /// Found by fuzzing (SECURITY.md, jcs-numbers): `expires` of 2^64 − 1 rewritten as
+    /// 2^64 − 201 kept its id and signature. Times past 2^53 − 1 are refused.
+    #[test]
+    fn times_past_two_to_the_53_are_refused() {
+        let k = SigningKey::from_bytes(&[1; 32]);
+        let did = PublicKey::from_bytes(k.verifying_key().as_bytes())
+            .unwrap()
+            .to_did();
+        let issue = |expires| {
+            Credential::issue(
+                &did,
+                &did,
+                Assertion::Revocation {
+                    credential: "x".into(),
+                },
+                1_700_000_000,
+                Some(expires),
+                &did,
+                |b| k.sign(b).to_bytes(),
+            )
+        };
+        assert!(issue(MAX_TIME).is_ok());
+        assert_eq!(issue(u64::MAX), Err(CredentialError::TimeTooLarge));
+        let mut c = issue(MAX_TIME).unwrap();
+        c.expires = Some(u64::MAX);
+        assert_eq!(c.verify_proof(), Err(CredentialError::TimeTooLarge));
+    }
 
     /// The vector in CREDENTIALS.md: key seeds 0x01… (issuer, signer) and 0x02… (subject).
     #[test]

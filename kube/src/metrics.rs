@@ -98,8 +98,9 @@ impl Metrics {
         let turn_refused = IntCounterVec::new(
             Opts::new(
                 "kube_turn_refused_total",
-                "TURN packets refused, by reason: a peer range, a quota, malformed-peer-address, \
-                 bad-credentials, or relay-socket (a send the relay socket itself refused).",
+                "TURN packets refused, by reason: a peer range, a quota, malformed (neither STUN \
+                 nor ChannelData), malformed-peer-address, bad-credentials, or relay-socket (a \
+                 send the relay socket itself refused).",
             ),
             &["reason"],
         )
@@ -281,6 +282,7 @@ impl Metrics {
             "user-quota",
             "total-quota",
             "bad-credentials",
+            "malformed",
             "malformed-peer-address",
             "relay-socket",
         ] {

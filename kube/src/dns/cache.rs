@@ -31,6 +31,27 @@ pub struct Plain {
     name: Vec<u8>,
 }
 
+/// Whether an OPT record's options are ones the full path reads the same way: none, or
+/// well-framed DNS COOKIEs (RFC 7873 §4: 8, or 16 to 40 bytes), which `dig` sends by
+/// default. Anything else (a malformed option, found by fuzzing) takes the full path, which
+/// refuses what it cannot parse instead of answering it from the cache.
+fn plain_options(mut rdata: &[u8]) -> bool {
+    while !rdata.is_empty() {
+        let Some(h) = rdata.get(..4) else {
+            return false;
+        };
+        let (code, len) = (
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[2], h[3]]) as usize,
+        );
+        if code != 10 || !(len == 8 || (16..=40).contains(&len)) || rdata.len() < 4 + len {
+            return false;
+        }
+        rdata = &rdata[4 + len..];
+    }
+    true
+}
+
 /// Recognises a plain query, or None (the full path handles everything else).
 pub fn plain(packet: &[u8], transport: Transport, max_udp: u16) -> Option<Plain> {
     let header = packet.get(..12)?;
@@ -75,6 +96,9 @@ pub fn plain(packet: &[u8], transport: Transport, max_udp: u16) -> Option<Plain>
         }
         let payload = u16::from_be_bytes([opt[3], opt[4]]);
         let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
+        if !plain_options(packet.get(at + 11..at + 11 + rdlen)?) {
+            return None;
+        }
         at += 11 + rdlen;
         edns = Some(payload);
     }
@@ -192,6 +216,27 @@ mod tests {
             m.set_edns(e);
         }
         m.to_vec().unwrap()
+    }
+
+    /// Found by fuzzing (SECURITY.md, dns-cache-malformed): a query whose EDNS option runs
+    /// past its record was answered from the cache though the full path refuses it.
+    #[test]
+    fn malformed_or_unknown_options_are_not_plain() {
+        let head = |rdata: &[u8]| {
+            let mut q = vec![0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+            q.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+            q.extend_from_slice(&[0, 0, 0x29, 0x04, 0xd0, 0, 0, 0, 0]);
+            q.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            q.extend_from_slice(rdata);
+            q
+        };
+        let overrun = [0, 10, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(plain(&head(&overrun), Transport::Udp, 1232).is_none());
+        let subnet = [0, 8, 0, 4, 0, 1, 0, 0];
+        assert!(plain(&head(&subnet), Transport::Udp, 1232).is_none());
+        let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(plain(&head(&cookie), Transport::Udp, 1232).is_some());
+        assert!(plain(&head(&[]), Transport::Udp, 1232).is_some());
     }
 
     #[test]

@@ -69,7 +69,16 @@ pub fn judge(
     now: u64,
     secret_for: impl Fn(&str) -> std::sync::Arc<[u8]>,
 ) -> Verdict {
-    // ChannelData and anything not STUN pass: the server drops what it cannot use.
+    // The two top bits are 00 for STUN and 01 for ChannelData (RFC 8656 §12); anything else
+    // is dropped here, because the `turn` crate's decoder ignores those bits and would read
+    // such a packet as STUN that this filter never judged.
+    if packet.first().is_some_and(|b| b & 0x80 != 0) {
+        return Verdict::Refuse {
+            response: Vec::new(),
+            reason: "malformed",
+        };
+    }
+    // ChannelData and what does not parse as STUN pass: the server drops what it cannot use.
     let Some(m) = decode(packet) else {
         return Verdict::Pass;
     };
@@ -622,14 +631,28 @@ mod tests {
 
     #[test]
     fn garbage_passes_to_the_server_untouched() {
-        for p in [
-            &b""[..],
-            &[0u8; 19],
-            &[0x40, 0, 0, 4, 1, 2, 3, 4],
-            &[0xffu8; 64],
-        ] {
+        for p in [&b""[..], &[0u8; 19], &[0x40, 0, 0, 4, 1, 2, 3, 4]] {
             assert_eq!(door(p), Verdict::Pass);
         }
+    }
+
+    /// Found by fuzzing (SECURITY.md, turn-top-bits): a signed request with a top type bit
+    /// set was passed as "not STUN", yet the `turn` crate decodes it as STUN and installed a
+    /// permission to a refused peer. Neither STUN nor ChannelData: dropped.
+    #[test]
+    fn packets_with_the_top_bits_set_are_dropped() {
+        let mut p = signed(METHOD_CREATE_PERMISSION, vec![peer("127.0.0.1:9")], b"s");
+        for top in [0x80, 0xC0] {
+            p[0] |= top;
+            assert_eq!(
+                door(&p),
+                Verdict::Refuse {
+                    response: Vec::new(),
+                    reason: "malformed"
+                }
+            );
+        }
+        assert!(matches!(door(&[0xffu8; 64]), Verdict::Refuse { .. }));
     }
 
     /// Truncations and bit flips of real requests: judged without a panic.
