@@ -147,7 +147,10 @@ fn template_parses_and_names_every_key() {
         let did = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
         let closed = load_str("kube.yml", &template_for(domain, Some(did)), no_env())
             .expect("template loads");
-        assert_eq!(closed.config.echo.admit, Admit::Admins(vec![did.to_owned()]));
+        assert_eq!(
+            closed.config.echo.admit,
+            Admit::Admins(vec![did.to_owned()])
+        );
         assert_eq!(closed.config.admin.operators, vec![did.to_owned()]);
         // Every key of every section appears in the template.
         let json = serde_json::to_value(Config::default()).unwrap();
