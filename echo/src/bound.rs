@@ -77,8 +77,11 @@ impl Budget {
     fn inflate(&mut self, data: &[u8]) -> Result<(), BoundError> {
         let decoder = flate2::bufread::DeflateDecoder::new(data);
         // One byte past the budget tells "over" from "exactly at".
-        let n = std::io::copy(&mut decoder.take(self.left + 1), &mut std::io::sink())
-            .map_err(|_| BoundError::Malformed("bad DEFLATE data"))?;
+        let n = std::io::copy(
+            &mut decoder.take(self.left.saturating_add(1)),
+            &mut std::io::sink(),
+        )
+        .map_err(|_| BoundError::Malformed("bad DEFLATE data"))?;
         if n > self.left {
             return Err(BoundError::TooLarge(self.limit));
         }

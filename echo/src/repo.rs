@@ -120,7 +120,7 @@ struct Space {
     docs: BTreeSet<String>,
     /// Why KUBE does not replicate the space (any more): its credentials no longer admit
     /// KUBE, or `echo.admit` refuses its admin. Nobody is served then; the files stay.
-    refusal: Option<String>,
+    refusal: Option<halo::admission::Refusal>,
     /// When a credential's time comes (an expiry, or an issue date past the skew) and the
     /// membership must be judged again, in Unix seconds.
     review_at: Option<u64>,
@@ -391,7 +391,7 @@ impl Echo {
         space.refusal =
             match halo::admission::decide_for(&self.policy, &self.kube, &space.membership) {
                 Decision::Replicate { .. } => None,
-                Decision::Refuse(r) => Some(r.to_string()),
+                Decision::Refuse(r) => Some(r),
             };
         // An id belongs to the first space that lists it, for good once its document is
         // here; a space root is nobody's object. A later lister never takes it over.
@@ -441,6 +441,24 @@ impl Echo {
 
     pub fn space_count(&self) -> usize {
         self.spaces.len()
+    }
+
+    /// Takes a document out of service without touching its files (they hold what was
+    /// acknowledged): after a panic while applying a peer's changes to it, its state in
+    /// memory cannot be trusted, and nothing of it may be written or sent. A restart loads
+    /// it from disk again.
+    pub fn quarantine(&mut self, doc: &str, why: &str) {
+        let Some(d) = self.docs.remove(doc) else {
+            return;
+        };
+        if let Some(s) = self.spaces.get_mut(&d.space) {
+            s.docs.remove(doc);
+        }
+        for c in self.conns.values_mut() {
+            c.syncs.remove(doc);
+        }
+        self.quarantined
+            .insert(doc.to_owned(), (d.space, why.to_owned()));
     }
 
     /// Documents whose files do not load: (space, documentId, why).
@@ -614,6 +632,19 @@ impl Echo {
         out
     }
 
+    /// An admin of a space KUBE no longer replicates still reaches its root, so the space
+    /// can admit KUBE again (a new replicator credential) and be served again.
+    fn admin_of_refused(&self, conn: ConnId, space: &str) -> Option<Role> {
+        let c = self.conns.get(&conn)?;
+        let s = self.spaces.get(space)?;
+        // Not when the operator's `echo.admit` refuses the space: that is final until reload.
+        let by_credentials = !matches!(
+            s.refusal,
+            None | Some(halo::admission::Refusal::AdminNotAllowed(_))
+        );
+        (by_credentials && s.membership.role_of(&c.did) == Some(Role::Admin)).then_some(Role::Admin)
+    }
+
     /// The role `conn` has in `space`; none in a space KUBE does not replicate.
     fn role(&self, conn: ConnId, space: &str) -> Option<Role> {
         let c = self.conns.get(&conn)?;
@@ -635,7 +666,12 @@ impl Echo {
         let Some(space_id) = self.docs.get(doc_id).map(|d| d.space.clone()) else {
             return;
         };
-        let Some(role) = self.role(conn, &space_id) else {
+        let is_root = self.spaces.get(&space_id).map(|s| s.root.as_str()) == Some(doc_id);
+        let Some(role) = self.role(conn, &space_id).or_else(|| {
+            is_root
+                .then(|| self.admin_of_refused(conn, &space_id))
+                .flatten()
+        }) else {
             *self.stats.refused.entry("not-member").or_default() += 1;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.syncs.remove(doc_id);
@@ -643,16 +679,17 @@ impl Echo {
             self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
             return;
         };
-        let is_root = self.spaces.get(&space_id).map(|s| s.root.as_str()) == Some(doc_id);
         if !msg.changes.is_empty() && role < Role::Replicator {
             let m = format!("refused: a reader's changes to {doc_id} are not accepted");
             self.strike(conn, "reader", &m, out);
             msg.changes = sync::ChunkList::empty();
         }
         let used = self.spaces.get(&space_id).map_or(0, |s| s.bytes);
+        // An admin's root changes (revocations) pass the quota, up to twice it.
+        let hard = self.limits.max_space_bytes.saturating_mul(2);
         if !msg.changes.is_empty()
             && used >= self.limits.max_space_bytes
-            && !(is_root && role == Role::Admin)
+            && (!(is_root && role == Role::Admin) || used >= hard)
         {
             let m = format!(
                 "refused: space {space_id} holds {used} bytes, its quota (echo.max_space_bytes) is {}",

@@ -217,15 +217,43 @@ impl FileStore {
         Ok(())
     }
 
-    /// Removes what a failed import of `space` left (nothing in it was acknowledged).
-    pub fn remove_space(&self, space: &str) -> Result<(), StoreError> {
+    /// Removes what a failed batch of `writes` (an import) may have left: exactly the files
+    /// they name (and their `.tmp`s), then the space's directory if nothing else is in it.
+    /// Nothing else is touched: the directory may hold files ECHO did not load.
+    pub fn remove_written(&self, writes: &[Write]) -> Result<(), StoreError> {
         let _held = self.hold_writes();
-        let dir = self.space_dir(space);
-        if !dir.is_dir() {
-            return Ok(()); // nothing of the import's (a file in the way is not ECHO's)
+        let mut dirs = Vec::new();
+        for w in writes {
+            let (space, names) = match w {
+                Write::NewSpace { space, .. } => (space, vec!["root".to_owned()]),
+                Write::Append { space, doc, .. } | Write::Snapshot { space, doc, .. } => {
+                    (space, vec![format!("{doc}.snapshot"), format!("{doc}.log")])
+                }
+            };
+            let dir = self.space_dir(space);
+            for name in names {
+                for path in [dir.join(&name), dir.join(format!("{name}.tmp"))] {
+                    match fs::remove_file(&path) {
+                        // Never written (or the directory is not there at all).
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                            ) => {}
+                        Err(e) => return Err(io(&path)(e)),
+                        Ok(()) => {}
+                    }
+                }
+            }
+            push_dir(&mut dirs, dir);
         }
-        fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        sync_dir(&self.spaces)
+        for dir in dirs {
+            // Only an empty directory goes (an error here means something else is in it).
+            if fs::remove_dir(&dir).is_ok() {
+                sync_dir(&self.spaces)?;
+            }
+        }
+        Ok(())
     }
 
     /// Holds off every write while the guard lives (for a consistent backup).

@@ -487,6 +487,13 @@ async fn run(
                                 "ECHO panicked on a peer's message; closing that connection"
                             );
                             *echo.stats.refused.entry("invalid").or_default() += 1;
+                            // The document it touched may be half-changed in memory: out of
+                            // service (its files are as acknowledged) until a restart.
+                            if let Ok(echo::wire::Incoming::Sync { doc, .. }) =
+                                echo::wire::decode(&bytes)
+                            {
+                                echo.quarantine(&doc, "ECHO panicked while applying a peer's changes; restart KUBE to load it from disk again");
+                            }
                             if let Some(outbox) = conns.remove(&conn) {
                                 outbox.close();
                             }
@@ -628,7 +635,7 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
                     if let Err(e) = &result {
                         tracing::error!(error = %e, %space, "import failed while writing; undone");
                         echo.forget_import(&space);
-                        if let Err(e) = store.remove_space(&space) {
+                        if let Err(e) = store.remove_written(&writes) {
                             tracing::error!(error = %e, %space, "removing a failed import's files");
                         }
                     }

@@ -854,6 +854,32 @@ fn a_space_that_stops_admitting_kube_is_no_longer_served() {
     );
     assert!(b.doc(ROOT_ID).get_heads().is_empty());
     assert_eq!(e.space_count(), 1, "the files stay: nothing is deleted");
+    // The admin can still reach the root and admit KUBE again; then it is served again.
+    let again = {
+        use ed25519_dalek::Signer;
+        let admin = halo::did(&w.admin);
+        // Another issue date: a credential of its own, not the revoked one again.
+        Credential::issue(
+            &admin,
+            &halo::did(&key(9)),
+            member(&w.space, Role::Replicator),
+            NOW / 1000 - 5,
+            None,
+            &admin,
+            |b| w.admin.sign(b).to_bytes(),
+        )
+        .unwrap()
+    };
+    assert!(alice.closed, "the admin's open connection was closed too");
+    let mut a2 = Client::join(&mut e, 4, &w.admin);
+    *a2.doc(ROOT_ID) = alice.doc(ROOT_ID).clone();
+    add_credential(a2.doc(ROOT_ID), &again);
+    a2.sync(&mut e, ROOT_ID);
+    assert!(a2.errors.is_empty(), "{:?}", a2.errors);
+    let mut b2 = Client::join(&mut e, 3, &bob);
+    b2.sync(&mut e, ROOT_ID);
+    assert!(b2.unavailable.is_empty(), "served again");
+    assert_eq!(get(b2.doc(ROOT_ID), "kube").as_deref(), Some("space"));
 
     // An `echo.admit` change on reload drops spaces the new policy refuses.
     let (mut e, w, mut alice) = set_up();
@@ -1024,12 +1050,24 @@ fn a_failed_import_is_undone_in_memory_and_on_disk() {
     let writes = fresh.import(exp.clone(), NOW).unwrap();
     assert!(store.apply(&writes).is_err());
     fresh.forget_import(&w.space);
-    store.remove_space(&w.space).unwrap();
+    store.remove_written(&writes).unwrap();
     assert_eq!((fresh.space_count(), fresh.doc_count()), (0, 0));
     assert!(fresh.list().is_empty());
     std::fs::remove_file(tmp.path().join("spaces").join(&w.space)).unwrap();
-    // Nothing of it is left: the same import succeeds now, and loads back.
+    // Nothing of it is left: the same import succeeds now, and loads back. A file the
+    // import did not write stays.
+    let other = tmp
+        .path()
+        .join("spaces")
+        .join(&w.space)
+        .join("other.snapshot");
     let writes = fresh.import(exp, NOW).unwrap();
+    store.apply(&writes).unwrap();
+    std::fs::write(&other, b"not the import's").unwrap();
+    let again_writes = echo().import(fresh.export(&w.space).unwrap(), NOW).unwrap();
+    store.remove_written(&again_writes).unwrap();
+    assert!(other.exists(), "only the import's own files are removed");
+    std::fs::remove_file(&other).unwrap();
     store.apply(&writes).unwrap();
     let mut again = echo();
     for s in store.load().unwrap() {
@@ -1113,4 +1151,20 @@ fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
     assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
     assert!(m.errors.iter().all(|e| e.contains("inflates to more than")));
     assert_eq!(e.stats.refused.get("too-large"), Some(&2));
+}
+
+#[test]
+fn a_document_taken_out_of_service_after_a_panic_is_never_written() {
+    let (mut e, w, mut alice) = set_up();
+    set(alice.doc(OBJ_ID), "title", "acknowledged");
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    alice.sync(&mut e, OBJ_ID);
+    alice.sync(&mut e, ROOT_ID);
+    e.quarantine(OBJ_ID, "panicked");
+    assert_eq!(e.quarantined().len(), 1);
+    set(alice.doc(OBJ_ID), "title", "after");
+    let a = alice.sync(&mut e, OBJ_ID);
+    assert!(!a.iter().any(|a| matches!(a, Action::Store(_))));
+    assert!(alice.errors.iter().any(|m| m.contains("quarantined")));
+    assert_eq!(e.show(&w.space).unwrap().summary.documents, 1);
 }
