@@ -27,12 +27,29 @@ pub enum BoundError {
     Bloom { bits: u64, probes: u64 },
     #[error("malformed Automerge chunk: {0}")]
     Malformed(&'static str),
+    #[error("the columns declare more than {0} values (operations and changes)")]
+    TooManyValues(u64),
 }
 
 /// Checks a sequence of chunks (a sync message's changes, or a saved document): their
 /// compressed parts together inflate to at most `limit` bytes.
 pub fn check<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, limit: u64) -> Result<(), BoundError> {
-    let mut budget = Budget { left: limit, limit };
+    check_with(chunks, limit, u64::MAX)
+}
+
+/// [`check`], and the values all chunks' columns declare (operations, changes) add up to
+/// at most `max_values`.
+pub fn check_with<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    limit: u64,
+    max_values: u64,
+) -> Result<(), BoundError> {
+    let mut budget = Budget {
+        left: limit,
+        limit,
+        values: 0,
+        max_values,
+    };
     for bytes in chunks {
         let mut r = Reader(bytes);
         while !r.0.is_empty() {
@@ -70,24 +87,71 @@ pub fn check_blooms(blooms: impl IntoIterator<Item = Vec<u8>>) -> Result<(), Bou
 struct Budget {
     left: u64,
     limit: u64,
+    /// Values the columns seen so far declare (their run lengths added up), and the most
+    /// allowed.
+    values: u64,
+    max_values: u64,
 }
 
 impl Budget {
-    /// Inflates `data` into nothing, counting: at most what is left of the budget.
-    fn inflate(&mut self, data: &[u8]) -> Result<(), BoundError> {
+    /// Inflates `data`, at most what is left of the budget.
+    fn inflate(&mut self, data: &[u8]) -> Result<Vec<u8>, BoundError> {
         let decoder = flate2::bufread::DeflateDecoder::new(data);
+        let mut out = Vec::new();
         // One byte past the budget tells "over" from "exactly at".
-        let n = std::io::copy(
-            &mut decoder.take(self.left.saturating_add(1)),
-            &mut std::io::sink(),
-        )
-        .map_err(|_| BoundError::Malformed("bad DEFLATE data"))?;
+        let n = decoder
+            .take(self.left.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|_| BoundError::Malformed("bad DEFLATE data"))? as u64;
         if n > self.left {
             return Err(BoundError::TooLarge(self.limit));
         }
         self.left -= n;
+        Ok(out)
+    }
+
+    /// Counts what one chunk's columns declare: Automerge walks every value a run length
+    /// claims, so a few bytes of runs can stand for billions of operations.
+    fn count(&mut self, n: u64) -> Result<(), BoundError> {
+        self.values = self.values.saturating_add(n);
+        if self.values > self.max_values {
+            return Err(BoundError::TooManyValues(self.max_values));
+        }
         Ok(())
     }
+}
+
+/// The values a column declares, by its type (the spec's low 3 bits): run-length encoded
+/// integers and strings (0, 1, 2, 3, 5, 6), booleans as alternating run lengths (4), raw
+/// bytes (7: counted by their length, which the message already bounds).
+fn column_values(kind: u64, data: &[u8]) -> Result<u64, BoundError> {
+    let mut r = Reader(data);
+    let mut n: u64 = 0;
+    match kind {
+        4 => {
+            while !r.0.is_empty() {
+                n = n.saturating_add(r.uleb()?);
+            }
+        }
+        7 => {}
+        _ => {
+            while !r.0.is_empty() {
+                let run = r.sleb()?;
+                if run > 0 {
+                    r.value(kind)?;
+                    n = n.saturating_add(run.unsigned_abs());
+                } else if run < 0 {
+                    for _ in 0..run.unsigned_abs() {
+                        r.value(kind)?;
+                    }
+                    n = n.saturating_add(run.unsigned_abs());
+                } else {
+                    n = n.saturating_add(r.uleb()?); // nulls
+                }
+            }
+        }
+    }
+    Ok(n)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -117,6 +181,39 @@ impl<'a> Reader<'a> {
             }
         }
         Err(BoundError::Malformed("LEB128 too long"))
+    }
+
+    fn sleb(&mut self) -> Result<i64, BoundError> {
+        let mut v: i64 = 0;
+        let mut shift = 0;
+        loop {
+            let [b, ..] = *self.take(1)? else {
+                return Err(BoundError::Malformed("truncated"));
+            };
+            if shift >= 64 {
+                return Err(BoundError::Malformed("LEB128 too long"));
+            }
+            v |= i64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                if shift < 64 && b & 0x40 != 0 {
+                    v |= -1 << shift;
+                }
+                return Ok(v);
+            }
+        }
+    }
+
+    /// One value of a run-length encoded column of type `kind`.
+    fn value(&mut self, kind: u64) -> Result<(), BoundError> {
+        match kind {
+            3 => self.sleb().map(|_| ()),
+            5 => {
+                let len = self.uleb()?;
+                self.take(len).map(|_| ())
+            }
+            _ => self.uleb().map(|_| ()),
+        }
     }
 
     /// A count-prefixed list of length-prefixed byte strings (actor ids).
@@ -151,15 +248,20 @@ impl<'a> Reader<'a> {
         Ok(cols)
     }
 
-    /// The columns' data, each compressed one inflated into `budget`.
-    fn column_data(&mut self, cols: &[(u64, u64)], budget: &mut Budget) -> Result<(), BoundError> {
+    /// The columns' data, each compressed one inflated into `budget`; returns the most
+    /// values any one column declares (the chunk's operations or changes).
+    fn column_data(&mut self, cols: &[(u64, u64)], budget: &mut Budget) -> Result<u64, BoundError> {
+        let mut most = 0;
         for (spec, len) in cols {
             let data = self.take(*len)?;
-            if spec & DEFLATE_BIT != 0 {
-                budget.inflate(data)?;
-            }
+            let n = if spec & DEFLATE_BIT != 0 {
+                column_values(spec & 0b111, &budget.inflate(data)?)?
+            } else {
+                column_values(spec & 0b111, data)?
+            };
+            most = most.max(n);
         }
-        Ok(())
+        Ok(most)
     }
 }
 
@@ -177,22 +279,46 @@ fn chunk(r: &mut Reader<'_>, budget: &mut Budget) -> Result<(), BoundError> {
             body.skip_hashes()?;
             let changes = body.columns()?;
             let ops = body.columns()?;
-            body.column_data(&changes, budget)?;
-            body.column_data(&ops, budget)?;
+            let n = body.column_data(&changes, budget)?;
+            budget.count(n)?;
+            let n = body.column_data(&ops, budget)?;
+            budget.count(n)?;
         }
-        1 => {}
-        2 => budget.inflate(body.0)?,
+        1 => change(&mut body, budget)?,
+        2 => {
+            let inflated = budget.inflate(body.0)?;
+            change(&mut Reader(&inflated), budget)?;
+        }
         3 => {
             body.skip_hashes()?;
             body.skip_actors()?;
             let changes = body.columns()?;
-            body.column_data(&changes, budget)?;
+            let n = body.column_data(&changes, budget)?;
+            budget.count(n)?;
             let ops = body.columns()?;
-            body.column_data(&ops, budget)?;
+            let n = body.column_data(&ops, budget)?;
+            budget.count(n)?;
         }
         _ => return Err(BoundError::Malformed("unknown chunk type")),
     }
     Ok(())
+}
+
+/// A change chunk's body (after its header): deps, actor, seq, start op, time, message,
+/// other actors, then its op columns.
+fn change(body: &mut Reader<'_>, budget: &mut Budget) -> Result<(), BoundError> {
+    body.skip_hashes()?;
+    let actor = body.uleb()?;
+    body.take(actor)?;
+    body.uleb()?; // seq
+    body.uleb()?; // start op
+    body.sleb()?; // time
+    let message = body.uleb()?;
+    body.take(message)?;
+    body.skip_actors()?;
+    let ops = body.columns()?;
+    let n = body.column_data(&ops, budget)?;
+    budget.count(n)
 }
 
 /// A DEFLATE stream that inflates to `mib` MiB of zeros in about `mib` KiB: a block that
@@ -307,6 +433,70 @@ mod tests {
         assert!(check_blooms([vec![1, 0, 7]]).is_err());
         assert!(check_blooms([vec![1, 10, 0]]).is_err());
         assert_eq!(check_blooms([vec![]]), Ok(()));
+    }
+
+    /// A change chunk (type 1) of an empty change whose one op column is `column`.
+    fn change_chunk(spec: u8, column: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, 1, 0xaa, 1, 1, 0, 0, 0, 1, spec];
+        body.push(column.len() as u8);
+        body.extend_from_slice(column);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[0; 4]);
+        out.push(1);
+        out.push(body.len() as u8);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// From the review of issue 14: a run length of 2^50 in a few bytes stands for 2^50
+    /// operations Automerge would walk. Counted, and refused past the limit.
+    #[test]
+    fn run_lengths_are_counted_before_automerge_walks_them() {
+        // sleb(2^50) then the value 1: one run in 9 bytes.
+        let run = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, 0x01];
+        let bomb = change_chunk(0x42, &run); // column 4, type 2 (uleb RLE)
+        assert_eq!(
+            check_with([&bomb[..]], 1 << 20, 1 << 20),
+            Err(BoundError::TooManyValues(1 << 20))
+        );
+        assert_eq!(check_with([&bomb[..]], 1 << 20, 1 << 50), Ok(()));
+        // Booleans are runs too; literal runs and nulls count one each.
+        let bools = change_chunk(0x44, &[0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert!(check_with([&bools[..]], 1 << 20, 1 << 20).is_err());
+        let literals = change_chunk(0x42, &[0x7d, 1, 2, 3, 0, 5]); // -3: 1 2 3, then 5 nulls
+        assert_eq!(check_with([&literals[..]], 1 << 20, 8), Ok(()));
+        assert_eq!(
+            check_with([&literals[..]], 1 << 20, 7),
+            Err(BoundError::TooManyValues(7))
+        );
+    }
+
+    #[test]
+    fn real_changes_count_their_operations() {
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        let text = tx
+            .put_object(ROOT, "text", automerge::ObjType::Text)
+            .unwrap();
+        tx.splice_text(&text, 0, 0, &"x".repeat(5000)).unwrap();
+        tx.commit();
+        let mut tx = doc.transaction();
+        tx.splice_text(&text, 0, 4000, "").unwrap(); // 4000 deletions in few bytes
+        tx.commit();
+        let changes: Vec<Vec<u8>> = doc
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let all = changes.iter().map(Vec::as_slice);
+        assert_eq!(check_with(all.clone(), 1 << 20, 20_000), Ok(()));
+        assert!(matches!(
+            check_with(all, 1 << 20, 5000),
+            Err(BoundError::TooManyValues(5000))
+        ));
+        let saved = doc.save();
+        assert_eq!(check_with([&saved[..]], 1 << 20, 20_000), Ok(()));
+        assert!(check_with([&saved[..]], 1 << 20, 4000).is_err());
     }
 
     #[test]

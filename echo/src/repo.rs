@@ -50,6 +50,13 @@ impl Limits {
     pub fn max_inflated_bytes(&self) -> u64 {
         (self.max_message_bytes as u64).saturating_mul(4)
     }
+
+    /// What one message's chunks may declare in values (operations, changes): a quarter
+    /// of the largest message in bytes (about 4 million by default). Run lengths let a few
+    /// bytes stand for billions of operations, which Automerge would walk one by one.
+    pub fn max_values(&self) -> u64 {
+        (self.max_message_bytes as u64 / 4).max(1)
+    }
 }
 
 impl Default for Limits {
@@ -596,9 +603,10 @@ impl Echo {
                     let bounded =
                         crate::bound::check_blooms(m.have.iter().map(|h| h.bloom.to_bytes()))
                             .and_then(|()| {
-                                crate::bound::check(
+                                crate::bound::check_with(
                                     m.changes.iter(),
                                     self.limits.max_inflated_bytes(),
+                                    self.limits.max_values(),
                                 )
                             });
                     match bounded {
