@@ -1,7 +1,48 @@
 //! Byte-level mutations of valid messages, shared by every fuzz target (`bench/fuzz/run`):
 //! each crate's fuzz file includes this one file with `#[path]`.
+#![allow(dead_code)] // each including file uses its own part of it
+
+use std::sync::Arc;
 
 use proptest::prelude::*;
+use proptest::test_runner::Config as ProptestConfig;
+
+/// Cases from `PROPTEST_CASES` (proptest's default config reads it); a failure is shrunk
+/// and printed, not written to a regressions file beside the source.
+pub fn config() -> ProptestConfig {
+    ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Arbitrary bytes (one case in five) or a template under up to eight mutations whose
+/// overwrites favour `special`.
+pub fn bytes_from(
+    templates: Vec<Vec<u8>>,
+    max_random: usize,
+    special: &'static [u8],
+) -> impl Strategy<Value = Vec<u8>> {
+    let templates = Arc::new(templates);
+    let n = templates.len();
+    prop_oneof![
+        1 => proptest::collection::vec(any::<u8>(), 0..max_random),
+        4 => (0..n, proptest::collection::vec(mutation(special), 0..8))
+            .prop_map(move |(i, ms)| mutate(templates[i].clone(), &ms)),
+    ]
+}
+
+/// [`bytes_from`] as the text a server would see: a WebSocket text frame or header is
+/// UTF-8, so invalid sequences are replaced.
+pub fn text_from(
+    templates: Vec<String>,
+    max_random: usize,
+    special: &'static [u8],
+) -> impl Strategy<Value = String> {
+    let templates = templates.into_iter().map(String::into_bytes).collect();
+    bytes_from(templates, max_random, special)
+        .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+}
 
 /// One byte-level mutation; positions wrap around the message's length.
 #[derive(Clone, Debug)]

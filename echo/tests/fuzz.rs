@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Mutex, Once};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
@@ -27,36 +27,18 @@ use echo::{Action, ConnId, Echo, Limits};
 use halo::admission::Admit;
 use halo::credential::{Assertion, Credential, Role};
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
-
-/// Cases from `PROPTEST_CASES` (proptest's default config reads it); failures are shrunk
-/// and printed, not written to a regressions file.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------- mutations
 
 #[path = "../../bench/fuzz/mutate.rs"]
 mod mutations;
-use mutations::{Mutation, mutate};
+use mutations::config;
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    mutations::mutation(&[0, 0xff, 0x7f, 0x80, 0x01, b'"'])
-}
+/// Overwrites favour these bytes (the format's delimiters and edges).
+const SPECIAL: &[u8] = &[0, 0xff, 0x7f, 0x80, 0x01, b'"'];
 
-/// Arbitrary bytes (one case in five) or a template under up to eight mutations.
 fn bytes_from(templates: Vec<Vec<u8>>, max_random: usize) -> impl Strategy<Value = Vec<u8>> {
-    let templates = Arc::new(templates);
-    let n = templates.len();
-    prop_oneof![
-        1 => proptest::collection::vec(any::<u8>(), 0..max_random),
-        4 => (0..n, proptest::collection::vec(mutation(), 0..8))
-            .prop_map(move |(i, ms)| mutate(templates[i].clone(), &ms)),
-    ]
+    mutations::bytes_from(templates, max_random, SPECIAL)
 }
 
 // ---------------------------------------------------------------- a space and its peers

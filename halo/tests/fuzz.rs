@@ -8,7 +8,7 @@
 //! that whatever verifies is exactly what the key holder signed: a mutated credential,
 //! header or invitation message is refused, or means the same as the original.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use ed25519_dalek::{Signer, SigningKey};
 use halo::PublicKey;
@@ -16,40 +16,18 @@ use halo::credential::{Assertion, Credential, Role};
 use halo::invitation::{Guest, GuestStep, Host, Invitation, Message, Method};
 use halo::request::{self, Signed, Target};
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
-
-/// Cases from `PROPTEST_CASES` (proptest's default config reads it); failures are shrunk
-/// and printed, not written to a regressions file.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------- mutations
 
 #[path = "../../bench/fuzz/mutate.rs"]
 mod mutations;
-use mutations::{Mutation, mutate};
+use mutations::config;
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    mutations::mutation(&[b'"', b'\\', b',', b'0', b'9', b' ', 0xff])
-}
+/// Overwrites favour these bytes (the format's delimiters and edges).
+const SPECIAL: &[u8] = &[b'"', b'\\', b',', b'0', b'9', b' ', 0xff];
 
-/// Arbitrary text (one case in five) or a template under up to eight mutations, as the
-/// JSON/header text a server would see (invalid UTF-8 replaced, as a text frame cannot
-/// carry it).
 fn text_from(templates: Vec<String>, max_random: usize) -> impl Strategy<Value = String> {
-    let templates = Arc::new(templates);
-    let n = templates.len();
-    prop_oneof![
-        1 => proptest::collection::vec(any::<u8>(), 0..max_random)
-            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
-        4 => (0..n, proptest::collection::vec(mutation(), 0..8)).prop_map(move |(i, ms)| {
-            String::from_utf8_lossy(&mutate(templates[i].clone().into_bytes(), &ms)).into_owned()
-        }),
-    ]
+    mutations::text_from(templates, max_random, SPECIAL)
 }
 
 fn key(seed: u8) -> SigningKey {

@@ -8,19 +8,8 @@
 //! random bytes, and asserts more than "no panic" where a cheap invariant exists.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
-
-/// Cases from `PROPTEST_CASES` (proptest's default config reads it); a failure is shrunk
-/// and printed, not written to a regressions file beside the source.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Whether a known finding (SECURITY.md) is masked: `FUZZ_MASK=id,id` looks past it for
 /// others. Unmasked, a known finding fails its target until it is fixed.
@@ -30,21 +19,18 @@ fn masked(id: &str) -> bool {
 
 #[path = "../../bench/fuzz/mutate.rs"]
 mod mutations;
+use mutations::config;
 use mutations::{Mutation, mutate};
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    mutations::mutation(&[0, 0xff, 0x7f, 0x80, 0x01, 0x40])
+/// Overwrites favour these bytes (the format's delimiters and edges).
+const SPECIAL: &[u8] = &[0, 0xff, 0x7f, 0x80, 0x01, 0x40];
+
+fn bytes_from(templates: Vec<Vec<u8>>, max_random: usize) -> impl Strategy<Value = Vec<u8>> {
+    mutations::bytes_from(templates, max_random, SPECIAL)
 }
 
-/// Arbitrary bytes (one case in five) or a template under up to eight mutations.
-fn bytes_from(templates: Vec<Vec<u8>>, max_random: usize) -> impl Strategy<Value = Vec<u8>> {
-    let templates = Arc::new(templates);
-    let n = templates.len();
-    prop_oneof![
-        1 => proptest::collection::vec(any::<u8>(), 0..max_random),
-        4 => (0..n, proptest::collection::vec(mutation(), 0..8))
-            .prop_map(move |(i, ms)| mutate(templates[i].clone(), &ms)),
-    ]
+fn mutation() -> impl Strategy<Value = Mutation> {
+    mutations::mutation(SPECIAL)
 }
 
 // ---------------------------------------------------------------- DNS

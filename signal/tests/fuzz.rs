@@ -5,49 +5,28 @@
 //! cases each.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
 use signal::hub::Ice;
 use signal::protocol::{self, ClientMsg, ServerMsg};
 use signal::{ConnId, Hub, Limits, Out};
-
-/// Cases from `PROPTEST_CASES` (proptest's default config reads it); failures are shrunk
-/// and printed, not written to a regressions file.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------- mutations
 
 #[path = "../../bench/fuzz/mutate.rs"]
 mod mutations;
-use mutations::{Mutation, mutate};
+use mutations::config;
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    mutations::mutation(b"\"\\{[01 ")
-}
+/// Overwrites favour these bytes (the format's delimiters and edges).
+const SPECIAL: &[u8] = b"\"\\{[01 ";
 
-/// Arbitrary text (one case in five) or a template under up to eight mutations; a
-/// WebSocket text frame is UTF-8, so invalid sequences are replaced.
 fn text_from(templates: Vec<String>, max_random: usize) -> impl Strategy<Value = String> {
-    let templates = Arc::new(templates);
-    let n = templates.len();
-    prop_oneof![
-        1 => proptest::collection::vec(any::<u8>(), 0..max_random)
-            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
-        4 => (0..n, proptest::collection::vec(mutation(), 0..8)).prop_map(move |(i, ms)| {
-            String::from_utf8_lossy(&mutate(templates[i].clone().into_bytes(), &ms)).into_owned()
-        }),
-    ]
+    mutations::text_from(templates, max_random, SPECIAL)
 }
 
 // ---------------------------------------------------------------- clients
