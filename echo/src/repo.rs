@@ -382,17 +382,20 @@ impl Echo {
         space.credentials = root.credentials;
         // Proofs are verified once per credential (the whole credential is the key: a copy
         // that differs anywhere is verified on its own).
-        let key = |c: &Credential| serde_json::to_string(c).unwrap_or_default();
+        let mut verified: std::collections::HashSet<*const Credential> =
+            std::collections::HashSet::new();
         for c in &space.credentials {
-            let k = key(c);
-            if !space.proven.contains(&k) && c.verify_proof().is_ok() {
+            let k = serde_json::to_string(c).unwrap_or_default();
+            if space.proven.contains(&k) || c.verify_proof().is_ok() {
                 space.proven.insert(k);
+                verified.insert(c);
             }
         }
-        let proven = &space.proven;
+        // (Validation hands back references into this same slice; the rest it verifies
+        // again, to report why they fail.)
         space.membership =
             halo::space::validate_with(space_id, &space.credentials, clock(now_ms), &|c| {
-                proven.contains(&key(c))
+                verified.contains(&std::ptr::from_ref(c))
             });
         space.review_at = next_review(&space.credentials, clock(now_ms));
         space.refusal =
