@@ -88,6 +88,9 @@ export class KubeAdapter extends WebSocketClientAdapter {
   #endpoint;
   /** @type {string|undefined} */
   #expectedPeerId;
+  /** Seconds to add to the local clock for token times: KUBE's clock minus ours, from the
+   * identity endpoint, so a client with a skewed clock still makes tokens KUBE accepts. */
+  clockOffset;
   /** Set by disconnect(): the stock adapter may still have a retry timer that would call
    * connect() again; it is ignored until reconnect(). */
   #stopped = false;
@@ -99,13 +102,15 @@ export class KubeAdapter extends WebSocketClientAdapter {
    * @param {string} o.kubeDid
    * @param {string} [o.peerId] if given, connect() refuses any other peerId
    * @param {number} [o.retryInterval] ms between reconnection attempts (stock default 5000)
+   * @param {number} [o.clockOffset] seconds KUBE's clock is ahead of ours (default 0)
    */
-  constructor({ endpoint, identity, kubeDid, peerId, retryInterval = 5000 }) {
+  constructor({ endpoint, identity, kubeDid, peerId, retryInterval = 5000, clockOffset = 0 }) {
     super(endpoint, retryInterval);
     this.#endpoint = endpoint;
     this.#identity = identity;
     this.kubeDid = kubeDid;
     this.#expectedPeerId = peerId;
+    this.clockOffset = Number.isSafeInteger(clockOffset) ? clockOffset : 0;
   }
 
   /** @param {string} peerId @param {any} [peerMetadata] */
@@ -114,7 +119,8 @@ export class KubeAdapter extends WebSocketClientAdapter {
     if (this.#expectedPeerId !== undefined && peerId !== this.#expectedPeerId) {
       throw new Error(`this adapter was made for peerId ${this.#expectedPeerId}, not ${peerId}`);
     }
-    const token = makeEchoToken({ identity: this.#identity, peer: peerId, aud: this.kubeDid });
+    const ts = Math.floor(Date.now() / 1000) + this.clockOffset;
+    const token = makeEchoToken({ identity: this.#identity, peer: peerId, aud: this.kubeDid, ts });
     this.url = `${this.#endpoint}?auth=${token}`;
     // NetworkSubsystem.reconnect() passes no metadata; keep what the Repo first gave (its
     // storageId), which the stock adapter forgets after disconnect().
@@ -176,8 +182,10 @@ function echoEndpoint(url) {
 }
 
 /**
- * Looks up a KUBE's did (`GET {url}/.well-known/kube/identity`) and returns an adapter for a
- * Repo: `new Repo({ network: [await connectKube({ url, identity })] })`.
+ * Looks up a KUBE's did and clock (`GET {url}/.well-known/kube/identity` answers
+ * `{did, time}`) and returns an adapter for a Repo:
+ * `new Repo({ network: [await connectKube({ url, identity })] })`. Its tokens use KUBE's
+ * clock (`clockOffset`), so a client whose clock is minutes off still connects.
  * @param {object} o
  * @param {string} o.url `https://host:port` of the KUBE
  * @param {Identity} o.identity the key to connect with
@@ -190,9 +198,10 @@ export async function connectKube({ url, identity, peerId, retryInterval, fetch:
   const endpoint = echoEndpoint(url);
   const res = await fetchFn(new URL(IDENTITY_PATH, url).toString(), { headers: { accept: 'application/json' } });
   if (!res.ok) throw new Error(`GET ${IDENTITY_PATH}: HTTP ${res.status}`);
-  const { did } = await res.json();
+  const { did, time } = await res.json();
   didToPublicKey(did); // throws unless an Ed25519 did:key
-  return new KubeAdapter({ endpoint, identity, kubeDid: did, peerId, retryInterval });
+  const clockOffset = Number.isSafeInteger(time) ? time - Math.floor(Date.now() / 1000) : 0;
+  return new KubeAdapter({ endpoint, identity, kubeDid: did, peerId, retryInterval, clockOffset });
 }
 
 /** Whether KUBE's last known heads include every local head of `handle`. Both lists are

@@ -242,3 +242,26 @@ test('a member added while connected is just a credential in the root (sanity fo
     await bobRepo.shutdown();
   }
 });
+
+test("connectKube makes tokens on KUBE's clock, not a skewed local one", async () => {
+  const kubeDid = fake.kube.did;
+  const ahead = 3600; // KUBE's clock is an hour ahead of ours (or ours an hour behind)
+  const fakeFetch = async () => new Response(JSON.stringify({ did: kubeDid, time: Math.floor(Date.now() / 1000) + ahead }), { status: 200 });
+  const adapter = await connectKube({ url: fake.url, identity: Identity.generate(), fetch: fakeFetch });
+  assert.ok(Math.abs(adapter.clockOffset - ahead) <= 1, `offset ${adapter.clockOffset}`);
+  // The stand-in checks tokens on the local clock, so it refuses this one (401).
+  const refused = new Promise((resolve) => adapter.once('kube-connection-error', resolve));
+  adapter.connect('p1', {});
+  await refused;
+  try {
+    const token = new URL(adapter.url).searchParams.get('auth');
+    const kubeNow = Math.floor(Date.now() / 1000) + ahead;
+    assert.ok(verifyEchoToken(token, { aud: kubeDid, now: kubeNow, windowSecs: 5 }));
+    assert.throws(() => verifyEchoToken(token, { aud: kubeDid, windowSecs: 60 }), /window/);
+  } finally {
+    adapter.disconnect();
+  }
+  // An older KUBE without `time`: the local clock, as before.
+  const old = async () => new Response(JSON.stringify({ did: kubeDid }), { status: 200 });
+  assert.equal((await connectKube({ url: 'https://kube.example', identity: Identity.generate(), fetch: old })).clockOffset, 0);
+});

@@ -45,7 +45,12 @@ pub fn landing_page(domain: &str, port_suffix: &str, apps: &[String]) -> String 
         ));
     }
     if apps.is_empty() {
-        items.push_str("<li>No apps yet: <code>kube app publish DIR --name NAME</code></li>\n");
+        items.push_str(&format!(
+            "<li>No apps yet. Try the sample app, a task list two browsers share peer to peer: \
+run <code>examples/tasks/publish</code> in KUBE's source tree, then open \
+<a href=\"https://tasks.{domain}{port_suffix}/\">tasks.{domain}</a> in two windows. \
+Your own app: <code>kube app publish DIR --name NAME</code>.</li>\n"
+        ));
     }
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>KUBE {domain}</title>\n\
@@ -70,5 +75,15 @@ mod tests {
         assert_eq!(route("demo.example.com", "example.com"), Site::App("demo"));
         assert_eq!(route("[::1]:8443", "localhost"), Site::Unknown);
         assert_eq!(route(".localhost", "localhost"), Site::Unknown);
+    }
+
+    #[test]
+    fn a_fresh_landing_page_says_what_to_do_next() {
+        let page = landing_page("localhost", ":8443", &[]);
+        assert!(page.contains("examples/tasks/publish"), "{page}");
+        assert!(page.contains("href=\"https://tasks.localhost:8443/\""), "{page}");
+        let page = landing_page("localhost", ":8443", &["tasks".into()]);
+        assert!(!page.contains("No apps yet"), "{page}");
+        assert!(page.contains("href=\"https://tasks.localhost:8443/\""), "{page}");
     }
 }

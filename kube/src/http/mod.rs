@@ -130,7 +130,7 @@ impl Service for HttpService {
             );
         }
         if let Some(echo) = deps.echo {
-            let did = serde_json::json!({ "did": echo.did() }).to_string();
+            let did = echo.did().to_owned();
             router = router
                 .route(
                     "/.well-known/kube/echo",
@@ -143,14 +143,23 @@ impl Service for HttpService {
                 )
                 .route(
                     "/.well-known/kube/identity",
-                    axum::routing::get(move || async move {
+                    axum::routing::get(move || {
+                        let did = did.clone();
+                        async move {
+                        // KUBE's clock beside its identity: a client whose clock is off still
+                        // makes tokens inside `echo.auth_window_secs` (echo/PROTOCOL.md §1).
+                        let time = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
                         (
                             [
                                 (header::CONTENT_TYPE, "application/json"),
                                 (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                                (header::CACHE_CONTROL, "no-store"),
                             ],
-                            did,
+                            serde_json::json!({ "did": did, "time": time }).to_string(),
                         )
+                        }
                     }),
                 );
         }
