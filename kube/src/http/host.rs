@@ -81,9 +81,15 @@ mod tests {
     fn a_fresh_landing_page_says_what_to_do_next() {
         let page = landing_page("localhost", ":8443", &[]);
         assert!(page.contains("examples/tasks/publish"), "{page}");
-        assert!(page.contains("href=\"https://tasks.localhost:8443/\""), "{page}");
+        assert!(
+            page.contains("href=\"https://tasks.localhost:8443/\""),
+            "{page}"
+        );
         let page = landing_page("localhost", ":8443", &["tasks".into()]);
         assert!(!page.contains("No apps yet"), "{page}");
-        assert!(page.contains("href=\"https://tasks.localhost:8443/\""), "{page}");
+        assert!(
+            page.contains("href=\"https://tasks.localhost:8443/\""),
+            "{page}"
+        );
     }
 }

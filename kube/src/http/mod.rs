@@ -146,19 +146,19 @@ impl Service for HttpService {
                     axum::routing::get(move || {
                         let did = did.clone();
                         async move {
-                        // KUBE's clock beside its identity: a client whose clock is off still
-                        // makes tokens inside `echo.auth_window_secs` (echo/PROTOCOL.md §1).
-                        let time = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs());
-                        (
-                            [
-                                (header::CONTENT_TYPE, "application/json"),
-                                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-                                (header::CACHE_CONTROL, "no-store"),
-                            ],
-                            serde_json::json!({ "did": did, "time": time }).to_string(),
-                        )
+                            // KUBE's clock beside its identity: a client whose clock is off still
+                            // makes tokens inside `echo.auth_window_secs` (echo/PROTOCOL.md §1).
+                            let time = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs());
+                            (
+                                [
+                                    (header::CONTENT_TYPE, "application/json"),
+                                    (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                                    (header::CACHE_CONTROL, "no-store"),
+                                ],
+                                serde_json::json!({ "did": did, "time": time }).to_string(),
+                            )
                         }
                     }),
                 );
