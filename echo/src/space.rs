@@ -26,8 +26,8 @@ pub struct Root {
 /// and whose proof verifies.
 pub fn check_entry(key: &str, v: &Value) -> Result<Credential, String> {
     let c = match v {
-        Value::String(s) => serde_json::from_str::<Credential>(s),
-        other => serde_json::from_value::<Credential>(other.clone()),
+        Value::String(s) => Credential::from_json(s),
+        other => Credential::from_json_value(other),
     }
     .map_err(|e| format!("credential entry {key:?} is not a credential: {e}"))?;
     if c.id != key {
@@ -86,8 +86,8 @@ pub fn root_from_json(v: &Value) -> Option<Root> {
         for (k, c) in creds {
             root.entries.insert(k.clone(), c.clone());
             let parsed = match c {
-                Value::String(s) => serde_json::from_str::<Credential>(s).ok(),
-                other => serde_json::from_value::<Credential>(other.clone()).ok(),
+                Value::String(s) => Credential::from_json(s).ok(),
+                other => Credential::from_json_value(other).ok(),
             };
             if let Some(cred) = parsed
                 && seen.insert((cred.id.clone(), cred.proof.signature.clone()))

@@ -56,6 +56,34 @@ pub struct Credential {
     pub proof: Proof,
 }
 
+impl Credential {
+    /// Parses a credential from halo's JSON. Only the object form counts: serde's derives
+    /// would also take arrays (`[id, issuer, …]`), which no other implementation (the JS
+    /// client's `verifyCredential`) reads the same way, so two readers of one root would
+    /// disagree about who is a member.
+    pub fn from_json(s: &str) -> Result<Credential, serde_json::Error> {
+        objects_only(&serde_json::from_str(s)?)?;
+        serde_json::from_str(s)
+    }
+
+    /// [`Credential::from_json`] for a JSON value already parsed.
+    pub fn from_json_value(v: &serde_json::Value) -> Result<Credential, serde_json::Error> {
+        objects_only(v)?;
+        Credential::deserialize(v)
+    }
+}
+
+fn objects_only(v: &serde_json::Value) -> Result<(), serde_json::Error> {
+    let object = |v: Option<&serde_json::Value>| v.is_some_and(serde_json::Value::is_object);
+    if v.is_object() && object(v.get("proof")) && object(v.get("assertion")) {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom(
+            "a credential, its proof and its assertion are JSON objects",
+        ))
+    }
+}
+
 /// The part that is signed: the credential without `id` and without the signature.
 #[derive(Serialize)]
 struct Signed<'a> {
@@ -195,6 +223,50 @@ mod tests {
         let mut c = issue(MAX_TIME).unwrap();
         c.expires = Some(u64::MAX);
         assert_eq!(c.verify_proof(), Err(CredentialError::TimeTooLarge));
+    }
+
+    /// Found by the JS/Rust vectors: serde's derives take a credential written as arrays,
+    /// which verifies, while the JS client refuses it. Only the object form is a credential.
+    #[test]
+    fn only_the_object_form_parses() {
+        let k = SigningKey::from_bytes(&[1; 32]);
+        let did = PublicKey::from_bytes(k.verifying_key().as_bytes())
+            .unwrap()
+            .to_did();
+        let c = Credential::issue(
+            &did,
+            &did,
+            Assertion::Revocation {
+                credential: "x".into(),
+            },
+            1_700_000_000,
+            None,
+            &did,
+            |b| k.sign(b).to_bytes(),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(Credential::from_json(&json).unwrap(), c);
+        let arrays = serde_json::json!([
+            c.id,
+            c.issuer,
+            c.subject,
+            ["Revocation", "x"],
+            c.issued,
+            null,
+            [c.proof.signer, c.proof.signature]
+        ]);
+        // What the derive alone accepts, and what KUBE no longer does.
+        let derived: Credential = serde_json::from_value(arrays.clone()).unwrap();
+        assert_eq!(derived, c);
+        assert!(Credential::from_json(&arrays.to_string()).is_err());
+        assert!(Credential::from_json_value(&arrays).is_err());
+        let mut half = serde_json::to_value(&c).unwrap();
+        half["assertion"] = serde_json::json!(["Revocation", "x"]);
+        assert!(Credential::from_json_value(&half).is_err());
+        let mut half = serde_json::to_value(&c).unwrap();
+        half["proof"] = serde_json::json!([c.proof.signer, c.proof.signature]);
+        assert!(Credential::from_json(&half.to_string()).is_err());
     }
 
     /// The vector in CREDENTIALS.md: key seeds 0x01… (issuer, signer) and 0x02… (subject).
