@@ -12,6 +12,7 @@ export {
   spaceMember,
   authorizedDevice,
   revocation,
+  MAX_TIME,
 } from './src/credential.js';
 export {
   createSpace,
@@ -48,6 +49,7 @@ export {
   PENDING_SECS,
 } from './src/invitation.js';
 export { validateSpace, members, SKEW_SECS } from './src/members.js';
+export { SpaceAccess } from './src/access.js';
 export { b64url } from './src/encoding.js';
 export {
   SignalClient,
@@ -56,3 +58,11 @@ export {
   redeemInvitation,
   SIGNAL_PATH,
 } from './src/signal.js';
+export { WebRTCAdapter, spaceSwarm } from './src/webrtc.js';
+export {
+  frames, frameCount, Reassembler, FramingError, encodeMessage, decodeMessage, LAST, MORE, KIND_AUTH, KIND_AUTOMERGE,
+} from './src/chunk.js';
+export {
+  AuthError, AwaitingProof, Authenticated, startAuth, makeProof, verifyProof, sdpFingerprint, proofMessage,
+  encodeAuth, decodeAuth, P2P_CONTEXT,
+} from './src/peer-auth.js';

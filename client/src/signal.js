@@ -24,6 +24,12 @@ function signalEndpoint(url) {
   return u.toString();
 }
 
+/** Whether `s` looks like an RTCIceServer (`urls` a string or strings). @param {any} s */
+function isIceServer(s) {
+  const urls = s?.urls;
+  return typeof urls === 'string' || (Array.isArray(urls) && urls.length > 0 && urls.every((u) => typeof u === 'string'));
+}
+
 /** An authenticated signaling connection. Events (`on(type, fn)`): `peers`, `peer-joined`,
  * `peer-left`, `signal`, `error` (the server's messages, as objects) and `close`. */
 export class SignalClient {
@@ -72,6 +78,29 @@ export class SignalClient {
       const offError = this.on('error', (m) => done(() => reject(new Error(`signaling: ${m.code}: ${m.message}`))));
       const timer = setTimeout(() => done(() => reject(new Error(`signaling: no answer to join within ${timeoutMs} ms`))), timeoutMs);
       this.#send({ type: 'join', swarm });
+    });
+  }
+
+  /**
+   * Asks KUBE for its STUN and TURN servers (`ice-servers`): resolves `{servers, ttl}`,
+   * `servers` being RTCIceServer objects (TURN with REST credentials valid `ttl` seconds).
+   * Rejects with `code: 'no-ice-servers'` when KUBE has TURN disabled, or on timeout or close.
+   * @param {{timeoutMs?: number}} [o]
+   * @returns {Promise<{servers: RTCIceServer[], ttl: number}>}
+   */
+  iceServers({ timeoutMs = 10_000 } = {}) {
+    return new Promise((resolve, reject) => {
+      const done = (f) => { offAnswer(); offError(); offClose(); clearTimeout(timer); f(); };
+      const fail = (message, code) => done(() => reject(Object.assign(new Error(message), { code })));
+      const offAnswer = this.on('ice-servers', (m) => {
+        const servers = Array.isArray(m.servers) ? m.servers.filter(isIceServer) : [];
+        done(() => resolve({ servers, ttl: Number.isFinite(m.ttl) ? m.ttl : 0 }));
+      });
+      // Errors are not tied to a request; only this code answers `ice-servers`.
+      const offError = this.on('error', (m) => { if (m.code === 'no-ice-servers') fail(`signaling: ${m.code}: ${m.message}`, m.code); });
+      const offClose = this.on('close', () => fail('signaling closed', 'closed'));
+      const timer = setTimeout(() => fail(`signaling: no ice-servers answer within ${timeoutMs} ms`, 'timeout'), timeoutMs);
+      this.#send({ type: 'ice-servers' });
     });
   }
 

@@ -3,6 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import canonicalize from 'canonicalize';
+import { ed25519 } from '@noble/curves/ed25519.js';
+import { sha512 } from '@noble/hashes/sha2.js';
+import { MAX_TIME } from '../src/credential.js';
+import { utf8 } from '../src/encoding.js';
 import {
   Identity, didToPublicKey, publicKeyToDid, verify,
   issueCredential, signedBytes, verifyCredential, credentialToJson,
@@ -160,4 +165,69 @@ test('sign and verify agree with OpenSSL; verify never throws', () => {
   const nodePriv = crypto.createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
   assert.deepEqual(Buffer.from(crypto.sign(null, msg, nodePriv)), Buffer.from(sig));
   assert.equal(JSON.stringify(me), JSON.stringify({ did: me.did }), 'JSON never shows the seed');
+});
+
+test('times up to 2^53 - 1, as halo (credential.rs MAX_TIME)', () => {
+  const issuer = Identity.fromSeed(seed(1));
+  const base = { issuer: issuer.did, subject: VECTOR.subject, assertion: spaceMember(VECTOR.space, 'editor'), issued: 1, signer: issuer };
+  assert.equal(MAX_TIME, 2 ** 53 - 1);
+  assert.ok(verifyCredential(issueCredential({ ...base, expires: MAX_TIME })));
+  assert.throws(() => issueCredential({ ...base, expires: MAX_TIME + 1 }), /expires/);
+  assert.throws(() => issueCredential({ ...base, issued: 2 ** 60 }), /issued/);
+  // Signed over the bytes JCS writes for 2^53 (it prints doubles): refused all the same.
+  const c = issueCredential({ ...base, expires: MAX_TIME });
+  const bytes = utf8(canonicalize({ ...JSON.parse(text(signedBytes(c))), expires: 2 ** 53 }));
+  const big = { ...c, expires: 2 ** 53, id: crypto.createHash('sha256').update(bytes).digest('hex'),
+    proof: { signer: issuer.did, signature: Buffer.from(issuer.sign(bytes)).toString('base64url') } };
+  assert.equal(text(signedBytes(big)), text(bytes));
+  assert.equal(verifyCredential(big), false);
+});
+
+test('verifyCredential takes exactly what halo parses', () => {
+  const issuer = Identity.fromSeed(seed(1));
+  const c = issueCredential({
+    issuer: issuer.did, subject: VECTOR.subject, assertion: spaceMember(VECTOR.space, 'editor'),
+    issued: 1_700_000_000, signer: issuer,
+  });
+  const changed = (f) => { const x = structuredClone(c); f(x); return verifyCredential(x); };
+  assert.equal(changed((x) => { x.expires = null; }), true, 'serde reads null as absent');
+  assert.equal(credentialToJson({ ...c, expires: null }), credentialToJson(c));
+  assert.equal(changed((x) => { x.note = 'hi'; }), false, 'unknown field');
+  assert.equal(changed((x) => { x.proof.alg = 'EdDSA'; }), false, 'unknown proof field');
+  assert.equal(changed((x) => { x.assertion.note = 'hi'; }), false, 'unknown assertion field');
+  assert.equal(changed((x) => { x.issued = String(x.issued); }), false);
+  assert.equal(changed((x) => { delete x.proof; }), false);
+  assert.equal(changed((x) => { x.assertion.type = 'constructor'; }), false);
+  assert.equal(verifyCredential([c.id, c.issuer]), false);
+  // A lone surrogate is no text: serde_json refuses it (the id would not match anyway; the
+  // check comes first).
+  assert.equal(changed((x) => { x.subject += '\ud800'; }), false);
+});
+
+test('signatures as ed25519-dalek verify_strict: no small-order component', () => {
+  // A key with a component of order 8 (A' = aB + T) signs with its scalar a: the cofactored
+  // equation noble checks holds, the exact one halo checks does not.
+  const { Point } = ed25519;
+  const s0 = seed(9);
+  const { scalar: a } = ed25519.utils.getExtendedPublicKey(s0);
+  const T = Point.fromHex('26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05');
+  const mixed = Point.BASE.multiply(a).add(T).toBytes();
+  const signer = { did: publicKeyToDid(mixed), sign: (m) => signWith(a, mixed, m) };
+  const c = issueCredential({
+    issuer: signer.did, subject: VECTOR.subject, assertion: spaceMember(VECTOR.space, 'editor'),
+    issued: 1_700_000_000, signer,
+  });
+  const sig = Buffer.from(c.proof.signature, 'base64url');
+  assert.ok(ed25519.verify(sig, signedBytes(c), mixed, { zip215: false }), 'noble alone accepts it');
+  assert.equal(verifyCredential(c), false);
+
+  function signWith(scalar, pub, m) {
+    const L = Point.Fn.ORDER;
+    const le = (b) => BigInt(`0x${Buffer.from(b).reverse().toString('hex') || '0'}`);
+    const r = le(sha512(new Uint8Array([7, ...m]))) % L;
+    const R = Point.BASE.multiply(r).toBytes();
+    const k = le(sha512(new Uint8Array([...R, ...pub, ...m]))) % L;
+    const s = (r + k * scalar) % L;
+    return new Uint8Array([...R, ...Buffer.from(s.toString(16).padStart(64, '0'), 'hex').reverse()]);
+  }
 });

@@ -1,4 +1,5 @@
-// validateSpace/members: the scenarios of halo/src/space/tests.rs, against the JS port.
+// validateSpace/members: the scenarios of halo/src/space/tests.rs, against the JS port. The
+// shared vectors (vectors.test.mjs) check it against halo case by case.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
