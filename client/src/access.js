@@ -20,7 +20,8 @@
 // `root_change`); that needs the change applied to a copy, which only the transport can do.
 
 import { isValidDocumentId } from '@automerge/automerge-repo';
-import { ROLES } from './credential.js';
+import * as A from '@automerge/automerge/slim';
+import { ROLES, verifyCredential } from './credential.js';
 import { SKEW_SECS, validateSpace } from './members.js';
 import { asString, credentials, objects, spaceOf } from './space.js';
 
@@ -78,15 +79,20 @@ export class SpaceAccess {
   #listeners = new Map();
   #timer;
   #signature = '';
+  /** documentId → the current Automerge doc, if we hold it (for `checkChanges` on objects). */
+  #docOf;
 
   /**
-   * @param {{now?: () => number, skew?: number}} [o] `now` in Unix seconds; `skew` how far
-   *   other clocks may be off (halo's SKEW_SECS)
+   * @param {{now?: () => number, skew?: number, docOf?: (documentId: string) => any}} [o]
+   *   `now` in Unix seconds; `skew` how far other clocks may be off (halo's SKEW_SECS);
+   *   `docOf` the current doc of an object we hold (e.g. from the Repo's handles), so
+   *   `checkChanges` judges an object's changes on a copy of it
    */
-  constructor({ now = () => Math.floor(Date.now() / 1000), skew = SKEW_SECS } = {}) {
+  constructor({ now = () => Math.floor(Date.now() / 1000), skew = SKEW_SECS, docOf = () => undefined } = {}) {
     if (typeof now !== 'function') throw new Error('now is a function returning Unix seconds');
     this.#now = now;
     this.#skew = skew;
+    this.#docOf = docOf;
   }
 
   /**
@@ -216,6 +222,64 @@ export class SpaceAccess {
     if (space === undefined) return false;
     const named = spaceOf(doc);
     return named === undefined || named === space;
+  }
+
+  /**
+   * Whether changes `did` sent for `documentId` may be applied, judged on a copy as ECHO
+   * does (echo/src/repo.rs, `space::root_change`): a root must stay this space's root and
+   * keep every credential entry byte for byte (a credential can be added, never changed or
+   * removed, so no editor hides a revocation or bricks the space), and every added entry
+   * must be a credential under its own id whose proof verifies; an object must not come to
+   * name another space. Call it after `mayReceive` said yes. Changes whose dependencies are
+   * missing are judged on what they change once applied to the copy.
+   * @param {string} did @param {string} documentId @param {Uint8Array[]} changes
+   * @returns {{ok: true} | {ok: false, reason: string}}
+   */
+  checkChanges(did, documentId, changes) {
+    const space = this.spaceOfDoc(documentId);
+    const e = space === undefined ? undefined : this.#spaces.get(space);
+    if (!e) return { ok: false, reason: 'unlisted' };
+    if (!changes.length) return { ok: true };
+    const isRoot = documentId === e.rootId;
+    const old = isRoot ? this.#doc(e) : undefined;
+    if (isRoot && !e.membership) return { ok: true }; // the first root, from a bootstrap did
+    let next;
+    try {
+      let base = old;
+      if (!isRoot) {
+        try {
+          base = this.#docOf(documentId);
+        } catch {
+          base = undefined;
+        }
+      }
+      const copy = base && isAutomerge(base) ? A.clone(base) : A.init();
+      [next] = A.applyChanges(copy, changes);
+    } catch {
+      return { ok: false, reason: 'invalid' };
+    }
+    if (!isRoot) {
+      const named = spaceOf(next);
+      return named === undefined || named === space ? { ok: true } : { ok: false, reason: 'other-space' };
+    }
+    if (asString(next?.kube) !== 'space' || spaceOf(next) !== e.space) return { ok: false, reason: 'not-a-root' };
+    const before = rawCredentials(old);
+    const after = rawCredentials(next);
+    for (const [id, raw] of before) {
+      if (!after.has(id)) return { ok: false, reason: 'credential-removed' };
+      if (after.get(id) !== raw) return { ok: false, reason: 'credential-changed' };
+    }
+    for (const [id, raw] of after) {
+      if (before.has(id)) continue;
+      let c;
+      try {
+        c = JSON.parse(raw);
+      } catch {
+        return { ok: false, reason: 'bad-credential' };
+      }
+      if (c?.id !== id || !verifyCredential(c)) return { ok: false, reason: 'bad-credential' };
+    }
+    return { ok: true };
   }
 
   /** @param {'change'} event @param {() => void} fn */
@@ -354,4 +418,23 @@ export class SpaceAccess {
       }
     }
   }
+}
+
+/** Whether `doc` is an Automerge document (not a plain object from an event). */
+function isAutomerge(doc) {
+  try {
+    A.getHeads(doc);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A root's credential entries as the exact strings stored (id → JSON text). */
+function rawCredentials(doc) {
+  const out = new Map();
+  const map = doc?.credentials;
+  if (!map || typeof map !== 'object') return out;
+  for (const [id, v] of Object.entries(map)) out.set(id, typeof v === 'string' ? v : asString(v) ?? JSON.stringify(v));
+  return out;
 }

@@ -872,14 +872,26 @@ export class WebRTCAdapter extends NetworkAdapter {
           this.#enqueue(conn, encodeMessage(KIND_AUTOMERGE, cbor.encode({ type: 'doc-unavailable', senderId: this.peerId, targetId: conn.peerId, documentId })));
           return refuse('not-allowed');
         }
-        let changes;
+        let decoded;
         try {
-          changes = decodeSyncMessage(msg.data).changes.length > 0;
+          decoded = decodeSyncMessage(msg.data);
         } catch {
           return refuse('bad-sync-message');
         }
+        const changes = decoded.changes.length > 0;
         // 'reader': it may read but not write this document; 'not-allowed': not even read.
         if (!this.#may('mayReceive', conn.did, documentId, { changes })) return refuse(changes && this.#may('mayShare', conn.did, documentId) ? 'reader' : 'not-allowed');
+        // A writer's changes pass the space's rules on a copy first (a root keeps every
+        // credential; an object stays in its space), as KUBE judges them.
+        if (changes && typeof this.#access.checkChanges === 'function') {
+          let verdict;
+          try {
+            verdict = this.#access.checkChanges(conn.did, documentId, decoded.changes);
+          } catch {
+            verdict = { ok: false, reason: 'invalid' };
+          }
+          if (!verdict?.ok) return refuse(`invalid:${verdict?.reason ?? 'unknown'}`);
+        }
         break;
       }
       case 'ephemeral':

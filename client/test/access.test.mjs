@@ -330,3 +330,36 @@ test('checkObject refuses an object naming another space', (t) => {
   assert.equal(access.checkObject(task.documentId, { ...task.doc(), space: stranger.did }), false);
   assert.equal(access.checkObject('unknownDocumentIdxxxxxxxxxx', { space }), false, 'listed by no space');
 });
+
+test("a writer's changes pass the space's rules on a copy: a root keeps every credential, an object its space", (t) => {
+  const { repo, space, root, task, edCred } = world();
+  const access = new SpaceAccess({ now: () => T0, docOf: (id) => repo.handles[id]?.doc() });
+  access.addSpace({ space, root });
+  t.after(() => access.close());
+  /** The changes an editor's copy of `handle` makes with `fn`. */
+  const changesBy = (handle, fn) => {
+    const before = handle.doc();
+    const after = A.change(A.clone(before), fn);
+    return A.getChanges(before, after);
+  };
+  // Listing a new object in the root (what creating a task does) is fine.
+  const listed = changesBy(root, (d) => { d.objects['2Xc4BPfXqo8CHZFFa6uNJGMHR6v3'] = { type: 'task' }; });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, listed), { ok: true });
+  // Taking a credential away (hiding a revocation, dropping a member) is not.
+  const removed = changesBy(root, (d) => { delete d.credentials[edCred.id]; });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, removed), { ok: false, reason: 'credential-removed' });
+  const changed = changesBy(root, (d) => { d.credentials[edCred.id] = new A.ImmutableString('{}'); });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, changed), { ok: false, reason: 'credential-changed' });
+  // A forged entry (an admin grant the editor signed itself, under another id) is refused.
+  const forged = issueCredential({ issuer: alice.did, subject: stranger.did, assertion: { type: 'SpaceMember', space, role: 'admin' }, issued: T0, signer: alice });
+  const entry = JSON.stringify({ ...JSON.parse(JSON.stringify(forged)), subject: ed.did });
+  const bad = changesBy(root, (d) => { d.credentials[forged.id] = new A.ImmutableString(entry); });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, bad), { ok: false, reason: 'bad-credential' });
+  const otherSpace = changesBy(root, (d) => { d.space = new A.ImmutableString(stranger.did); });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, otherSpace), { ok: false, reason: 'not-a-root' });
+  // An object may not come to name another space.
+  const moved = changesBy(task, (d) => { d.space = new A.ImmutableString(stranger.did); });
+  assert.deepEqual(access.checkChanges(ed.did, task.documentId, moved), { ok: false, reason: 'other-space' });
+  const edit = changesBy(task, (d) => { d.props.title = new A.ImmutableString('Buy oat milk'); });
+  assert.deepEqual(access.checkChanges(ed.did, task.documentId, edit), { ok: true });
+});
