@@ -254,7 +254,10 @@ export class SpaceAccess {
         }
       }
       const copy = base && isAutomerge(base) ? A.clone(base) : A.init();
-      [next] = A.applyChanges(copy, changes);
+      // A sync message's "changes" are change chunks or, to a peer that has nothing yet,
+      // a whole saved document: loadIncremental takes both (applyChanges only the first).
+      next = copy;
+      for (const c of changes) next = A.loadIncremental(next, c);
     } catch {
       return { ok: false, reason: 'invalid' };
     }

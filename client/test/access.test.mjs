@@ -363,3 +363,15 @@ test("a writer's changes pass the space's rules on a copy: a root keeps every cr
   const edit = changesBy(task, (d) => { d.props.title = new A.ImmutableString('Buy oat milk'); });
   assert.deepEqual(access.checkChanges(ed.did, task.documentId, edit), { ok: true });
 });
+
+test('a whole saved document in a sync message (what a peer that has nothing gets) is judged too', (t) => {
+  const { repo, space, root, task } = world();
+  const access = new SpaceAccess({ now: () => T0, docOf: () => undefined });
+  access.addSpace({ space, root });
+  t.after(() => access.close());
+  // The object as one document chunk, judged on an empty copy.
+  assert.deepEqual(access.checkChanges(ed.did, task.documentId, [A.save(task.doc())]), { ok: true });
+  const moved = A.change(A.clone(task.doc()), (d) => { d.space = new A.ImmutableString(stranger.did); });
+  assert.deepEqual(access.checkChanges(ed.did, task.documentId, [A.save(moved)]), { ok: false, reason: 'other-space' });
+  assert.ok(repo);
+});
