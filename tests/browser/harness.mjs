@@ -40,8 +40,9 @@ export function run(file, args, opts = {}) {
   });
 }
 
-/** Spawn `kube start` on port 0 everywhere; resolve once the `kube ready` line appears. */
-export function startKube(dataDir, args = []) {
+/** Spawn `kube start` on port 0 everywhere (or the addresses in `envOverrides`, e.g. to
+ * restart on the same ports); `kube.ready` resolves the `kube ready` line's addresses. */
+export function startKube(dataDir, args = [], envOverrides = {}) {
   const env = {
     ...process.env,
     KUBE_DATA_DIR: dataDir,
@@ -50,6 +51,7 @@ export function startKube(dataDir, args = []) {
     KUBE_ADMIN_LISTEN: '127.0.0.1:0',
     KUBE_DNS_LISTEN: '127.0.0.1:0',
     KUBE_TURN_LISTEN: '127.0.0.1:0',
+    ...envOverrides,
   };
   const child = spawn(KUBE_BIN, ['start', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const kube = { child, stdout: '', stderr: '', exited: null };
