@@ -190,6 +190,11 @@ describe('the tasks app, peer to peer in headless Chromium', { timeout: 300_000 
 
   it('Alice creates a space and invites Bob; concurrent edits converge over a direct data channel', guard(async () => {
     const alice = await open('alice');
+    // The newcomer's path: KUBE's landing page links to the published app.
+    const landing = await contexts.alice.newPage();
+    await landing.goto(`https://localhost:${addrs.https.split(':').pop()}/`);
+    assert.equal(await landing.locator(`a[href="${appUrl}"]`).count(), 1, await landing.content());
+    await landing.close();
     await alice.getByTestId('create-space').click();
     await alice.getByTestId('task-list').waitFor(WAIT);
     space = await alice.evaluate(() => window.kubeApp.current());
