@@ -23,7 +23,8 @@ import { isValidDocumentId } from '@automerge/automerge-repo';
 import * as A from '@automerge/automerge/slim';
 import { ROLES, verifyCredential } from './credential.js';
 import { SKEW_SECS, validateSpace } from './members.js';
-import { asString, credentials, objects, spaceOf } from './space.js';
+import canonicalize from 'canonicalize';
+import { asString, credentials, objects, plainValue, spaceOf } from './space.js';
 
 /** @typedef {import('./credential.js').Role} Role */
 /** @typedef {import('./credential.js').Credential} Credential */
@@ -107,6 +108,21 @@ export class SpaceAccess {
     if (this.#spaces.has(space)) throw new Error(`space ${space} is already registered`);
     const other = this.#roots.get(root.documentId);
     if (other !== undefined) throw new Error(`document ${root.documentId} is already the root of ${other}`);
+    // A root id comes from an invitation link, i.e. from the host: it must not be a document
+    // we already know as something else (an object of another space, which the host could
+    // otherwise make writable for itself under the bootstrap rule).
+    let held;
+    try {
+      held = root.isReady() ? root.doc() : undefined;
+    } catch {
+      held = undefined;
+    }
+    const isRootOfSpace = asString(held?.kube) === 'space' && spaceOf(held) === space;
+    const claimed = this.#claims.get(root.documentId);
+    if (claimed !== undefined && !isRootOfSpace) throw new Error(`document ${root.documentId} is an object of space ${claimed}, not a root`);
+    if (held && Object.keys(held).length > 0 && !isRootOfSpace) {
+      throw new Error(`document ${root.documentId} is not the root of space ${space}`);
+    }
     /** @type {Entry} */
     const entry = {
       space,
@@ -242,7 +258,6 @@ export class SpaceAccess {
     if (!changes.length) return { ok: true };
     const isRoot = documentId === e.rootId;
     const old = isRoot ? this.#doc(e) : undefined;
-    if (isRoot && !e.membership) return { ok: true }; // the first root, from a bootstrap did
     let next;
     try {
       let base = old;
@@ -261,22 +276,29 @@ export class SpaceAccess {
     } catch {
       return { ok: false, reason: 'invalid' };
     }
+    // Changes whose dependencies we lack are held back by Automerge, invisible on the copy
+    // and released later by whatever brings the dependency (possibly unchecked, e.g. from
+    // KUBE): judged only when they apply, so a message that leaves any held back is refused.
+    if (A.getMissingDeps(next, A.getHeads(next)).length > 0) return { ok: false, reason: 'missing-dependencies' };
     if (!isRoot) {
       const named = spaceOf(next);
       return named === undefined || named === space ? { ok: true } : { ok: false, reason: 'other-space' };
     }
     if (asString(next?.kube) !== 'space' || spaceOf(next) !== e.space) return { ok: false, reason: 'not-a-root' };
+    // The first root, from a bootstrap did: it only has to be this space's root (what it
+    // says of members is judged by validateSpace once it is here).
+    if (!e.membership) return { ok: true };
     const before = rawCredentials(old);
     const after = rawCredentials(next);
-    for (const [id, raw] of before) {
+    for (const [id, entry] of before) {
       if (!after.has(id)) return { ok: false, reason: 'credential-removed' };
-      if (after.get(id) !== raw) return { ok: false, reason: 'credential-changed' };
+      if (after.get(id)?.same !== entry.same) return { ok: false, reason: 'credential-changed' };
     }
-    for (const [id, raw] of after) {
+    for (const [id, entry] of after) {
       if (before.has(id)) continue;
       let c;
       try {
-        c = JSON.parse(raw);
+        c = entry.parse();
       } catch {
         return { ok: false, reason: 'bad-credential' };
       }
@@ -433,11 +455,22 @@ function isAutomerge(doc) {
   }
 }
 
-/** A root's credential entries as the exact strings stored (id → JSON text). */
+/** A root's credential entries: id → `same` (what must not change: a string entry's exact
+ * text; a map entry's canonical JSON, which is what ECHO's equality of JSON values amounts
+ * to — KUBE reads map entries too) and `parse()` (the credential as JSON data). */
 function rawCredentials(doc) {
+  /** @type {Map<string, {same: string, parse: () => any}>} */
   const out = new Map();
   const map = doc?.credentials;
   if (!map || typeof map !== 'object') return out;
-  for (const [id, v] of Object.entries(map)) out.set(id, typeof v === 'string' ? v : asString(v) ?? JSON.stringify(v));
+  for (const [id, v] of Object.entries(map)) {
+    if (typeof v === 'string' || (v && typeof v.val === 'string')) {
+      const text = /** @type {string} */ (asString(v));
+      out.set(id, { same: `string:${text}`, parse: () => JSON.parse(text) });
+    } else {
+      const data = plainValue(v);
+      out.set(id, { same: `value:${canonicalize(data) ?? 'undefined'}`, parse: () => data });
+    }
+  }
   return out;
 }

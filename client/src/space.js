@@ -132,13 +132,28 @@ export function revoke(root, admin, credentialId, { issued = nowSecs(), issuer =
 export function credentials(doc) {
   const out = [];
   for (const v of Object.values(doc?.credentials ?? {})) {
-    try {
-      out.push(JSON.parse(asString(v)));
-    } catch {
-      // not JSON: KUBE ignores it too
+    if (typeof v === 'string' || isImmutableString(v)) {
+      try {
+        out.push(JSON.parse(asString(v)));
+      } catch {
+        // not JSON: KUBE ignores it too
+      }
+    } else if (v && typeof v === 'object') {
+      // A credential written as a map, not as a JSON string: KUBE reads it too
+      // (echo/src/space.rs `check_entry`), so it counts here as well.
+      out.push(plainValue(v));
     }
   }
   return out;
+}
+
+/** A doc value as plain JSON data: scalar strings become strings, maps and lists copies.
+ * @param {any} v @returns {any} */
+export function plainValue(v) {
+  if (typeof v === 'string' || isImmutableString(v)) return asString(v);
+  if (Array.isArray(v)) return v.map(plainValue);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plainValue(x)]));
+  return v;
 }
 
 /** The object index of a root document: documentId → type name.

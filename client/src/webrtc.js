@@ -60,6 +60,14 @@ const MAX_CANDIDATE_CHARS = 1024;
 /** Remote `bye` reasons after which the offerer dials again (with backoff). */
 const REDIAL_AFTER_BYE = new Set(['failed', 'busy']);
 
+/** The longest ephemeral session id taken from a peer (automerge-repo's are UUID-sized). */
+const MAX_SESSION_ID = 64;
+/** The largest ephemeral payload taken from a peer (presence, cursors). */
+const MAX_EPHEMERAL_BYTES = 64 * 1024;
+
+/** The peerId our Repo knows a p2p peer by. @param {string} did */
+export const peerAlias = (did) => `webrtc:${did}`;
+
 /**
  * The signaling swarm of a space: hex SHA-256 of `kube-space-v1\n<spaceDid>` (64 lowercase hex).
  * @param {string} spaceDid @returns {string}
@@ -79,7 +87,11 @@ class Connection {
   /** @type {any} RTCPeerConnection */ pc;
   /** @type {any} RTCDataChannel */ dc;
   /** @type {'connecting'|'authenticating'|'open'} */ state = 'connecting';
-  /** @type {string|undefined} */ peerId;
+  /** The name our Repo knows the peer by: `webrtc:<did>`, chosen here, never by the peer.
+   * @type {string|undefined} */ peerId;
+  /** The automerge peerId the remote proved (its messages' senderId, ours' targetId).
+   * @type {string|undefined} */ remotePeerId;
+  /** The one ephemeral session the remote may use on this connection. @type {string|undefined} */ sessionId;
   /** @type {'direct'|'relay'|undefined} */ path;
   /** Set while the remote's proof is awaited. @type {import('./peer-auth.js').AwaitingProof|undefined} */ auth;
   /** Outgoing messages not yet handed to the channel, each a frame iterator. @type {{frames: Iterator<Uint8Array>, size: number}[]} */
@@ -258,7 +270,7 @@ export class WebRTCAdapter extends NetworkAdapter {
       if (message.type === 'request' && typeof documentId === 'string') this.#unavailableFrom(conn, documentId);
       return refuse('not-allowed');
     }
-    const body = cbor.encode(message);
+    const body = cbor.encode({ ...message, targetId: conn.remotePeerId });
     if (body.length + 1 > this.#maxMessageBytes) return refuse('too-large');
     this.#enqueue(conn, encodeMessage(KIND_AUTOMERGE, body));
   }
@@ -840,19 +852,25 @@ export class WebRTCAdapter extends NetworkAdapter {
   /** @param {Connection} conn @param {{did: string, peerId: string}} proven */
   #authenticated(conn, { did, peerId }) {
     if (!this.#allowed(did)) return this.#fail(conn, 'not-member');
-    const holder = this.#byPeerId.get(peerId);
+    // Our Repo keys peers by bare peerId across all adapters: a peer that chose KUBE's peerId
+    // (public) or another member's would take over their routes and sync state. So the Repo
+    // knows each p2p peer by a name derived from its proven did, and the remote's own
+    // peerId stays on the wire.
+    const alias = peerAlias(did);
+    const holder = this.#byPeerId.get(alias);
     if (peerId === this.peerId || (holder && holder !== conn)) return this.#fail(conn, 'peer-id-taken');
-    conn.peerId = peerId;
+    conn.peerId = alias;
+    conn.remotePeerId = peerId;
     conn.state = 'open';
     conn.reassembler.maxMessageBytes = this.#maxMessageBytes;
     clearTimeout(conn.openTimer);
-    this.#byPeerId.set(peerId, conn);
+    this.#byPeerId.set(alias, conn);
     clearTimeout(this.#redials.get(did)?.timer);
     this.#redials.delete(did);
     this.#emitPeers();
     // The remote's storageId is not taken: a member could claim KUBE's and make `synced()` trust
     // heads KUBE never acknowledged. Sync state with p2p peers is therefore not persisted.
-    this.emit('peer-candidate', { peerId: /** @type {PeerId} */ (peerId), peerMetadata: {} });
+    this.emit('peer-candidate', { peerId: /** @type {PeerId} */ (alias), peerMetadata: {} });
     this.#updatePath(conn);
   }
 
@@ -860,7 +878,7 @@ export class WebRTCAdapter extends NetworkAdapter {
   #receive(conn, msg) {
     const documentId = typeof msg.documentId === 'string' ? msg.documentId : undefined;
     const refuse = (/** @type {string} */ reason) => this.#refuse({ did: conn.did, documentId, reason, direction: 'in' });
-    if (msg.senderId !== conn.peerId) return refuse('wrong-sender');
+    if (msg.senderId !== conn.remotePeerId) return refuse('wrong-sender');
     if (msg.targetId !== this.peerId) return refuse('wrong-target');
     switch (msg.type) {
       case 'sync':
@@ -869,7 +887,7 @@ export class WebRTCAdapter extends NetworkAdapter {
         if (msg.type === 'request' && !this.#may('mayShare', conn.did, documentId)) {
           // It asks for a document it may not have: say we have none (true for it) rather than
           // let it wait, and do not bother the Repo.
-          this.#enqueue(conn, encodeMessage(KIND_AUTOMERGE, cbor.encode({ type: 'doc-unavailable', senderId: this.peerId, targetId: conn.peerId, documentId })));
+          this.#enqueue(conn, encodeMessage(KIND_AUTOMERGE, cbor.encode({ type: 'doc-unavailable', senderId: this.peerId, targetId: conn.remotePeerId, documentId })));
           return refuse('not-allowed');
         }
         let decoded;
@@ -894,7 +912,19 @@ export class WebRTCAdapter extends NetworkAdapter {
         }
         break;
       }
-      case 'ephemeral':
+      case 'ephemeral': {
+        if (!documentId) return refuse('bad-message');
+        if (!this.#may('mayShare', conn.did, documentId)) return refuse('not-allowed');
+        // The Repo keeps a counter per sender and session for ever: one short session per
+        // connection, a sane count and a small payload, or nothing.
+        const { sessionId, count, data } = msg;
+        if (typeof sessionId !== 'string' || sessionId.length === 0 || sessionId.length > MAX_SESSION_ID) return refuse('bad-message');
+        if (conn.sessionId === undefined) conn.sessionId = sessionId;
+        if (sessionId !== conn.sessionId) return refuse('another-session');
+        if (!Number.isSafeInteger(count) || count < 0) return refuse('bad-message');
+        if (!(data instanceof Uint8Array) || data.length > MAX_EPHEMERAL_BYTES) return refuse('bad-message');
+        break;
+      }
       case 'doc-unavailable':
         if (!documentId) return refuse('bad-message');
         if (!this.#may('mayShare', conn.did, documentId)) return refuse('not-allowed');
@@ -902,7 +932,7 @@ export class WebRTCAdapter extends NetworkAdapter {
       default:
         return refuse('unsupported-type');
     }
-    this.emit('message', msg);
+    this.emit('message', { ...msg, senderId: conn.peerId });
   }
 
   /** Tells our Repo that `conn`'s peer cannot provide `documentId` (after we withheld our

@@ -128,13 +128,12 @@ test('bootstrap dids may bring the root only until it validates', async (t) => {
   assert.equal(access.isPeerAllowed(stranger.did), false);
   assert.equal(access.mayReceive(stranger.did, rootId, { changes: true }), false);
 
-  // A root that is no space root (or another space's) does not validate: bootstrap holds.
+  // A document we hold that is no root of this space (another space's) is refused as its root.
   const bogus = guest.create({ kube: 'space', space: stranger.did, credentials: {}, objects: {} });
   const other = new SpaceAccess({ now: clock.now });
   t.after(() => other.close());
-  other.addSpace({ space, root: bogus, bootstrap: [relay.did] });
-  assert.ok(other.mayReceive(relay.did, bogus.documentId, { changes: true }));
-  assert.equal(other.members(space).size, 0);
+  assert.throws(() => other.addSpace({ space, root: bogus, bootstrap: [relay.did] }), /not the root/);
+  assert.equal(other.mayReceive(relay.did, bogus.documentId, { changes: true }), false);
 
   // The root arrives (as a bootstrap peer's sync would bring it): 'change' comes before ready.
   guest.import(A.save(hostRoot.doc()), { docId: rootId });
@@ -374,4 +373,46 @@ test('a whole saved document in a sync message (what a peer that has nothing get
   const moved = A.change(A.clone(task.doc()), (d) => { d.space = new A.ImmutableString(stranger.did); });
   assert.deepEqual(access.checkChanges(ed.did, task.documentId, [A.save(moved)]), { ok: false, reason: 'other-space' });
   assert.ok(repo);
+});
+
+test('an invitation cannot make an object of another space (or any other document) a root', (t) => {
+  const { repo, space, root, task, access } = world();
+  t.after(() => access.close());
+  const other = Identity.generate().did;
+  // The host of an invitation to `other` names this space's task as the root.
+  assert.throws(() => access.addSpace({ space: other, root: task, bootstrap: [rita.did] }), /object of space|not the root/);
+  // A document we hold that is no root of that space.
+  const plain = repo.create({ hello: 'world' });
+  assert.throws(() => access.addSpace({ space: other, root: plain, bootstrap: [rita.did] }), /not the root/);
+  assert.equal(access.spaceOfDoc(task.documentId), space);
+  assert.equal(access.mayReceive(rita.did, task.documentId, { changes: true }), false);
+  assert.ok(root);
+});
+
+test('changes that leave dependencies missing are refused (they would apply later, unchecked)', (t) => {
+  const { root, access, ritaCred } = world();
+  t.after(() => access.close());
+  const rev = revoke(root, alice, ritaCred.id, { issued: T0 + 1 });
+  assert.ok(rev);
+  // An editor builds c1 (harmless) then c2 on top of it (drops the revocation), and sends c2 alone.
+  const before = root.doc();
+  const c1doc = A.change(A.clone(before), (d) => { d.objects['2Xc4BPfXqo8CHZFFa6uNJGMHR6v3'] = { type: 'task' }; });
+  const c2doc = A.change(A.clone(c1doc), (d) => { delete d.credentials[rev.id]; });
+  const [c2] = A.getChanges(c1doc, c2doc);
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, [c2]), { ok: false, reason: 'missing-dependencies' });
+  const [c1] = A.getChanges(before, c1doc);
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, [c1]), { ok: true });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, [c1, c2]), { ok: false, reason: 'credential-removed' });
+});
+
+test('credentials written as maps count and may not change, as at KUBE', (t) => {
+  const { root, space, access } = world();
+  t.after(() => access.close());
+  const dev = Identity.generate();
+  const cred = issueCredential({ issuer: ed.did, subject: dev.did, assertion: authorizedDevice(ed.did, dev.did), issued: T0, signer: ed });
+  root.change((d) => { d.credentials[cred.id] = JSON.parse(JSON.stringify(cred)); });
+  assert.equal(access.roleOf(dev.did, space), 'editor', 'a map-form device authorization counts');
+  const before = root.doc();
+  const after = A.change(A.clone(before), (d) => { d.credentials[cred.id].issued = T0 + 5; });
+  assert.deepEqual(access.checkChanges(ed.did, root.documentId, A.getChanges(before, after)), { ok: false, reason: 'credential-changed' });
 });

@@ -3,8 +3,8 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { Repo } from '@automerge/automerge-repo';
-import { Identity, WebRTCAdapter, SignalClient, spaceSwarm, sdpFingerprint } from '../index.js';
+import { Repo, cbor } from '@automerge/automerge-repo';
+import { Identity, WebRTCAdapter, SignalClient, spaceSwarm, sdpFingerprint, encodeMessage, KIND_AUTOMERGE } from '../index.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { randomBytes } from 'node:crypto';
 
@@ -425,10 +425,13 @@ test('two Repos sync a document over the adapter; a non-member gets nothing', as
   // ICE servers came from signaling and went into every RTCPeerConnection.
   assert.ok(net.configs.length >= 2);
   for (const cfg of net.configs) assert.deepEqual(cfg, { iceServers: hub.servers, iceTransportPolicy: 'all' });
-  // didOf maps the proven peerId back; pathOf reads the selected candidate pair.
+  // The Repo knows b by a name from b's proven did, never by the peerId b chose (which
+  // could be KUBE's); didOf maps it back; pathOf reads the selected candidate pair.
   const bPeerId = openPeer(a, b.did).peerId;
-  assert.equal(bPeerId, b.repo.peerId);
+  assert.equal(bPeerId, `webrtc:${b.did}`);
+  assert.notEqual(bPeerId, b.repo.peerId);
   assert.equal(a.adapter.didOf(bPeerId), b.did);
+  assert.equal(a.adapter.didOf(b.repo.peerId), undefined);
   assert.equal(await a.adapter.pathOf(b.did), 'direct');
   const st = await a.adapter.stats(b.did);
   assert.deepEqual(st.pair, { local: 'host', remote: 'host', state: 'succeeded' });
@@ -751,4 +754,36 @@ test('SignalClient.iceServers() asks ice-servers and resolves servers and ttl, o
   ws.close();
   await assert.rejects(closed, (e) => e.code === 'closed');
   await assert.rejects(new SignalClient(ws, 'x').iceServers({ timeoutMs: 10 }), (e) => e.code === 'timeout');
+});
+
+test('ephemeral messages: one short session per connection, a small payload, a sane count', async () => {
+  const hub = new FakeHub();
+  const net = new FakeNet();
+  const [x, y] = twoIds();
+  const members = { [x.did]: 'editor', [y.did]: 'editor' };
+  const a = makePeer({ hub, net, identity: x, access: new StubAccess(members) });
+  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
+  a.adapter.joinSpace(SPACE);
+  b.adapter.joinSpace(SPACE);
+  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open');
+  const seen = [];
+  a.adapter.on('message', (m) => { if (m.type === 'ephemeral') seen.push(m); });
+  const documentId = '2Xc4BPfXqo8CHZFFa6uNJGMHR6v3';
+  /** b writes one raw automerge message on its channel (one frame: flag 0, then the message). */
+  const raw = (fields) => {
+    const msg = encodeMessage(KIND_AUTOMERGE, cbor.encode({ type: 'ephemeral', senderId: b.repo.peerId, targetId: a.repo.peerId, documentId, count: 1, data: new Uint8Array(4), ...fields }));
+    const frame = new Uint8Array(msg.length + 1);
+    frame.set(msg, 1);
+    net.pcsOf(b.did)[0].channels[0].send(frame);
+  };
+  raw({ sessionId: 's1' });
+  raw({ sessionId: 's2', count: 2 }); // a second session on one connection
+  raw({ sessionId: 'x'.repeat(65) });
+  raw({ sessionId: 's1', data: new Uint8Array(64 * 1024 + 1) });
+  raw({ sessionId: 's1', count: -1 });
+  raw({ sessionId: 's1', data: 12 });
+  raw({ sessionId: 's1', count: 3 });
+  await waitFor(() => seen.length === 2 && a.refused.length >= 5, 'two ephemeral messages through, five refused');
+  assert.deepEqual(seen.map((m) => [m.sessionId, m.count, m.senderId]), [['s1', 1, `webrtc:${b.did}`], ['s1', 3, `webrtc:${b.did}`]]);
+  assert.deepEqual(a.refused.map((e) => e.reason).sort(), ['another-session', 'bad-message', 'bad-message', 'bad-message', 'bad-message']);
 });

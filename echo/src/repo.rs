@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ReadDoc};
 use halo::admission::{Admit, Decision};
 use halo::credential::{Credential, Role};
 use halo::space::{Clock, Membership};
@@ -724,6 +724,12 @@ impl Echo {
             let mut copy = doc.am.clone();
             let mut st = state.clone();
             match copy.receive_sync_message(&mut st, msg) {
+                // Changes whose dependencies are missing wait inside the document, unseen by
+                // the check below, and would apply later when something else brings the
+                // dependency: a root takes only changes it can apply now.
+                Ok(()) if !copy.get_missing_deps(&[]).is_empty() => {
+                    Err("changes whose dependencies are missing".to_owned())
+                }
                 Ok(()) => {
                     let old = space::read_root(&doc.am).unwrap_or_default();
                     let verdict = space::read_root(&copy)

@@ -431,6 +431,51 @@ fn a_root_cannot_lose_credentials_or_be_replaced() {
     assert_eq!(e.space_count(), 1);
 }
 
+/// From the attacker's review of the peer-to-peer path: a root change held back for a
+/// missing dependency was invisible to the check and applied later, unchecked, when a
+/// harmless change brought the dependency. A root takes only changes it can apply now.
+#[test]
+fn a_root_change_with_a_missing_dependency_is_refused() {
+    let (mut e, w, mut alice) = set_up();
+    let id = w.creds[0].id.clone();
+    let before = e.docs[ROOT_ID].am.get_heads();
+    let doc = alice.doc(ROOT_ID);
+    let mut tx = doc.transaction();
+    let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
+    tx.put(&objects, "harmless", "task").unwrap();
+    tx.commit();
+    let mut tx = doc.transaction();
+    let (_, c) = tx.get(ROOT, "credentials").unwrap().unwrap();
+    tx.delete(&c, id.as_str()).unwrap();
+    let h2 = tx.commit().0.unwrap();
+    let c2 = doc.get_change_by_hash(&h2).unwrap().raw_bytes().to_vec();
+    let (am, st) = alice.docs.get_mut(ROOT_ID).unwrap();
+    let mut m = am.generate_sync_message(st).unwrap();
+    m.changes = sync::ChunkList::from(c2); // c2 alone, without the change it depends on
+    let f = frame(vec![
+        ("type", t("sync")),
+        ("senderId", t(&alice.peer)),
+        ("targetId", t(e.peer_id())),
+        ("documentId", t(ROOT_ID)),
+        ("data", Value::Bytes(m.encode())),
+    ]);
+    let actions = e.receive(alice.conn, &f, NOW);
+    alice.absorb(&mut e, actions);
+    assert!(
+        alice
+            .errors
+            .iter()
+            .any(|m| m.contains("dependencies are missing")),
+        "{:?}",
+        alice.errors
+    );
+    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+    assert!(
+        e.docs[ROOT_ID].am.get_missing_deps(&[]).is_empty(),
+        "nothing held back"
+    );
+}
+
 #[test]
 fn kube_keeps_only_spaces_that_admit_it() {
     let mut e = echo();
