@@ -60,6 +60,10 @@ const MAX_CANDIDATE_CHARS = 1024;
 /** Remote `bye` reasons after which the offerer dials again (with backoff). */
 const REDIAL_AFTER_BYE = new Set(['failed', 'busy']);
 
+/** How often, and how long apart, an open channel waits for its session descriptions. */
+const DESCRIPTION_WAITS = 100;
+const DESCRIPTION_WAIT_MS = 50;
+
 /** The longest ephemeral session id taken from a peer (automerge-repo's are UUID-sized). */
 const MAX_SESSION_ID = 64;
 /** The largest ephemeral payload taken from a peer (presence, cursors). */
@@ -102,6 +106,10 @@ class Connection {
   answered = false;
   closed = false;
   /** @type {any} */ openTimer;
+  /** Waiting for both session descriptions after the channel opened. */
+  descriptionWaits = 0;
+  /** @type {any} */ descriptionTimer;
+  /** The remote's proof, when it came before ours could go out. @type {Uint8Array|undefined} */ earlyAuth;
   /** @type {any} */ disconnectedTimer;
 
   /** @param {string} did @param {string} cid @param {boolean} offerer @param {Reassembler} reassembler */
@@ -792,6 +800,14 @@ export class WebRTCAdapter extends NetworkAdapter {
   /** The channel is up: send our proof, await theirs. @param {Connection} conn */
   #onChannelOpen(conn) {
     if (conn.closed || conn.state !== 'connecting') return;
+    // The channel can open a moment before our side has both session descriptions in place
+    // (seen in Chromium on the offerer); the proof needs both fingerprints, so wait for them.
+    if (!conn.pc.localDescription?.sdp || !conn.pc.remoteDescription?.sdp) {
+      if (conn.descriptionWaits++ >= DESCRIPTION_WAITS) return this.#fail(conn, 'auth-failed', new Error('no session descriptions after the channel opened'));
+      clearTimeout(conn.descriptionTimer);
+      conn.descriptionTimer = setTimeout(() => this.#onChannelOpen(conn), DESCRIPTION_WAIT_MS);
+      return;
+    }
     conn.state = 'authenticating';
     this.#emitPeers();
     try {
@@ -805,8 +821,12 @@ export class WebRTCAdapter extends NetworkAdapter {
       conn.auth = next;
       this.#enqueue(conn, encodeMessage(KIND_AUTH, encodeAuth(send)));
     } catch (e) {
-      this.#fail(conn, 'auth-failed', e);
+      return this.#fail(conn, 'auth-failed', e);
     }
+    // The remote's proof may have come while we waited for the descriptions.
+    const early = conn.earlyAuth;
+    conn.earlyAuth = undefined;
+    if (early) this.#onAuth(conn, early);
   }
 
   /** @param {Connection} conn @param {unknown} data */
@@ -825,16 +845,11 @@ export class WebRTCAdapter extends NetworkAdapter {
       return this.#fail(conn, 'framing', e);
     }
     if (kind === KIND_AUTH) {
-      const auth = conn.auth;
-      if (!auth) return this.#fail(conn, 'bad-message', new Error('an authentication message out of turn'));
-      conn.auth = undefined;
-      let proven;
-      try {
-        proven = auth.receive(body);
-      } catch (e) {
-        return this.#fail(conn, 'auth-failed', e);
+      if (conn.state === 'connecting' && !conn.auth && conn.earlyAuth === undefined) {
+        conn.earlyAuth = body; // ours is not out yet (descriptions pending): keep theirs, once
+        return;
       }
-      return this.#authenticated(conn, proven);
+      return this.#onAuth(conn, body);
     }
     if (conn.state !== 'open') return this.#fail(conn, 'bad-message', new Error('an automerge message before authentication'));
     let message;
@@ -847,6 +862,20 @@ export class WebRTCAdapter extends NetworkAdapter {
       return this.#fail(conn, 'bad-message', new Error('not an automerge-repo message'));
     }
     this.#receive(conn, message);
+  }
+
+  /** The remote's proof. @param {Connection} conn @param {Uint8Array} body */
+  #onAuth(conn, body) {
+    const auth = conn.auth;
+    if (!auth) return this.#fail(conn, 'bad-message', new Error('an authentication message out of turn'));
+    conn.auth = undefined;
+    let proven;
+    try {
+      proven = auth.receive(body);
+    } catch (e) {
+      return this.#fail(conn, 'auth-failed', e);
+    }
+    return this.#authenticated(conn, proven);
   }
 
   /** @param {Connection} conn @param {{did: string, peerId: string}} proven */
@@ -1007,6 +1036,7 @@ export class WebRTCAdapter extends NetworkAdapter {
     conn.closed = true;
     clearTimeout(conn.openTimer);
     clearTimeout(conn.disconnectedTimer);
+    clearTimeout(conn.descriptionTimer);
     conn.queue = [];
     conn.queuedBytes = 0;
     conn.pendingCandidates = [];

@@ -787,3 +787,30 @@ test('ephemeral messages: one short session per connection, a small payload, a s
   assert.deepEqual(seen.map((m) => [m.sessionId, m.count, m.senderId]), [['s1', 1, `webrtc:${b.did}`], ['s1', 3, `webrtc:${b.did}`]]);
   assert.deepEqual(a.refused.map((e) => e.reason).sort(), ['another-session', 'bad-message', 'bad-message', 'bad-message', 'bad-message']);
 });
+
+test('a channel that opens before our session descriptions are in place waits for them (seen in Chromium)', async () => {
+  const hub = new FakeHub();
+  const net = new FakeNet();
+  const [x, y] = twoIds();
+  const members = { [x.did]: 'editor', [y.did]: 'editor' };
+  // x's connections report no remote description for their first reads after the channel
+  // opens, as Chromium's offerer did now and then.
+  const Base = net.RTCPeerConnectionFor(x.did);
+  const Late = class extends Base {
+    constructor(config) {
+      super(config);
+      let real = null;
+      let hidden = 0;
+      Object.defineProperty(this, 'remoteDescription', {
+        get: () => (real && this.connectionState === 'connected' && hidden++ < 3 ? null : real),
+        set: (v) => { real = v; },
+      });
+    }
+  };
+  const a = makePeer({ hub, net, identity: x, access: new StubAccess(members), RTCPeerConnection: Late });
+  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
+  a.adapter.joinSpace(SPACE);
+  b.adapter.joinSpace(SPACE);
+  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open despite the late description');
+  assert.deepEqual([...a.refused, ...b.refused].filter((e) => e.reason === 'auth-failed'), []);
+});
