@@ -249,7 +249,8 @@ export class SpaceAccess {
    * name another space. Call it after `mayReceive` said yes. Changes whose dependencies are
    * missing are judged on what they change once applied to the copy.
    * @param {string} did @param {string} documentId @param {Uint8Array[]} changes
-   * @returns {{ok: true} | {ok: false, reason: string}}
+   * @returns {{ok: true, held?: number[]} | {ok: false, reason: string}} `held`: the indexes
+   *   of changes that wait for a dependency we lack; the caller strips them
    */
   checkChanges(did, documentId, changes) {
     const space = this.spaceOfDoc(documentId);
@@ -277,17 +278,31 @@ export class SpaceAccess {
       return { ok: false, reason: 'invalid' };
     }
     // Changes whose dependencies we lack are held back by Automerge, invisible on the copy
-    // and released later by whatever brings the dependency (possibly unchecked, e.g. from
-    // KUBE): judged only when they apply, so a message that leaves any held back is refused.
-    if (A.getMissingDeps(next, A.getHeads(next)).length > 0) return { ok: false, reason: 'missing-dependencies' };
+    // and released later by whatever brings the dependency — possibly a message nobody
+    // checks (from KUBE). So they must not reach the Repo: `held` lists them (indexes into
+    // `changes`) for the caller to strip; the sender, seeing our heads, sends them again
+    // with their dependencies, and then they are judged with them.
+    /** @type {number[]} */
+    const held = [];
+    if (A.getMissingDeps(next, A.getHeads(next)).length > 0) {
+      changes.forEach((c, i) => {
+        let hash;
+        try {
+          hash = A.decodeChange(c).hash;
+        } catch {
+          return; // a whole document chunk: never waits for anything
+        }
+        if (!A.hasHeads(next, [hash])) held.push(i);
+      });
+    }
     if (!isRoot) {
       const named = spaceOf(next);
-      return named === undefined || named === space ? { ok: true } : { ok: false, reason: 'other-space' };
+      return named === undefined || named === space ? { ok: true, held } : { ok: false, reason: 'other-space' };
     }
     if (asString(next?.kube) !== 'space' || spaceOf(next) !== e.space) return { ok: false, reason: 'not-a-root' };
     // The first root, from a bootstrap did: it only has to be this space's root (what it
     // says of members is judged by validateSpace once it is here).
-    if (!e.membership) return { ok: true };
+    if (!e.membership) return { ok: true, held };
     const before = rawCredentials(old);
     const after = rawCredentials(next);
     for (const [id, entry] of before) {
@@ -304,7 +319,7 @@ export class SpaceAccess {
       }
       if (c?.id !== id || !verifyCredential(c)) return { ok: false, reason: 'bad-credential' };
     }
-    return { ok: true };
+    return { ok: true, held };
   }
 
   /** @param {'change'} event @param {() => void} fn */

@@ -12,7 +12,7 @@
 //   disconnect() clears them all.
 
 import { NetworkAdapter, cbor } from '@automerge/automerge-repo/slim';
-import { decodeSyncMessage } from '@automerge/automerge/slim';
+import { decodeSyncMessage, encodeSyncMessage } from '@automerge/automerge/slim';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { KIND_AUTH, KIND_AUTOMERGE, Reassembler, decodeMessage, encodeMessage, frames } from './chunk.js';
 import { MAX_AUTH_BYTES, encodeAuth, sdpFingerprint, startAuth } from './peer-auth.js';
@@ -938,6 +938,14 @@ export class WebRTCAdapter extends NetworkAdapter {
             verdict = { ok: false, reason: 'invalid' };
           }
           if (!verdict?.ok) return refuse(`invalid:${verdict?.reason ?? 'unknown'}`);
+          const held = new Set(verdict.held ?? []);
+          if (held.size > 0) {
+            // Changes waiting for a dependency are judged when it comes, with it: until then
+            // they stay out of our Repo, which will ask for them again.
+            const kept = decoded.changes.filter((/** @type {Uint8Array} */ _, /** @type {number} */ i) => !held.has(i));
+            msg = { ...msg, data: encodeSyncMessage({ ...decoded, changes: kept }) };
+            this.#refuse({ did: conn.did, documentId, reason: 'held-back', direction: 'in' });
+          }
         }
         break;
       }

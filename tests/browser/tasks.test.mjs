@@ -342,6 +342,15 @@ describe('the tasks app, peer to peer in headless Chromium', { timeout: 300_000 
     for (const page of [alice, bob]) {
       await page.waitForFunction((d) => !window.kubeApp.p2p.peers().some((x) => x.did === d && x.state === 'open'), carolDid, WAIT);
     }
+    // KUBE closes her ECHO connection too (counted as a refusal for `revoked`).
+    const deadline = Date.now() + 15_000;
+    let revoked = 0;
+    while (Date.now() < deadline && revoked < 1) {
+      const metrics = await (await fetch(`http://${addrs.admin}/metrics`)).text();
+      revoked = Number(metrics.match(/^kube_echo_refused_total\{reason="revoked"\} (\d+)/m)?.[1] ?? 0);
+      if (revoked < 1) await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.ok(revoked >= 1, 'KUBE closed the revoked member\'s connection');
     await addTask(alice, 'after carol left');
     await waitTitles(bob, ['after carol left']);
     await new Promise((r) => setTimeout(r, 1000));

@@ -432,10 +432,10 @@ fn a_root_cannot_lose_credentials_or_be_replaced() {
 }
 
 /// From the attacker's review of the peer-to-peer path: a root change held back for a
-/// missing dependency was invisible to the check and applied later, unchecked, when a
-/// harmless change brought the dependency. A root takes only changes it can apply now.
+/// missing dependency is invisible to the check of its own message; it must not escape the
+/// check of the message that releases it.
 #[test]
-fn a_root_change_with_a_missing_dependency_is_refused() {
+fn a_root_change_held_for_a_missing_dependency_is_judged_when_it_applies() {
     let (mut e, w, mut alice) = set_up();
     let id = w.creds[0].id.clone();
     let before = e.docs[ROOT_ID].am.get_heads();
@@ -443,37 +443,46 @@ fn a_root_change_with_a_missing_dependency_is_refused() {
     let mut tx = doc.transaction();
     let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
     tx.put(&objects, "harmless", "task").unwrap();
-    tx.commit();
+    let h1 = tx.commit().0.unwrap();
     let mut tx = doc.transaction();
     let (_, c) = tx.get(ROOT, "credentials").unwrap().unwrap();
     tx.delete(&c, id.as_str()).unwrap();
     let h2 = tx.commit().0.unwrap();
-    let c2 = doc.get_change_by_hash(&h2).unwrap().raw_bytes().to_vec();
-    let (am, st) = alice.docs.get_mut(ROOT_ID).unwrap();
-    let mut m = am.generate_sync_message(st).unwrap();
-    m.changes = sync::ChunkList::from(c2); // c2 alone, without the change it depends on
-    let f = frame(vec![
-        ("type", t("sync")),
-        ("senderId", t(&alice.peer)),
-        ("targetId", t(e.peer_id())),
-        ("documentId", t(ROOT_ID)),
-        ("data", Value::Bytes(m.encode())),
-    ]);
-    let actions = e.receive(alice.conn, &f, NOW);
-    alice.absorb(&mut e, actions);
+    let bytes = |h| doc.get_change_by_hash(&h).unwrap().raw_bytes().to_vec();
+    let (c1, c2) = (bytes(h1), bytes(h2));
+    let mut send = |alice: &mut Client, e: &mut Echo, chunk: Vec<u8>| {
+        let (am, st) = alice.docs.get_mut(ROOT_ID).unwrap();
+        let mut m = am.generate_sync_message(st).unwrap_or_else(|| {
+            *st = sync::State::new();
+            am.generate_sync_message(st).unwrap()
+        });
+        m.changes = sync::ChunkList::from(chunk);
+        let f = frame(vec![
+            ("type", t("sync")),
+            ("senderId", t(&alice.peer)),
+            ("targetId", t(e.peer_id())),
+            ("documentId", t(ROOT_ID)),
+            ("data", Value::Bytes(m.encode())),
+        ]);
+        let actions = e.receive(alice.conn, &f, NOW);
+        alice.absorb(e, actions);
+    };
+    // c2 alone (it drops a credential, but waits for c1): nothing changes.
+    send(&mut alice, &mut e, c2);
+    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+    // c1 alone, harmless, releases c2: the message is judged with c2 and refused.
+    send(&mut alice, &mut e, c1);
     assert!(
         alice
             .errors
             .iter()
-            .any(|m| m.contains("dependencies are missing")),
+            .any(|m| m.contains("may not be removed")),
         "{:?}",
         alice.errors
     );
     assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
-    assert!(
-        e.docs[ROOT_ID].am.get_missing_deps(&[]).is_empty(),
-        "nothing held back"
-    );
+    let root = space::read_root(&e.docs[ROOT_ID].am).unwrap();
+    assert!(root.entries.contains_key(&id));
 }
 
 #[test]
