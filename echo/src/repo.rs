@@ -1006,6 +1006,32 @@ impl Echo {
                 None => return,
             },
         };
+        // Several connections may hold the same document (a new object reaches KUBE from
+        // its author and from a peer it already synced with); the first promoted is the
+        // document, later ones merge into it. Replacing it would drop changes KUBE has
+        // already acknowledged (the later copy may still be empty).
+        if new_space.is_none()
+            && let Some(doc) = self.docs.get_mut(doc_id)
+        {
+            let mut am = p.am;
+            let before = doc.am.get_heads();
+            if doc.am.merge(&mut am).is_ok() && doc.am.get_heads() != before {
+                let chunk = doc.am.save_after(&before);
+                doc.last_change = now_ms / 1000;
+                let size = doc.snapshot_bytes + doc.log_bytes;
+                persist(doc, doc_id, chunk, self.limits.compact_bytes, out);
+                let grown = (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64;
+                if let Some(s) = self.spaces.get_mut(&space_id) {
+                    s.bytes = s.bytes.saturating_add_signed(grown);
+                }
+            }
+            if let Some(c) = self.conns.get_mut(&conn) {
+                // What the peer has is learnt again from its next message.
+                c.syncs.insert(doc_id.to_owned(), sync::State::new());
+            }
+            self.reply(conn, doc_id, out);
+            return;
+        }
         if let Some(s) = &new_space {
             out.push(Action::Store(Write::NewSpace {
                 space: s.clone(),

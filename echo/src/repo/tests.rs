@@ -315,6 +315,59 @@ fn an_admin_brings_a_space_and_kube_keeps_it_durable_first() {
     assert!(q.is_empty(), "objects have no type set in this test");
 }
 
+/// Found by the browser test of the sample app: a new object reached KUBE from its author
+/// and (before the root listed it) as bare heads from a peer it had synced with; when the
+/// listing came, the second, empty copy replaced the first, which KUBE had acknowledged.
+#[test]
+fn a_document_held_by_two_connections_keeps_what_either_brought() {
+    let (mut e, w, mut alice) = set_up();
+    let bob_key = key(4);
+    let mut root = alice.doc(ROOT_ID).clone();
+    add_credential(
+        &mut root,
+        &says(
+            &w.admin,
+            &halo::did(&bob_key),
+            member(&w.space, Role::Editor),
+        ),
+    );
+    *alice.doc(ROOT_ID) = root;
+    alice.sync(&mut e, ROOT_ID);
+    let mut bob = Client::join(&mut e, 2, &bob_key);
+    // Alice's new object, not listed yet: held for her connection, content included.
+    set(alice.doc(OBJ_ID), "title", "first");
+    alice.sync(&mut e, OBJ_ID);
+    // Bob has it too (from Alice, peer to peer) and offers it: his first message carries
+    // heads only, so KUBE holds an empty copy for him and asks for the changes.
+    *bob.doc(OBJ_ID) = alice.doc(OBJ_ID).clone();
+    let (am, st) = bob.docs.get_mut(OBJ_ID).unwrap();
+    let m = am.generate_sync_message(st).unwrap();
+    assert!(m.changes.is_empty());
+    let f = frame(vec![
+        ("type", t("sync")),
+        ("senderId", t(&bob.peer)),
+        ("targetId", t(e.peer_id())),
+        ("documentId", t(OBJ_ID)),
+        ("data", Value::Bytes(m.encode())),
+    ]);
+    let actions = e.receive(bob.conn, &f, NOW);
+    bob.absorb(&mut e, actions);
+    // The listing arrives: both held copies are decided.
+    list_object(alice.doc(ROOT_ID), OBJ_ID);
+    alice.sync(&mut e, ROOT_ID);
+    let heads = alice.doc(OBJ_ID).get_heads();
+    assert_eq!(e.docs[OBJ_ID].am.get_heads(), heads, "the content stays");
+    // And Bob, syncing on, ends level with it.
+    bob.sync(&mut e, OBJ_ID);
+    assert_eq!(bob.doc(OBJ_ID).get_heads(), heads);
+    assert!(
+        alice.errors.is_empty() && bob.errors.is_empty(),
+        "{:?} {:?}",
+        alice.errors,
+        bob.errors
+    );
+}
+
 #[test]
 fn members_read_non_members_see_nothing_readers_cannot_write() {
     let (mut e, w, mut alice) = set_up();
@@ -450,7 +503,7 @@ fn a_root_change_held_for_a_missing_dependency_is_judged_when_it_applies() {
     let h2 = tx.commit().0.unwrap();
     let bytes = |h| doc.get_change_by_hash(&h).unwrap().raw_bytes().to_vec();
     let (c1, c2) = (bytes(h1), bytes(h2));
-    let mut send = |alice: &mut Client, e: &mut Echo, chunk: Vec<u8>| {
+    let send = |alice: &mut Client, e: &mut Echo, chunk: Vec<u8>| {
         let (am, st) = alice.docs.get_mut(ROOT_ID).unwrap();
         let mut m = am.generate_sync_message(st).unwrap_or_else(|| {
             *st = sync::State::new();

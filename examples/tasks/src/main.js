@@ -741,8 +741,11 @@ async function main() {
   }
 
   // KUBE answers a request for a document its asker may not have (yet) with doc-unavailable
-  // and forgets it; a guest's root is like that until the host's credential reaches KUBE. A
-  // new connection asks again, with growing pauses while something stays missing.
+  // and forgets it; a guest's root is like that until the host's credential reaches KUBE.
+  // The other way round, a new object offered to KUBE before the root that lists it got
+  // there is answered the same way, and KUBE does not ask for it later. A new connection
+  // offers and asks again, with growing pauses while something stays missing or
+  // unconfirmed (writers only: KUBE never confirms a reader's changes).
   let nudgeAt = 0;
   let nudgeDelay = 2000;
   function nudge() {
@@ -754,7 +757,19 @@ async function main() {
       if (d) wanted.push(...Object.keys(objects(d)).filter((id) => isValidDocumentId(id)));
     }
     const missing = wanted.some((id) => ['unavailable', 'requesting'].includes(handleOf(id).state));
-    if (!missing) {
+    const sid = kube.kubeStorageId;
+    const unconfirmed = sid !== undefined && spaces.some((rec) => {
+      if (!WRITERS.has(access.roleOf(identity.did, rec.space))) return false;
+      const d = docOf(handleOf(rec.root));
+      const ids = [rec.root, ...(d ? Object.keys(objects(d)).filter((id) => isValidDocumentId(id)) : [])];
+      return ids.some((id) => {
+        const h = handleOf(id);
+        if (!h.isReady()) return false;
+        const remote = h.getSyncInfo(sid)?.lastHeads;
+        return !remote || !h.heads().every((x) => remote.includes(x));
+      });
+    });
+    if (!missing && !unconfirmed) {
       nudgeDelay = 2000;
       nudgeAt = 0;
       return;
