@@ -751,11 +751,7 @@ impl Echo {
         }
         let changed = doc.am.get_heads() != before;
         if changed {
-            let chunk = doc.am.save_after(&before);
-            doc.last_change = now_ms / 1000;
-            let size = doc.snapshot_bytes + doc.log_bytes;
-            persist(doc, doc_id, chunk, self.limits.compact_bytes, out);
-            let grown = (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64;
+            let grown = persist_since(doc, doc_id, &before, now_ms, self.limits.compact_bytes, out);
             if let Some(s) = self.spaces.get_mut(&space_id) {
                 s.bytes = s.bytes.saturating_add_signed(grown);
             }
@@ -1015,15 +1011,14 @@ impl Echo {
         {
             let mut am = p.am;
             let before = doc.am.get_heads();
-            if doc.am.merge(&mut am).is_ok() && doc.am.get_heads() != before {
-                let chunk = doc.am.save_after(&before);
-                doc.last_change = now_ms / 1000;
-                let size = doc.snapshot_bytes + doc.log_bytes;
-                persist(doc, doc_id, chunk, self.limits.compact_bytes, out);
-                let grown = (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64;
+            let changed = doc.am.merge(&mut am).is_ok() && doc.am.get_heads() != before;
+            if changed {
+                let grown =
+                    persist_since(doc, doc_id, &before, now_ms, self.limits.compact_bytes, out);
                 if let Some(s) = self.spaces.get_mut(&space_id) {
                     s.bytes = s.bytes.saturating_add_signed(grown);
                 }
+                self.broadcast(doc_id, Some(conn), out);
             }
             if let Some(c) = self.conns.get_mut(&conn) {
                 // What the peer has is learnt again from its next message.
@@ -1454,6 +1449,23 @@ fn load_doc(d: &crate::store::StoredDoc) -> Result<Automerge, String> {
 
 /// Records new changes of `doc`: appended to its log, or folded into a new snapshot once
 /// the log outgrows `compact_bytes` and the snapshot.
+/// Stores what `doc` gained since `before` (see [`persist`]); returns how many bytes the
+/// document's files grew by (negative after a compaction).
+fn persist_since(
+    doc: &mut Doc,
+    id: &str,
+    before: &[automerge::ChangeHash],
+    now_ms: u64,
+    compact_bytes: u64,
+    out: &mut Vec<Action>,
+) -> i64 {
+    let chunk = doc.am.save_after(before);
+    doc.last_change = now_ms / 1000;
+    let size = doc.snapshot_bytes + doc.log_bytes;
+    persist(doc, id, chunk, compact_bytes, out);
+    (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64
+}
+
 fn persist(doc: &mut Doc, id: &str, chunk: Vec<u8>, compact_bytes: u64, out: &mut Vec<Action>) {
     let len = chunk.len() as u64;
     if doc.log_bytes + len >= compact_bytes.max(doc.snapshot_bytes) {
