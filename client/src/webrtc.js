@@ -98,7 +98,9 @@ class Connection {
   /** The one ephemeral session the remote may use on this connection. @type {string|undefined} */ sessionId;
   /** @type {'direct'|'relay'|undefined} */ path;
   /** Set while the remote's proof is awaited. @type {import('./peer-auth.js').AwaitingProof|undefined} */ auth;
-  /** Outgoing messages not yet handed to the channel, each a frame iterator. @type {{frames: Iterator<Uint8Array>, size: number}[]} */
+  /** Outgoing messages not yet handed to the channel, each a frame iterator (`started` once a
+   * frame of it went; `documentId` the document it carries, if any).
+   * @type {{frames: Iterator<Uint8Array>, size: number, documentId?: string, started: boolean}[]} */
   queue = [];
   queuedBytes = 0;
   /** Candidates that came before the remote description. @type {any[]} */ pendingCandidates = [];
@@ -280,7 +282,7 @@ export class WebRTCAdapter extends NetworkAdapter {
     }
     const body = cbor.encode({ ...message, targetId: conn.remotePeerId });
     if (body.length + 1 > this.#maxMessageBytes) return refuse('too-large');
-    this.#enqueue(conn, encodeMessage(KIND_AUTOMERGE, body));
+    this.#enqueue(conn, encodeMessage(KIND_AUTOMERGE, body), documentId);
   }
 
   // ---- Public API ----------------------------------------------------------------------------
@@ -984,7 +986,9 @@ export class WebRTCAdapter extends NetworkAdapter {
   }
 
   /** @param {Connection} conn @param {Uint8Array} message */
-  #enqueue(conn, message) {
+  /** @param {Connection} conn @param {Uint8Array} message @param {string} [documentId] the
+   * document it carries, so it can be withdrawn if the peer loses access before it went */
+  #enqueue(conn, message, documentId) {
     if (conn.closed) return;
     if (conn.queuedBytes + message.length > this.#maxQueueBytes) {
       // The remote stopped reading (or the Repo outruns the link by far): give it up.
@@ -992,7 +996,7 @@ export class WebRTCAdapter extends NetworkAdapter {
       this.#close(conn, { reason: 'failed', bye: 'failed' });
       return;
     }
-    conn.queue.push({ frames: frames(message, this.#chunkSize), size: message.length });
+    conn.queue.push({ frames: frames(message, this.#chunkSize), size: message.length, documentId, started: false });
     conn.queuedBytes += message.length;
     this.#flush(conn);
   }
@@ -1006,6 +1010,7 @@ export class WebRTCAdapter extends NetworkAdapter {
       while (conn.queue.length > 0 && dc.bufferedAmount <= HIGH_WATER) {
         const head = conn.queue[0];
         const next = head.frames.next();
+        head.started = true;
         if (next.done) {
           conn.queue.shift();
           conn.queuedBytes -= head.size;
@@ -1105,6 +1110,17 @@ export class WebRTCAdapter extends NetworkAdapter {
       if (this.#allowed(conn.did)) continue;
       this.#refuse({ did: conn.did, reason: 'revoked', direction: 'in' });
       this.#close(conn, { reason: 'refused', bye: 'refused' });
+    }
+    // A peer still allowed (a member of another space we share) may have lost this one:
+    // what is queued for it of documents it may no longer have does not go out.
+    for (const conn of this.#conns.values()) {
+      if (conn.closed || conn.queue.length === 0) continue;
+      conn.queue = conn.queue.filter((q) => {
+        if (q.started || q.documentId === undefined || this.#may('mayShare', conn.did, q.documentId)) return true;
+        conn.queuedBytes -= q.size;
+        this.#refuse({ did: conn.did, documentId: q.documentId, reason: 'withdrawn', direction: 'out' });
+        return false;
+      });
     }
     for (const did of this.#presence.keys()) this.#seen(did);
   };

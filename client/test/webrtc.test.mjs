@@ -814,3 +814,33 @@ test('a channel that opens before our session descriptions are in place waits fo
   await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open despite the late description');
   assert.deepEqual([...a.refused, ...b.refused].filter((e) => e.reason === 'auth-failed'), []);
 });
+
+test('what is queued of a document a still-allowed peer lost access to does not go out', async () => {
+  const hub = new FakeHub();
+  const net = new FakeNet();
+  const [x, y] = twoIds();
+  const members = { [x.did]: 'editor', [y.did]: 'editor' };
+  // A peer in two spaces: it keeps the connection but loses the documents of one of them.
+  const access = new StubAccess(members);
+  const hidden = new Set();
+  access.mayShare = (did, documentId) => access.members.has(did) && !hidden.has(documentId);
+  const a = makePeer({ hub, net, identity: x, access });
+  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
+  a.adapter.joinSpace(SPACE);
+  b.adapter.joinSpace(SPACE);
+  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open');
+  net.stalled = true; // b reads nothing for now: a's messages wait in its queue
+  const bPeerId = openPeer(a, b.did).peerId;
+  const lost = '2Xc4BPfXqo8CHZFFa6uNJGMHR6v3';
+  const kept = '3Xc4BPfXqo8CHZFFa6uNJGMHR6v3';
+  for (const documentId of [lost, lost, kept, lost]) {
+    a.adapter.send({ type: 'sync', senderId: a.repo.peerId, targetId: bPeerId, documentId, data: randomBytes(1 << 20) });
+  }
+  hidden.add(lost);
+  access.set(y.did, 'editor'); // a 'change': still allowed, no longer for `lost`
+  const withdrawn = a.refused.filter((e) => e.reason === 'withdrawn');
+  // The first message was already going out (its frames had started); the other two go nowhere.
+  assert.equal(withdrawn.length, 2, JSON.stringify(a.refused));
+  assert.ok(withdrawn.every((e) => e.documentId === lost));
+  assert.ok(openPeer(a, b.did), 'the connection stays');
+});
