@@ -77,6 +77,8 @@ describe('WebRTC through KUBE in headless Chromium', { timeout: 180_000 }, () =>
         assert.deepEqual(result.errors, [], 'no signaling or WebRTC errors');
         assert.ok(result.iceServers.some((u) => u.startsWith('turn:')), JSON.stringify(result.iceServers));
         assert.deepEqual(result.localTypes, ['relay'], 'only relay candidates were offered');
+        // getStats() may name the selected pair a moment after the last message.
+        await page.waitForFunction(async () => (await window.selectedPair()) !== null, null, { timeout: 10_000, polling: 100 });
         const pair = await page.evaluate(() => window.selectedPair());
         assert.deepEqual(pair, { local: 'relay', remote: 'relay' }, 'the path is relay to relay');
       }

@@ -116,8 +116,10 @@ async function main() {
   };
   window.selectedPair = async () => {
     const stats = await pc.getStats();
+    // The transport names its selected pair; older reports only mark it nominated.
     let pair = null;
-    stats.forEach((s) => { if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) pair = s; });
+    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId) || pair; });
+    if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) pair = s; });
     if (!pair) return null;
     const local = stats.get(pair.localCandidateId);
     const remote = stats.get(pair.remoteCandidateId);
