@@ -1447,8 +1447,6 @@ fn load_doc(d: &crate::store::StoredDoc) -> Result<Automerge, String> {
     Ok(am)
 }
 
-/// Records new changes of `doc`: appended to its log, or folded into a new snapshot once
-/// the log outgrows `compact_bytes` and the snapshot.
 /// Stores what `doc` gained since `before` (see [`persist`]); returns how many bytes the
 /// document's files grew by (negative after a compaction).
 fn persist_since(
@@ -1466,6 +1464,8 @@ fn persist_since(
     (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64
 }
 
+/// Records new changes of `doc`: appended to its log, or folded into a new snapshot once
+/// the log outgrows `compact_bytes` and the snapshot.
 fn persist(doc: &mut Doc, id: &str, chunk: Vec<u8>, compact_bytes: u64, out: &mut Vec<Action>) {
     let len = chunk.len() as u64;
     if doc.log_bytes + len >= compact_bytes.max(doc.snapshot_bytes) {
