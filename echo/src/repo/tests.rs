@@ -137,21 +137,28 @@ impl Client {
             } else {
                 "sync"
             };
-            let f = frame(vec![
-                ("type", t(kind)),
-                ("senderId", t(&self.peer)),
-                ("targetId", t(echo.peer_id())),
-                ("documentId", t(id)),
-                ("data", Value::Bytes(m.encode())),
-            ]);
-            let actions = echo.receive(self.conn, &f, NOW);
+            let actions = self.send(echo, kind, id, m);
             let progressed = actions.iter().any(|a| matches!(a, Action::Send { .. }));
-            all.extend(self.absorb(echo, actions));
+            all.extend(actions);
             if !progressed || self.closed {
                 break;
             }
         }
         all
+    }
+
+    /// Sends one sync message (`kind` "sync" or "request") for `id` as it is, and applies
+    /// KUBE's answers; returns the actions.
+    fn send(&mut self, echo: &mut Echo, kind: &str, id: &str, m: sync::Message) -> Vec<Action> {
+        let f = frame(vec![
+            ("type", t(kind)),
+            ("senderId", t(&self.peer)),
+            ("targetId", t(echo.peer_id())),
+            ("documentId", t(id)),
+            ("data", Value::Bytes(m.encode())),
+        ]);
+        let actions = echo.receive(self.conn, &f, NOW);
+        self.absorb(echo, actions)
     }
 
     /// Applies KUBE's answers addressed to this client; returns the actions.
@@ -343,15 +350,7 @@ fn a_document_held_by_two_connections_keeps_what_either_brought() {
     let (am, st) = bob.docs.get_mut(OBJ_ID).unwrap();
     let m = am.generate_sync_message(st).unwrap();
     assert!(m.changes.is_empty());
-    let f = frame(vec![
-        ("type", t("sync")),
-        ("senderId", t(&bob.peer)),
-        ("targetId", t(e.peer_id())),
-        ("documentId", t(OBJ_ID)),
-        ("data", Value::Bytes(m.encode())),
-    ]);
-    let actions = e.receive(bob.conn, &f, NOW);
-    bob.absorb(&mut e, actions);
+    bob.send(&mut e, "sync", OBJ_ID, m);
     // The listing arrives: both held copies are decided.
     list_object(alice.doc(ROOT_ID), OBJ_ID);
     alice.sync(&mut e, ROOT_ID);
@@ -510,15 +509,7 @@ fn a_root_change_held_for_a_missing_dependency_is_judged_when_it_applies() {
             am.generate_sync_message(st).unwrap()
         });
         m.changes = sync::ChunkList::from(chunk);
-        let f = frame(vec![
-            ("type", t("sync")),
-            ("senderId", t(&alice.peer)),
-            ("targetId", t(e.peer_id())),
-            ("documentId", t(ROOT_ID)),
-            ("data", Value::Bytes(m.encode())),
-        ]);
-        let actions = e.receive(alice.conn, &f, NOW);
-        alice.absorb(e, actions);
+        alice.send(e, "sync", ROOT_ID, m);
     };
     // c2 alone (it drops a credential, but waits for c1): nothing changes.
     send(&mut alice, &mut e, c2);
