@@ -396,6 +396,21 @@ function twoIds() {
   return x.did < y.did ? [x, y] : [y, x];
 }
 
+/** Two editors in one swarm (the lower did, `a`, offers), connected. `aOptions(net, x)` adds
+ * to a's adapter options, e.g. its own `access` or `RTCPeerConnection`. */
+async function openPair({ aOptions = () => ({}) } = {}) {
+  const hub = new FakeHub();
+  const net = new FakeNet();
+  const [x, y] = twoIds();
+  const members = { [x.did]: 'editor', [y.did]: 'editor' };
+  const a = makePeer({ hub, net, identity: x, access: new StubAccess(members), ...aOptions(net, x, members) });
+  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
+  a.adapter.joinSpace(SPACE);
+  b.adapter.joinSpace(SPACE);
+  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open');
+  return { hub, net, x, y, a, b };
+}
+
 // ---- Tests --------------------------------------------------------------------------------------
 
 test('spaceSwarm is hex SHA-256 of kube-space-v1\\n<spaceDid>', () => {
@@ -701,15 +716,7 @@ test('backpressure: big documents wait on bufferedAmount; a stalled peer past th
 });
 
 test('garbage on the channel closes the connection', async () => {
-  const hub = new FakeHub();
-  const net = new FakeNet();
-  const [x, y] = twoIds();
-  const members = { [x.did]: 'editor', [y.did]: 'editor' };
-  const a = makePeer({ hub, net, identity: x, access: new StubAccess(members) });
-  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
-  a.adapter.joinSpace(SPACE);
-  b.adapter.joinSpace(SPACE);
-  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open');
+  const { net, a, b } = await openPair();
   // A text frame from b's channel.
   net.pcsOf(b.did)[0].channels[0].send('hello');
   await waitFor(() => [...a.refused, ...b.refused].some((e) => e.reason === 'framing' && e.code === 'not-binary'), 'framing refusal');
@@ -757,15 +764,7 @@ test('SignalClient.iceServers() asks ice-servers and resolves servers and ttl, o
 });
 
 test('ephemeral messages: one short session per connection, a small payload, a sane count', async () => {
-  const hub = new FakeHub();
-  const net = new FakeNet();
-  const [x, y] = twoIds();
-  const members = { [x.did]: 'editor', [y.did]: 'editor' };
-  const a = makePeer({ hub, net, identity: x, access: new StubAccess(members) });
-  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
-  a.adapter.joinSpace(SPACE);
-  b.adapter.joinSpace(SPACE);
-  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open');
+  const { net, a, b } = await openPair();
   const seen = [];
   a.adapter.on('message', (m) => { if (m.type === 'ephemeral') seen.push(m); });
   const documentId = '2Xc4BPfXqo8CHZFFa6uNJGMHR6v3';
@@ -789,14 +788,9 @@ test('ephemeral messages: one short session per connection, a small payload, a s
 });
 
 test('a channel that opens before our session descriptions are in place waits for them (seen in Chromium)', async () => {
-  const hub = new FakeHub();
-  const net = new FakeNet();
-  const [x, y] = twoIds();
-  const members = { [x.did]: 'editor', [y.did]: 'editor' };
-  // x's connections report no remote description for their first reads after the channel
+  // a's connections report no remote description for their first reads after the channel
   // opens, as Chromium's offerer did now and then.
-  const Base = net.RTCPeerConnectionFor(x.did);
-  const Late = class extends Base {
+  const late = (net, x) => class extends net.RTCPeerConnectionFor(x.did) {
     constructor(config) {
       super(config);
       let real = null;
@@ -807,28 +801,21 @@ test('a channel that opens before our session descriptions are in place waits fo
       });
     }
   };
-  const a = makePeer({ hub, net, identity: x, access: new StubAccess(members), RTCPeerConnection: Late });
-  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
-  a.adapter.joinSpace(SPACE);
-  b.adapter.joinSpace(SPACE);
-  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open despite the late description');
+  const { a, b } = await openPair({ aOptions: (net, x) => ({ RTCPeerConnection: late(net, x) }) });
   assert.deepEqual([...a.refused, ...b.refused].filter((e) => e.reason === 'auth-failed'), []);
 });
 
 test('what is queued of a document a still-allowed peer lost access to does not go out', async () => {
-  const hub = new FakeHub();
-  const net = new FakeNet();
-  const [x, y] = twoIds();
-  const members = { [x.did]: 'editor', [y.did]: 'editor' };
   // A peer in two spaces: it keeps the connection but loses the documents of one of them.
-  const access = new StubAccess(members);
   const hidden = new Set();
-  access.mayShare = (did, documentId) => access.members.has(did) && !hidden.has(documentId);
-  const a = makePeer({ hub, net, identity: x, access });
-  const b = makePeer({ hub, net, identity: y, access: new StubAccess(members) });
-  a.adapter.joinSpace(SPACE);
-  b.adapter.joinSpace(SPACE);
-  await waitFor(() => openPeer(a, b.did) && openPeer(b, a.did), 'open');
+  let access;
+  const { net, y, a, b } = await openPair({
+    aOptions: (_net, _x, members) => {
+      access = new StubAccess(members);
+      access.mayShare = (did, documentId) => access.members.has(did) && !hidden.has(documentId);
+      return { access };
+    },
+  });
   net.stalled = true; // b reads nothing for now: a's messages wait in its queue
   const bPeerId = openPeer(a, b.did).peerId;
   const lost = '2Xc4BPfXqo8CHZFFa6uNJGMHR6v3';
