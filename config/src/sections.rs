@@ -277,8 +277,14 @@ impl Default for Signal {
 pub struct Turn {
     /// Serve STUN/TURN at all.
     pub enabled: bool,
-    /// UDP address.
+    /// Address of TURN over UDP and TCP (the same port for both).
     pub listen: SocketAddr,
+    /// Address of TURN over TLS on a port of its own (usually 5349). Unset: none; TURN over
+    /// TLS is always reachable on the HTTPS port (`http.https_listen`).
+    pub tls_listen: Option<SocketAddr>,
+    /// Offer TURN over TLS on the HTTPS port, to TLS clients that offer no ALPN (or
+    /// `stun.turn`) and speak STUN first.
+    pub on_https: bool,
     /// The realm of long-term credentials. Empty: the domain.
     pub realm: String,
     /// Shared secret of the REST credential scheme. Empty: one is generated into
@@ -300,6 +306,10 @@ pub struct Turn {
     pub max_allocations_per_user: u32,
     /// Bytes per second one allocation may relay in each direction.
     pub max_bytes_per_sec: u64,
+    /// The longest lifetime an allocation gets from one Allocate or Refresh (seconds).
+    pub max_lifetime_secs: u64,
+    /// TURN connections over TCP and TLS at once (each holds at most one allocation).
+    pub max_connections: u32,
 }
 
 impl Default for Turn {
@@ -307,6 +317,8 @@ impl Default for Turn {
         Turn {
             enabled: true,
             listen: addr("127.0.0.1:3478"),
+            tls_listen: None,
+            on_https: true,
             realm: String::new(),
             secret: String::new(),
             credential_ttl_secs: 86_400,
@@ -317,6 +329,8 @@ impl Default for Turn {
             max_allocations: 1_000,
             max_allocations_per_user: 10,
             max_bytes_per_sec: 1_000_000,
+            max_lifetime_secs: 3_600,
+            max_connections: 1_000,
         }
     }
 }

@@ -123,9 +123,14 @@ signal:
   strikes: 10
 
 turn:
-  # STUN/TURN on UDP (REST credentials handed out by signaling).
+  # STUN/TURN over UDP and TCP on listen, over TLS on tls_listen and on the HTTPS port
+  # (REST credentials handed out by signaling).
   enabled: true
   listen: {turn}
+  # TURN over TLS on a port of its own (e.g. 0.0.0.0:5349); null: none.
+  tls_listen: null
+  # TURN over TLS on the HTTPS port too, for TLS clients that speak STUN first.
+  on_https: true
   # Realm of the credentials; empty: the domain.
   realm: ""
   # Shared secret; empty: generated into <data_dir>/turn.secret and kept.
@@ -143,6 +148,10 @@ turn:
   max_allocations: 1000
   max_allocations_per_user: 10
   max_bytes_per_sec: 1000000
+  # Longest allocation lifetime (seconds) one Allocate or Refresh grants.
+  max_lifetime_secs: 3600
+  # TURN connections over TCP and TLS at once.
+  max_connections: 1000
 
 echo:
   # Serve ECHO (the replica of admitted spaces) at wss://<domain>/.well-known/kube/echo.

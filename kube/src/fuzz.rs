@@ -326,14 +326,13 @@ mod dns {
     }
 }
 
-// ---------------------------------------------------------------- TURN front door
+// ---------------------------------------------------------------- TURN server
 
 mod turn {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    use ::turn::proto::chandata::ChannelData;
-    use ::turn::proto::channum::ChannelNumber;
-    use ::turn::proto::peeraddr::PeerAddress;
     use stun::attributes::*;
     use stun::integrity::MessageIntegrity;
     use stun::message::{
@@ -342,13 +341,15 @@ mod turn {
         METHOD_REFRESH, METHOD_SEND, Message, MessageClass, MessageType, Method, Setter,
     };
 
-    use crate::turn::filter::{self, Verdict};
     use crate::turn::policy::PeerPolicy;
+    use crate::turn::server::{Action, Client, Meter, Now, Server, Settings, Transport};
 
     pub const REALM: &str = "kube.test";
     pub const SECRET: &[u8] = b"s";
     pub const NOW: u64 = 1_800_000_000;
     const COOKIE: u32 = 0x2112_A442;
+    /// The nonce key of the fuzzed servers, so that generated requests carry a fresh nonce.
+    const NONCE_KEY: [u8; 32] = [9; 32];
 
     pub const METHODS: [Method; 6] = [
         METHOD_CREATE_PERMISSION,
@@ -392,6 +393,92 @@ mod turn {
         b"",
         b"\xff\xfe:x",
     ];
+
+    struct NoMeter;
+    impl Meter for NoMeter {
+        fn refused(&self, _: &'static str) {}
+        fn relayed(&self, _: bool, _: usize) {}
+        fn dropped(&self) {}
+        fn allocations(&self, _: usize) {}
+    }
+
+    fn now() -> Now {
+        thread_local! {
+            static BASE: Instant = Instant::now();
+        }
+        Now {
+            at: BASE.with(|b| *b) + Duration::from_secs(1),
+            unix: NOW,
+        }
+    }
+
+    /// A server like KUBE's, with `alice` holding an allocation at `client()`.
+    pub fn server() -> Server<u32> {
+        let settings = Settings {
+            realm: REALM.into(),
+            secret: SECRET.into(),
+            max_allocations: 10,
+            max_per_user: 10,
+            bytes_per_sec: 1 << 20,
+            max_lifetime: Duration::from_secs(3600),
+        };
+        let mut s = Server::new(settings, policy(), false, Arc::new(NoMeter));
+        s.set_nonce_key(NONCE_KEY);
+        let spec = Spec {
+            method: 2,
+            class: 0,
+            top: 0,
+            txid: [1; 12],
+            attrs: vec![
+                Attr::Transport(17),
+                Attr::Username(0),
+                Attr::Realm(true),
+                Attr::Nonce,
+            ],
+            sign: 1,
+            fingerprint: false,
+        };
+        let allocate = build(&spec);
+        let step = s.on_client(client(), &allocate, now());
+        let Action::Bind { id, .. } = step.action else {
+            panic!("the fuzz server's Allocate was refused: {step:?}");
+        };
+        let relayed = SocketAddr::from(([93, 184, 216, 34], 50_000));
+        s.allocated(id, &allocate, Some((7, relayed)), None, now())
+            .expect("allocated");
+        s
+    }
+
+    pub fn client() -> Client {
+        Client {
+            transport: Transport::Udp,
+            addr: SocketAddr::from(([198, 51, 100, 1], 5000)),
+            conn: 0,
+        }
+    }
+
+    fn nonce() -> String {
+        thread_local! {
+            static NONCE: String = {
+                let mut s: Server<u32> = Server::new(
+                    Settings {
+                        realm: REALM.into(),
+                        secret: SECRET.into(),
+                        max_allocations: 1,
+                        max_per_user: 1,
+                        bytes_per_sec: 1,
+                        max_lifetime: Duration::from_secs(3600),
+                    },
+                    policy(),
+                    false,
+                    Arc::new(NoMeter),
+                );
+                s.set_nonce_key(NONCE_KEY);
+                s.nonce(now())
+            };
+        }
+        NONCE.with(Clone::clone)
+    }
 
     pub fn policy() -> PeerPolicy {
         PeerPolicy::new(&[], &["93.184.216.34".parse().unwrap()])
@@ -476,7 +563,7 @@ mod turn {
                 Attr::Realm(ok) => {
                     m.add(ATTR_REALM, if *ok { REALM } else { "elsewhere" }.as_bytes())
                 }
-                Attr::Nonce => m.add(ATTR_NONCE, b"a-nonce"),
+                Attr::Nonce => m.add(ATTR_NONCE, nonce().as_bytes()),
                 Attr::Channel(c) => m.add(
                     ATTR_CHANNEL_NUMBER,
                     &[&c.to_be_bytes()[..], &[0, 0]].concat(),
@@ -487,7 +574,7 @@ mod turn {
                 Attr::Other(t, v) => m.add(AttrType(*t), v),
             }
         }
-        // Bits 14 and 15 of the type word: the stun crate ignores them when it decodes.
+        // Bits 14 and 15 of the type word, which a STUN header must leave clear.
         m.raw[0] |= s.top << 6;
         if s.sign != 0 {
             let user = text(&s.attrs, true).unwrap_or_default();
@@ -502,89 +589,79 @@ mod turn {
         m.raw
     }
 
-    /// Whether the TURN server, reading `packet` as it does (`turn` 0.17: ChannelData by
-    /// its first two bytes, else `Message::decode`; the first XOR-PEER-ADDRESS through
-    /// `PeerAddress::get_from`; the key from USERNAME and REALM as sent), would install a
-    /// permission or channel to a peer the policy refuses, for a client that holds REST
-    /// credentials (nonce and allocation assumed valid).
-    pub fn server_would_grant_refused(packet: &[u8], policy: &PeerPolicy) -> Option<IpAddr> {
-        if ChannelData::is_channel_data(packet) {
-            return None;
-        }
-        let mut m = Message::new();
-        m.raw = packet.to_vec();
-        m.decode().ok()?;
-        if m.typ.class != CLASS_REQUEST {
-            return None;
-        }
-        if m.typ.method == METHOD_CHANNEL_BIND {
-            let mut c = ChannelNumber::default();
-            stun::message::Getter::get_from(&mut c, &m).ok()?;
-            if !c.valid() {
-                return None;
-            }
-        } else if m.typ.method != METHOD_CREATE_PERMISSION {
-            return None;
-        }
-        let mut peer = PeerAddress::default();
-        stun::message::Getter::get_from(&mut peer, &m).ok()?;
-        policy.refused(peer.ip)?;
-        stun::textattrs::TextAttribute::get_from_as(&m, ATTR_NONCE).ok()?;
-        let realm = stun::textattrs::TextAttribute::get_from_as(&m, ATTR_REALM).ok()?;
-        let user = stun::textattrs::TextAttribute::get_from_as(&m, ATTR_USERNAME).ok()?;
-        match signal::ice::expiry(&user.text) {
-            Some(e) if e > NOW => {}
-            _ => return None,
-        }
-        let password = signal::ice::password(SECRET, &user.text);
-        MessageIntegrity::new_long_term_integrity(user.text, realm.text, password)
-            .check(&mut m)
-            .ok()?;
-        Some(peer.ip)
+    /// The error code of the fuzz server's answer to `packet` (0 for a success).
+    pub fn answer_code(packet: &[u8]) -> u16 {
+        let mut s = server();
+        let r = s
+            .on_client(client(), packet, now())
+            .reply
+            .expect("an answer");
+        let m = stun_types::message::Message::from_bytes(&r).expect("an answer decodes");
+        m.attribute::<stun_types::attribute::ErrorCode>()
+            .map_or(0, |e| e.code())
     }
 
+    /// A Send indication to `peer` and ChannelData on every channel a fuzzed ChannelBind
+    /// could have bound; and a datagram from `peer` to the relay.
+    fn probes(s: &mut Server<u32>, peer: IpAddr) -> Option<String> {
+        let spec = Spec {
+            method: 4,
+            class: 1,
+            top: 0,
+            txid: [3; 12],
+            attrs: vec![
+                Attr::Peer {
+                    family: if peer.is_ipv4() { 1 } else { 2 },
+                    peer: PEERS.iter().position(|p| p.parse() == Ok(peer))?,
+                    port: 9,
+                    len: None,
+                },
+                Attr::Data(b"x".to_vec()),
+            ],
+            sign: 0,
+            fingerprint: false,
+        };
+        let send = build(&spec);
+        let mut packets = vec![send];
+        for channel in [0x4000u16, 0x3fff, 0x4fff, 0x7ffe] {
+            packets.push([&channel.to_be_bytes()[..], &[0, 1, b'x', 0]].concat());
+        }
+        for p in packets {
+            if let Action::Relay { peer, .. } = s.on_client(client(), &p, now()).action
+                && policy().refused(peer.ip()).is_some()
+            {
+                return Some(format!("relayed to the refused peer {peer}"));
+            }
+        }
+        s.on_peer(1, SocketAddr::new(peer, 9), b"x", now())
+            .map(|_| format!("relayed from the refused peer {peer}"))
+    }
+
+    /// One packet through the server holding an allocation: no panic, an answer is a
+    /// response to the same transaction, and afterwards nothing is relayed to or from a
+    /// refused peer (no permission or channel to one can exist).
     pub fn check(packet: &[u8], policy: &PeerPolicy) -> Result<(), String> {
-        let verdict = filter::judge(packet, policy, REALM, NOW, |_| std::sync::Arc::from(SECRET));
-        if let Verdict::Refuse { response, .. } = &verdict
-            && !response.is_empty()
-        {
-            let mut r = Message::new();
-            r.unmarshal_binary(response)
-                .map_err(|e| format!("a refusal does not decode: {e}"))?;
-            if r.typ.class != CLASS_ERROR_RESPONSE || r.raw[8..20] != packet[8..20] {
-                return Err("a refusal must be an error response to the same transaction".into());
+        let mut s = server();
+        let step = s.on_client(client(), packet, now());
+        if let Some(r) = &step.reply {
+            let m = stun_types::message::Message::from_bytes(r)
+                .map_err(|e| format!("an answer does not decode: {e}"))?;
+            if !m.class().is_response() || r[8..20] != packet[8..20] {
+                return Err("an answer must be a response to the same transaction".into());
             }
         }
-        if let Some((txid, _user)) = filter::allocate_request(packet) {
-            if txid[..] != packet[8..20] {
-                return Err("allocate_request read another transaction id".into());
-            }
-            if let Some(r) = filter::quota_reached(packet, SECRET) {
-                let mut m = Message::new();
-                m.unmarshal_binary(&r)
-                    .map_err(|e| format!("a 486 does not decode: {e}"))?;
-                if m.typ != MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE) {
-                    return Err("a 486 must be an Allocate error response".into());
-                }
-            }
-        } else {
-            let _ = filter::quota_reached(packet, SECRET);
-        }
-        if let Some((txid, _)) = filter::allocate_answer(packet)
-            && txid[..] != packet[8..20]
+        if let Action::Relay { peer, .. } = &step.action
+            && policy.refused(peer.ip()).is_some()
         {
-            return Err("allocate_answer read another transaction id".into());
+            return Err(format!("relayed to the refused peer {peer}"));
         }
-        // Known finding "turn-top-bits": the front door takes a packet with either of the
-        // type's two top bits set for not STUN, and the `turn` crate decodes it anyway.
-        let top_bits = packet.len() >= 20 && packet[0] & 0xc0 != 0;
-        if verdict == Verdict::Pass
-            && !(top_bits && super::masked("turn-top-bits"))
-            && let Some(ip) = server_would_grant_refused(packet, policy)
-        {
-            return Err(format!(
-                "passed to the TURN server, which would relay to the refused peer {ip}"
-            ));
+        for p in PEERS {
+            let ip: IpAddr = p.parse().expect("valid peer list");
+            if policy.refused(ip).is_some()
+                && let Some(e) = probes(&mut s, ip)
+            {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1010,12 +1087,11 @@ proptest! {
         prop_assert!(r.is_ok(), "{} for packet {:02x?}", r.unwrap_err(), packet);
     }
 
-    /// The TURN front door: `turn::filter::{judge, allocate_request, allocate_answer,
-    /// quota_reached}` never panic, refusals are error responses to the same transaction,
-    /// and nothing the TURN server would read as a permission to a refused peer passes.
+    /// The TURN server (`turn::server`): no panic, answers are responses to the same
+    /// transaction, and no packet makes a permission or channel to a refused peer.
     #[test]
     #[ignore = "fuzz: bench/fuzz/run"]
-    fn fuzz_turn_filter(packet in stun_packet()) {
+    fn fuzz_turn_server(packet in stun_packet()) {
         thread_local! {
             static POLICY: crate::turn::policy::PeerPolicy = turn::policy();
         }
@@ -1070,32 +1146,32 @@ fn fuzz_templates_are_valid() {
     }
     let refused: IpAddr = "127.0.0.1".parse().unwrap();
     assert!(turn::policy().refused(refused).is_some());
-    let spec = turn::Spec {
-        method: 0,
-        class: 0,
-        top: 0,
-        txid: [7; 12],
-        attrs: vec![
-            turn::Attr::Peer {
-                family: 1,
-                peer: 0,
-                port: 9,
-                len: None,
-            },
-            turn::Attr::Username(0),
-            turn::Attr::Realm(true),
-            turn::Attr::Nonce,
-        ],
-        sign: 1,
-        fingerprint: true,
-    };
-    let p = turn::build(&spec);
-    assert_eq!(
-        turn::server_would_grant_refused(&p, &turn::policy()),
-        Some(refused),
-        "the model sees a signed CreatePermission to 127.0.0.1"
-    );
-    turn::check(&p, &turn::policy()).unwrap();
+    // A signed CreatePermission to 127.0.0.1 reaches the policy (a signed 403), and one to
+    // a public peer is granted: the generated credentials and nonce are valid.
+    for (peer, code) in [(0, 403), (15, 0)] {
+        let spec = turn::Spec {
+            method: 0,
+            class: 0,
+            top: 0,
+            txid: [7; 12],
+            attrs: vec![
+                turn::Attr::Peer {
+                    family: 1,
+                    peer,
+                    port: 9,
+                    len: None,
+                },
+                turn::Attr::Username(0),
+                turn::Attr::Realm(true),
+                turn::Attr::Nonce,
+            ],
+            sign: 1,
+            fingerprint: true,
+        };
+        let p = turn::build(&spec);
+        assert_eq!(turn::answer_code(&p), code, "peer {}", turn::PEERS[peer]);
+        turn::check(&p, &turn::policy()).unwrap();
+    }
     let sb = bundle::sandbox();
     let entries = [bundle::Entry {
         name: 0,

@@ -72,7 +72,7 @@ fn init_logging(log: &config::Log) -> supervisor::LogLevel {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
+    let (filter, handle) = reload::Layer::new(quiet(filter));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = Registry::default().with(filter);
     match log.format {
@@ -84,6 +84,19 @@ fn init_logging(log: &config::Log) -> supervisor::LogLevel {
             return Err("KUBE_LOG is set and takes precedence over log.level".into());
         }
         let next = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(next).map_err(|e| e.to_string())
+        handle.reload(quiet(next)).map_err(|e| e.to_string())
     })
+}
+
+/// The STUN codec warns about every malformed packet it parses: that volume is the
+/// sender's to choose, so below errors it stays out of the log (the turn service counts
+/// refusals in metrics instead), unless a directive names it.
+fn quiet(filter: EnvFilter) -> EnvFilter {
+    let mut filter = filter;
+    for target in ["stun_types", "turn_types"] {
+        if let Ok(d) = format!("{target}=error").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
 }

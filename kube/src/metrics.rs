@@ -284,7 +284,7 @@ impl Metrics {
             "bad-credentials",
             "malformed",
             "malformed-peer-address",
-            "relay-socket",
+            "stale-nonce",
         ] {
             turn_refused.with_label_values(&[reason]);
         }

@@ -229,7 +229,9 @@ fn limits(s: &config::Signal) -> Limits {
     }
 }
 
-/// ICE servers from KUBE's TURN: clients reach it by the domain's name and the bound port.
+/// ICE servers from KUBE's TURN: clients reach it by the domain's name (loopback on a
+/// local domain) over UDP and TCP on `turn.listen`, over TLS on `turn.tls_listen`, and over
+/// TLS on the HTTPS port, so a browser whose network lets nothing but 443 out still relays.
 fn ice(t: &crate::turn::TurnHandle, domain: &str) -> signal::hub::Ice {
     let host = if config::is_local_domain(domain) && t.addr.ip().is_loopback() {
         t.addr.ip().to_string()
@@ -237,9 +239,20 @@ fn ice(t: &crate::turn::TurnHandle, domain: &str) -> signal::hub::Ice {
         domain.to_owned()
     };
     let at = format!("{host}:{}", t.addr.port());
+    let mut turn = vec![
+        format!("turn:{at}?transport=udp"),
+        format!("turn:{at}?transport=tcp"),
+    ];
+    // TLS needs the name the certificate carries, never an address.
+    if let Some(tls) = t.tls_addr {
+        turn.push(format!("turns:{domain}:{}?transport=tcp", tls.port()));
+    }
+    if let Some(port) = t.https_port() {
+        turn.push(format!("turns:{domain}:{port}?transport=tcp"));
+    }
     signal::hub::Ice {
         stun: vec![format!("stun:{at}")],
-        turn: vec![format!("turn:{at}?transport=udp")],
+        turn,
         secret: t.secret(),
         ttl_secs: t.ttl_secs(),
     }

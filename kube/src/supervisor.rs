@@ -217,7 +217,11 @@ async fn start_all(
     running.push(tls.running);
     let tls = tls.handle;
 
-    let turn = TurnService::start(cfg.turn.clone(), cx, metrics.clone())
+    let turn_deps = crate::turn::TurnDeps {
+        metrics: metrics.clone(),
+        tls: tls.clone(),
+    };
+    let turn = TurnService::start(cfg.turn.clone(), cx, turn_deps)
         .await
         .map_err(|e| anyhow!("{}: {e}", TurnService::NAME))?;
     running.push(turn.running);
@@ -280,11 +284,19 @@ async fn start_all(
             echo: echo.clone(),
             apps,
             metrics: metrics.clone(),
+            turn: turn_handle.clone().filter(|t| t.on_https),
         },
     )
     .await
     .map_err(|e| anyhow!("{}: {e}", HttpService::NAME))?;
     running.push(http.running);
+    // TURN over TLS on the HTTPS port: signaling's ICE servers name it once it is bound.
+    if let (Some(turn), Some(signal)) = (&turn_handle, &signal_handle)
+        && turn.on_https
+    {
+        turn.set_https_port(http.handle.public_port);
+        signal.reload(&cfg.signal, Some(turn)).await;
+    }
     let _ = https.set(http.handle);
     // ACME may answer challenges from here on.
     tls.listeners_ready();

@@ -316,9 +316,15 @@ async fn ice_servers_point_at_kubes_turn_with_rest_credentials() {
     assert_eq!(ice["type"], "ice-servers", "{ice}");
     let turn = kube.ready_addr("turn").unwrap();
     assert_eq!(ice["servers"][0]["urls"], json!([format!("stun:{turn}")]));
+    let https = kube.ready_addr("https").unwrap();
+    // UDP and TCP on turn.listen, and TLS on the HTTPS port under the certificate's name.
     assert_eq!(
         ice["servers"][1]["urls"],
-        json!([format!("turn:{turn}?transport=udp")])
+        json!([
+            format!("turn:{turn}?transport=udp"),
+            format!("turn:{turn}?transport=tcp"),
+            format!("turns:localhost:{}?transport=tcp", https.port()),
+        ])
     );
     let user = ice["servers"][1]["username"].as_str().unwrap();
     let (expiry, who) = user.split_once(':').unwrap();

@@ -3,6 +3,7 @@
 //! redirects to HTTPS. Connections are drained on stop.
 
 pub mod host;
+mod prefixed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +47,12 @@ pub struct HttpDeps {
     pub echo: Option<crate::replica::EchoHandle>,
     pub apps: AppsHandle,
     pub metrics: Arc<Metrics>,
+    /// TURN, when it is offered over TLS on the HTTPS port.
+    pub turn: Option<crate::turn::TurnHandle>,
 }
+
+/// The ALPN protocol of TURN over TLS (RFC 7443).
+const STUN_TURN_ALPN: &[u8] = b"stun.turn";
 
 /// The query of an ECHO upgrade: the peer's signed token (echo/PROTOCOL.md).
 #[derive(serde::Deserialize)]
@@ -176,12 +183,20 @@ impl Service for HttpService {
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30));
-        let acceptor = tokio_rustls::TlsAcceptor::from(deps.tls.server_config());
+        let mut tls = deps.tls.server_config();
+        if deps.turn.is_some() {
+            // TURN clients that offer ALPN (coturn's offer http/1.1 and stun.turn) are to get
+            // `stun.turn` (RFC 7443); browsers never offer it.
+            let mut cfg = (*tls).clone();
+            cfg.alpn_protocols.insert(1, STUN_TURN_ALPN.to_vec());
+            tls = Arc::new(cfg);
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let mut loops = JoinSet::new();
         loops.spawn(accept_loop(
             https,
-            Some(acceptor),
+            Some((acceptor, deps.turn.clone())),
             router,
             builder.clone(),
             graceful.clone(),
@@ -261,7 +276,7 @@ impl Running for RunningHttp {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Option<crate::turn::TurnHandle>)>,
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
@@ -281,8 +296,8 @@ async fn accept_loop(
         let tls = tls.clone();
         conns.spawn(async move {
             match tls {
-                Some(acceptor) => {
-                    let stream =
+                Some((acceptor, turn)) => {
+                    let mut stream =
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                             .await
                         {
@@ -296,13 +311,41 @@ async fn accept_loop(
                                 return;
                             }
                         };
+                    let alpn = stream.get_ref().1.alpn_protocol();
                     // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
-                    if stream.get_ref().1.alpn_protocol()
-                        == Some(crate::tls::challenges::ACME_TLS_ALPN)
-                    {
+                    if alpn == Some(crate::tls::challenges::ACME_TLS_ALPN) {
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    // TURN over TLS (RFC 8656 §3.1) offers no ALPN, or `stun.turn` (RFC
+                    // 7443), and speaks first: a STUN message's first byte has its top two
+                    // bits clear, an HTTP request starts with a letter. Browsers loading
+                    // pages always offer h2 or http/1.1 and are never read ahead of hyper.
+                    let mut prefix = Vec::new();
+                    if let Some(turn) = &turn
+                        && alpn == Some(STUN_TURN_ALPN)
+                    {
+                        turn.serve_tls(prefixed::Prefixed::new(prefix, stream), peer)
+                            .await;
+                        return;
+                    }
+                    if let Some(turn) = turn
+                        && alpn.is_none()
+                    {
+                        let mut first = [0u8; 1];
+                        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut first))
+                            .await
+                        {
+                            Ok(Ok(1)) => prefix.push(first[0]),
+                            _ => return,
+                        }
+                        if first[0] >> 6 == 0 {
+                            turn.serve_tls(prefixed::Prefixed::new(prefix, stream), peer)
+                                .await;
+                            return;
+                        }
+                    }
+                    let io = TokioIo::new(prefixed::Prefixed::new(prefix, stream));
+                    let conn = builder.serve_connection_with_upgrades(io, svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

@@ -1,155 +1,382 @@
-//! The `turn` service: STUN/TURN on UDP through the `turn` crate (webrtc-rs), with our
-//! policy around it: REST credentials checked against the shared secret (expired ones
-//! refused), a front door (`filter`) that answers wrong credentials with 401 and refuses
-//! malformed peer addresses and peers `policy` forbids, relay sockets that re-check every
-//! peer they send to, and relays bounded in number and bandwidth.
+//! The `turn` service: STUN/TURN over UDP and TCP on `turn.listen`, over TLS on
+//! `turn.tls_listen`, and over TLS on the HTTPS port (the http service hands such streams
+//! over through [`TurnHandle::serve_tls`]). The protocol and every rule of KUBE's (REST
+//! credentials, the peer policy, quotas, bandwidth, lifetimes) live in the pure
+//! [`server::Server`]; this module is its driver: sockets, relay sockets, timers, metrics.
 //!
-//! TURN over TCP or TLS is not offered: the `turn` crate serves packet connections only
-//! (its `Server` takes a fixed list of `Conn`s at start, one read loop each), and RFC 6062
-//! TCP allocations are not implemented there. Carrying TURN over TCP would need a server
-//! per accepted stream, or a crate that speaks it.
+//! One `Server` behind a mutex serves every transport: a packet is handed in, the lock is
+//! held for the state change only, and what it returns is sent without awaiting (a full
+//! socket buffer drops a datagram, as a congested path would).
 
-pub mod filter;
 pub mod policy;
+pub mod server;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use config::Problem;
-use tokio::net::UdpSocket;
-use webrtc_util::Conn;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
-use self::filter::Verdict;
 use self::policy::PeerPolicy;
+use self::server::{
+    Action, AllocId, Client, Meter as _, Now, PortRequest, Server, Settings, Transport,
+};
 use crate::metrics::Metrics;
 use crate::service::{Context, Running, Service, StartError, Started};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
-    #[error("cannot listen on {addr} (turn): {source}")]
+    #[error("cannot listen on {addr} (turn {what}): {source}")]
     Bind {
+        what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("turn.secret: {0}")]
     Secret(#[from] crate::datadir::DataDirError),
-    #[error("turn server: {0}")]
-    Server(String),
 }
 
-/// What signaling needs to hand out ICE servers, and what a reload changes.
+/// Frames a stream client may queue towards it before more are dropped.
+const STREAM_QUEUE: usize = 256;
+/// The longest frame on a stream: a STUN header and the largest length it can name.
+const MAX_FRAME: usize = 20 + 0xFFFF;
+/// How long a new TCP or TLS connection has to finish its handshake and send a first
+/// frame.
+const FIRST_FRAME: Duration = Duration::from_secs(10);
+/// How long a port held back by EVEN-PORT's R bit waits for its Allocate (RFC 8656 §14.9
+/// suggests about 30 s), and how many are held at once.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+const MAX_RESERVED: usize = 256;
+
+/// What signaling needs to hand out ICE servers, what a reload changes, and where the
+/// http service hands TURN-over-TLS streams.
 #[derive(Clone)]
 pub struct TurnHandle {
     pub addr: SocketAddr,
-    live: Arc<Live>,
+    pub tls_addr: Option<SocketAddr>,
+    /// Whether TURN over TLS is offered on the HTTPS port.
+    pub on_https: bool,
+    /// The HTTPS port clients reach (0 until the http service is bound).
+    https_port: Arc<std::sync::atomic::AtomicU16>,
+    shared: Arc<Shared>,
     data_dir: std::path::PathBuf,
 }
 
 impl TurnHandle {
     /// The secret new credentials are signed with.
     pub fn secret(&self) -> Vec<u8> {
-        self.live.secrets().current.to_vec()
+        self.shared.lock().settings().secret.to_vec()
+    }
+
+    /// The public HTTPS port, where TURN over TLS is offered too; None when it is not.
+    pub fn https_port(&self) -> Option<u16> {
+        let port = self.https_port.load(Ordering::Relaxed);
+        (self.on_https && port != 0).then_some(port)
+    }
+
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
     }
 
     pub fn ttl_secs(&self) -> u64 {
-        self.live.ttl_secs.load(Ordering::Relaxed)
+        self.shared.ttl_secs.load(Ordering::Relaxed)
     }
 
-    /// Applies a changed `turn` section: secret, credential lifetime and limits. Live
-    /// allocations keep working: their users stay on the secret they authenticated with
-    /// until the allocation ends. Listen address, realm, relay ports and peers need a
-    /// restart. Returns whether anything changed.
+    /// Applies a changed `turn` section: secret, credential lifetime, limits and the
+    /// lifetime cap. Live allocations keep working on the key they were made with.
+    /// Addresses, realm, relay ports and peers need a restart. Returns whether anything
+    /// changed.
     pub fn reload(&self, s: &config::Turn) -> Result<bool, TurnError> {
-        let secret = if s.secret.is_empty() {
-            secret_from(&self.data_dir)?
+        let secret: Arc<[u8]> = if s.secret.is_empty() {
+            secret_from(&self.data_dir)?.into()
         } else {
-            s.secret.clone().into_bytes()
+            s.secret.clone().into_bytes().into()
         };
-        let mut changed = false;
-        {
-            let mut secrets = self.live.secrets_mut();
-            if *secrets.current != *secret {
-                let old = std::mem::replace(&mut secrets.current, secret.into());
-                let live_users: Vec<String> = self
-                    .live
-                    .users
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .keys()
-                    .cloned()
-                    .collect();
-                for user in live_users {
-                    secrets.kept.entry(user).or_insert_with(|| old.clone());
-                }
-                changed = true;
-            }
-        }
-        for (slot, v) in [
-            (&self.live.ttl_secs, s.credential_ttl_secs),
-            (&self.live.bytes_per_sec, s.max_bytes_per_sec),
-        ] {
-            changed |= slot.swap(v, Ordering::Relaxed) != v;
-        }
-        for (slot, v) in [
-            (&self.live.max_allocations, s.max_allocations),
-            (&self.live.max_per_user, s.max_allocations_per_user),
-        ] {
-            changed |= slot.swap(v, Ordering::Relaxed) != v;
-        }
+        let mut server = self.shared.lock();
+        let old = server.settings().clone();
+        let new = Settings {
+            realm: old.realm.clone(),
+            secret,
+            max_allocations: s.max_allocations,
+            max_per_user: s.max_allocations_per_user,
+            bytes_per_sec: s.max_bytes_per_sec,
+            max_lifetime: Duration::from_secs(s.max_lifetime_secs),
+        };
+        let changed = *old.secret != *new.secret
+            || old.max_allocations != new.max_allocations
+            || old.max_per_user != new.max_per_user
+            || old.bytes_per_sec != new.bytes_per_sec
+            || old.max_lifetime != new.max_lifetime
+            || self
+                .shared
+                .ttl_secs
+                .swap(s.credential_ttl_secs, Ordering::Relaxed)
+                != s.credential_ttl_secs;
+        server.set_settings(new);
         Ok(changed)
     }
+
+    /// Serves one TURN-over-TLS stream the http service accepted on the HTTPS port.
+    pub async fn serve_tls<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(_permit) = self.shared.connections.clone().try_acquire_owned() else {
+            self.shared.meter.refused("connections");
+            return;
+        };
+        serve_stream(self.shared.clone(), stream, peer, Transport::Tls).await;
+    }
 }
 
-/// The settings a reload changes, shared by the front door, the relays, the auth handler
-/// and signaling.
-struct Live {
-    secrets: std::sync::RwLock<Secrets>,
-    ttl_secs: std::sync::atomic::AtomicU64,
-    bytes_per_sec: std::sync::atomic::AtomicU64,
-    max_allocations: AtomicU32,
-    max_per_user: AtomicU32,
-    users: Arc<Users>,
+/// Relay sockets held back for a later Allocate, by reservation token, until when.
+type Reserved = HashMap<u64, ((UdpSocket, SocketAddr), Instant)>;
+
+/// Everything the driver's tasks share.
+struct Shared {
+    server: Mutex<Server<Arc<Relay>>>,
+    udp: Arc<UdpSocket>,
+    /// Writers of the stream clients, by connection.
+    streams: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
+    reserved: Mutex<Reserved>,
+    next_conn: AtomicU64,
+    connections: Arc<Semaphore>,
+    relay_ip: IpAddr,
+    /// The local address relay sockets bind (unspecified when `turn.listen` is).
+    bind_ip: IpAddr,
+    ports: (u16, u16),
+    ttl_secs: AtomicU64,
+    meter: Arc<Meter>,
+    cancel: CancellationToken,
 }
 
-struct Secrets {
-    /// Shared, not copied: the front door reads it for every packet.
-    current: Arc<[u8]>,
-    /// Users with allocations made before the secret changed, and the secret they used.
-    kept: HashMap<String, Arc<[u8]>>,
-}
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Server<Arc<Relay>>> {
+        self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-impl Live {
-    fn secrets(&self) -> std::sync::RwLockReadGuard<'_, Secrets> {
-        self.secrets.read().unwrap_or_else(|p| p.into_inner())
-    }
-    fn secrets_mut(&self) -> std::sync::RwLockWriteGuard<'_, Secrets> {
-        self.secrets.write().unwrap_or_else(|p| p.into_inner())
-    }
-    /// The secret `user`'s credentials are checked against.
-    fn secret_for(&self, user: &str) -> Arc<[u8]> {
-        let s = self.secrets();
-        s.kept.get(user).unwrap_or(&s.current).clone()
-    }
-    /// An allocation of `user` ended.
-    fn released(&self, user: &str) {
-        self.users.release(user);
-        if self.users.count(user) == 0 {
-            self.secrets_mut().kept.remove(user);
+    /// Hands a packet from `client` to the server and carries out what it says; returns
+    /// the answer for the client.
+    fn on_client(self: &Arc<Self>, client: Client, packet: &[u8]) -> Option<Vec<u8>> {
+        let now = now();
+        let step = self.lock().on_client(client, packet, now);
+        match step.action {
+            Action::None => {}
+            Action::Relay { io, peer, range } => {
+                // Never awaited: a full socket buffer drops the datagram.
+                if io.socket.try_send_to(&packet[range], peer).is_err() {
+                    self.meter.dropped();
+                }
+            }
+            Action::Release(io) => io.cancel.cancel(),
+            Action::Bind { id, v6, port } => return self.bind(id, v6, port, packet, now),
         }
+        step.reply
+    }
+
+    /// Binds allocation `id`'s relay socket from the port range (or takes the one held
+    /// under a reservation token) and starts its task.
+    fn bind(
+        self: &Arc<Self>,
+        id: AllocId,
+        v6: bool,
+        port: PortRequest,
+        request: &[u8],
+        now: Now,
+    ) -> Option<Vec<u8>> {
+        let (socket, token) = match port {
+            PortRequest::Reserved(token) => {
+                (self.reserved_lock().remove(&token).map(|(s, _)| s), None)
+            }
+            PortRequest::Any => (self.bind_relay(v6, false), None),
+            PortRequest::Even { reserve: false } => (self.bind_relay(v6, true), None),
+            PortRequest::Even { reserve: true } => match self.bind_pair(v6) {
+                Some((socket, next)) => {
+                    let token = rand::random::<u64>();
+                    let mut reserved = self.reserved_lock();
+                    // Bounded: a held port outlives no allocation by long, and no more are
+                    // held than allocations may exist.
+                    if reserved.len() < MAX_RESERVED {
+                        reserved.insert(token, (next, now.at + RESERVATION_LIFETIME));
+                        (Some(socket), Some(token))
+                    } else {
+                        (Some(socket), None)
+                    }
+                }
+                None => (None, None),
+            },
+        };
+        let bound = socket.map(|(socket, addr)| {
+            let relay = Arc::new(Relay {
+                socket: Arc::new(socket),
+                cancel: self.cancel.child_token(),
+            });
+            (relay, addr)
+        });
+        let io = bound.as_ref().map(|(r, _)| r.clone());
+        let reply = self.lock().allocated(id, request, bound, token, now);
+        if let Some(relay) = io {
+            if reply.is_some() {
+                tokio::spawn(relay_task(self.clone(), id, relay));
+            } else {
+                relay.cancel.cancel();
+            }
+        }
+        reply
+    }
+
+    fn reserved_lock(&self) -> std::sync::MutexGuard<'_, Reserved> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local address relay sockets bind in `v6`'s family.
+    fn bind_ip(&self, v6: bool) -> Option<IpAddr> {
+        match (v6, self.bind_ip) {
+            (true, ip @ IpAddr::V6(_)) | (false, ip @ IpAddr::V4(_)) => Some(ip),
+            _ => None,
+        }
+    }
+
+    fn bind_port(&self, ip: IpAddr, port: u16) -> Option<(UdpSocket, SocketAddr)> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port)).ok()?;
+        socket.set_nonblocking(true).ok()?;
+        let socket = UdpSocket::from_std(socket).ok()?;
+        Some((socket, SocketAddr::new(self.relay_ip, port)))
+    }
+
+    /// A relay socket on a random free port of the range (an even one when `even`).
+    fn bind_relay(&self, v6: bool, even: bool) -> Option<(UdpSocket, SocketAddr)> {
+        let ip = self.bind_ip(v6)?;
+        let (min, max) = self.ports;
+        for _ in 0..20 {
+            let mut port = rand::random_range(min..=max);
+            if even && port % 2 == 1 {
+                match port
+                    .checked_add(1)
+                    .filter(|p| *p <= max)
+                    .or(port.checked_sub(1).filter(|p| *p >= min))
+                {
+                    Some(p) => port = p,
+                    None => continue,
+                }
+            }
+            if let Some(bound) = self.bind_port(ip, port) {
+                return Some(bound);
+            }
+        }
+        tracing::warn!(min, max, "turn: no free relay port");
+        None
+    }
+
+    /// An even port and the one after it, both free.
+    fn bind_pair(&self, v6: bool) -> Option<((UdpSocket, SocketAddr), (UdpSocket, SocketAddr))> {
+        let ip = self.bind_ip(v6)?;
+        let (min, max) = self.ports;
+        for _ in 0..20 {
+            let port = rand::random_range(min..=max.saturating_sub(1)) & !1;
+            if port < min {
+                continue;
+            }
+            if let Some(first) = self.bind_port(ip, port)
+                && let Some(next) = self.bind_port(ip, port + 1)
+            {
+                return Some((first, next));
+            }
+        }
+        tracing::warn!(min, max, "turn: no free pair of relay ports");
+        None
+    }
+
+    /// Sends `packet` to `client`, over UDP or its stream; drops it when that is full.
+    fn to_client(&self, client: Client, packet: Vec<u8>) {
+        let sent = match client.transport {
+            Transport::Udp => self.udp.try_send_to(&packet, client.addr).is_ok(),
+            Transport::Tcp | Transport::Tls => {
+                let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+                streams
+                    .get(&client.conn)
+                    .is_some_and(|tx| tx.try_send(packet).is_ok())
+            }
+        };
+        if !sent {
+            self.meter.dropped();
+        }
+    }
+}
+
+/// An allocation's relay socket, as the server holds it.
+#[derive(Debug)]
+pub struct Relay {
+    socket: Arc<UdpSocket>,
+    cancel: CancellationToken,
+}
+
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix: crate::service::unix_now(),
+    }
+}
+
+/// The server's counts, exported as KUBE's metrics.
+struct Meter {
+    metrics: Arc<Metrics>,
+    packets_in: IntCounter,
+    packets_out: IntCounter,
+}
+
+impl Meter {
+    fn new(metrics: Arc<Metrics>) -> Meter {
+        Meter {
+            packets_in: metrics.turn_packets.with_label_values(&["in"]),
+            packets_out: metrics.turn_packets.with_label_values(&["out"]),
+            metrics,
+        }
+    }
+}
+
+impl server::Meter for Meter {
+    fn refused(&self, reason: &'static str) {
+        self.metrics.turn_refused.with_label_values(&[reason]).inc();
+    }
+    fn relayed(&self, out: bool, bytes: usize) {
+        if out {
+            self.packets_out.inc();
+        } else {
+            self.packets_in.inc();
+        }
+        self.metrics.turn_relayed_bytes.inc_by(bytes as u64);
+    }
+    fn dropped(&self) {
+        self.metrics.turn_dropped.inc();
+    }
+    fn allocations(&self, live: usize) {
+        self.metrics
+            .turn_allocations
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 }
 
 pub struct TurnService;
 
+/// What the turn service needs from earlier ones.
+pub struct TurnDeps {
+    pub metrics: Arc<Metrics>,
+    /// The certificates of TURN over TLS: the same resolver as HTTPS.
+    pub tls: crate::tls::TlsHandle,
+}
+
 impl Service for TurnService {
     const NAME: &'static str = "turn";
     type Section = config::Turn;
-    type Deps = Arc<Metrics>;
+    type Deps = TurnDeps;
     type Handle = Option<TurnHandle>;
 
     fn check(s: &config::Turn, _cx: &Context) -> Vec<Problem> {
@@ -176,10 +403,25 @@ impl Service for TurnService {
             ),
             ("turn.max_bytes_per_sec", s.max_bytes_per_sec),
             ("turn.credential_ttl_secs", s.credential_ttl_secs),
+            ("turn.max_connections", u64::from(s.max_connections)),
         ] {
             if v == 0 {
                 p.push(Problem::new(key, "must be at least 1"));
             }
+        }
+        if !(600..=u64::from(u32::MAX)).contains(&s.max_lifetime_secs) {
+            p.push(Problem::new(
+                "turn.max_lifetime_secs",
+                "must be at least 600 (the default lifetime of RFC 8656)",
+            ));
+        }
+        if let (Some(tls), true) = (s.tls_listen, s.enabled)
+            && tls == s.listen
+        {
+            p.push(Problem::new(
+                "turn.tls_listen",
+                "must differ from turn.listen (TCP is served there)",
+            ));
         }
         p
     }
@@ -187,7 +429,7 @@ impl Service for TurnService {
     async fn start(
         s: config::Turn,
         cx: &Context,
-        metrics: Arc<Metrics>,
+        deps: TurnDeps,
     ) -> Result<Started<Option<TurnHandle>>, StartError> {
         if !s.enabled {
             return Ok(Started {
@@ -205,13 +447,18 @@ impl Service for TurnService {
         } else {
             s.realm.clone()
         };
-        let socket = UdpSocket::bind(s.listen)
+        let bind = |what, addr| move |source| TurnError::Bind { what, addr, source };
+        let udp = UdpSocket::bind(s.listen)
             .await
-            .map_err(|source| TurnError::Bind {
-                addr: s.listen,
-                source,
-            })?;
-        let addr = socket.local_addr()?;
+            .map_err(bind("udp", s.listen))?;
+        let addr = udp.local_addr()?;
+        // TCP on the port UDP got (which matters when `listen` asks for port 0).
+        let tcp = TcpListener::bind(addr).await.map_err(bind("tcp", addr))?;
+        let tls = match s.tls_listen {
+            Some(at) => Some(TcpListener::bind(at).await.map_err(bind("tls", at))?),
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|l| l.local_addr()).transpose()?;
         let relay_ip = s.relay_address.unwrap_or_else(|| {
             if addr.ip().is_unspecified() {
                 default_route_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]))
@@ -219,6 +466,15 @@ impl Service for TurnService {
                 addr.ip()
             }
         });
+        let bind_ip = if addr.ip().is_unspecified() || relay_ip.is_ipv6() != addr.is_ipv6() {
+            if relay_ip.is_ipv6() {
+                IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::from([0, 0, 0, 0])
+            }
+        } else {
+            addr.ip()
+        };
         let allow: Vec<ipnet::IpNet> = s
             .allow_peers
             .iter()
@@ -230,79 +486,248 @@ impl Service for TurnService {
         }
         // KUBE's own addresses are refused unless opened on purpose (loopback in tests).
         own.retain(|ip| !allow.iter().any(|n| n.contains(ip)));
-        let users = Arc::new(Users::default());
-        let live = Arc::new(Live {
-            secrets: std::sync::RwLock::new(Secrets {
-                current: secret.into(),
-                kept: HashMap::new(),
-            }),
-            ttl_secs: std::sync::atomic::AtomicU64::new(s.credential_ttl_secs),
-            bytes_per_sec: std::sync::atomic::AtomicU64::new(s.max_bytes_per_sec),
-            max_allocations: AtomicU32::new(s.max_allocations),
-            max_per_user: AtomicU32::new(s.max_allocations_per_user),
-            users: users.clone(),
-        });
-        let policy = Arc::new(PeerPolicy::new(&allow, &own));
-        let front = Arc::new(FrontDoor {
-            socket,
-            policy: policy.clone(),
-            realm: realm.clone(),
-            metrics: metrics.clone(),
-            users: users.clone(),
-            live: live.clone(),
-        });
-        let relays = Relays {
-            inner: turn::relay::relay_range::RelayAddressGeneratorRanges {
-                relay_address: relay_ip,
-                min_port: s.relay_port_min,
-                max_port: s.relay_port_max,
-                max_retries: 10,
-                address: if addr.ip().is_unspecified() {
-                    "0.0.0.0".into()
-                } else {
-                    addr.ip().to_string()
-                },
-                net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
-            },
-            live: Arc::new(AtomicU32::new(0)),
-            settings: live.clone(),
-            policy,
-            metrics: metrics.clone(),
-        };
-        let (closed_tx, mut closed_rx) =
-            tokio::sync::mpsc::channel::<turn::allocation::AllocationInfo>(1024);
-        let server = turn::server::Server::new(turn::server::config::ServerConfig {
-            conn_configs: vec![turn::server::config::ConnConfig {
-                conn: front,
-                relay_addr_generator: Box::new(relays),
-            }],
+        let meter = Arc::new(Meter::new(deps.metrics.clone()));
+        let settings = Settings {
             realm,
-            auth_handler: Arc::new(RestAuth { live: live.clone() }),
-            channel_bind_timeout: Duration::from_secs(0),
-            alloc_close_notify: Some(closed_tx),
-        })
-        .await
-        .map_err(|e| TurnError::Server(e.to_string()))?;
-        let released = live.clone();
-        let watcher = tokio::spawn(async move {
-            while let Some(info) = closed_rx.recv().await {
-                released.released(&info.username);
-            }
+            secret: secret.into(),
+            max_allocations: s.max_allocations,
+            max_per_user: s.max_allocations_per_user,
+            bytes_per_sec: s.max_bytes_per_sec,
+            max_lifetime: Duration::from_secs(s.max_lifetime_secs),
+        };
+        let server = Server::new(
+            settings,
+            PeerPolicy::new(&allow, &own),
+            relay_ip.is_ipv6(),
+            meter.clone(),
+        );
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            server: Mutex::new(server),
+            udp: Arc::new(udp),
+            streams: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            connections: Arc::new(Semaphore::new(s.max_connections as usize)),
+            relay_ip,
+            bind_ip,
+            ports: (s.relay_port_min, s.relay_port_max),
+            ttl_secs: AtomicU64::new(s.credential_ttl_secs),
+            meter,
+            cancel: cancel.clone(),
         });
-        tracing::info!(%addr, %relay_ip, "turn listening (udp)");
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(udp_task(shared.clone()));
+        tasks.spawn(tick_task(shared.clone()));
+        tasks.spawn(accept_task(shared.clone(), tcp, None));
+        if let Some(tls) = tls {
+            // A port of TURN's own negotiates no ALPN: whatever a client offers, it speaks
+            // TURN here.
+            let mut cfg = (*deps.tls.server_config()).clone();
+            cfg.alpn_protocols.clear();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            tasks.spawn(accept_task(shared.clone(), tls, Some(acceptor)));
+        }
+        tracing::info!(%addr, ?tls_addr, %relay_ip, on_https = s.on_https, "turn listening (udp, tcp, tls)");
         Ok(Started {
             handle: Some(TurnHandle {
                 addr,
-                live,
+                tls_addr,
+                on_https: s.on_https,
+                https_port: Arc::default(),
+                shared,
                 data_dir: cx.data_dir.clone(),
             }),
             running: Box::new(RunningTurn {
                 addr,
-                server,
-                watcher,
+                tls_addr,
+                cancel,
+                tasks,
             }),
         })
     }
+}
+
+/// The UDP listener: every datagram to the server, every answer straight back.
+async fn udp_task(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = shared.udp.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                // ICMP errors from earlier sends surface here on some systems; go on.
+                Err(e) => {
+                    tracing::debug!(error = %e, "turn udp receive");
+                    continue;
+                }
+            },
+        };
+        let client = Client {
+            transport: Transport::Udp,
+            addr: from,
+            conn: 0,
+        };
+        if let Some(reply) = shared.on_client(client, &buf[..n]) {
+            let _ = shared.udp.try_send_to(&reply, from);
+        }
+    }
+}
+
+/// One allocation's relay socket: datagrams from peers to the server, then to the client.
+async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: Arc<Relay>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = relay.cancel.cancelled() => return,
+            r = relay.socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "turn relay receive");
+                    continue;
+                }
+            },
+        };
+        let out = shared.lock().on_peer(id, peer, &buf[..n], now());
+        if let Some((client, packet)) = out {
+            shared.to_client(client, packet);
+        }
+    }
+}
+
+/// Expiry of allocations, permissions and channels, once a second.
+async fn tick_task(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now();
+        for relay in shared.lock().expire(now) {
+            relay.cancel.cancel();
+        }
+        shared
+            .reserved_lock()
+            .retain(|_, (_, until)| *until > now.at);
+    }
+}
+
+/// TURN over TCP (`tls` None) or TLS on a listener of its own.
+async fn accept_task(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Some((tcp, peer)) = crate::service::accept(&listener, &shared.cancel, "turn").await
+        else {
+            break;
+        };
+        while conns.try_join_next().is_some() {}
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            shared.meter.refused("connections");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_stream(shared, tcp, peer, Transport::Tcp).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(FIRST_FRAME, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_stream(shared, stream, peer, Transport::Tls).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "turn: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "turn: TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    conns.abort_all();
+}
+
+/// One TCP or TLS client: frames in (RFC 8656 §12.5), answers and relayed data out through
+/// a bounded queue. The client's allocation ends with the connection.
+async fn serve_stream<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, transport: Transport)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let client = Client {
+        transport,
+        addr: peer,
+        conn,
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    shared
+        .streams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(conn, tx.clone());
+    let (mut read, mut write) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            if write.write_all(&p).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut first = true;
+    'read: loop {
+        let n = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = async {
+                if first {
+                    tokio::time::timeout(FIRST_FRAME, read.read(&mut chunk)).await.unwrap_or(Ok(0))
+                } else {
+                    read.read(&mut chunk).await
+                }
+            } => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let len = match server::frame_len(&buf) {
+                None => break,
+                Some(Ok(len)) if len <= MAX_FRAME => len,
+                Some(_) => {
+                    shared.meter.refused("malformed");
+                    break 'read;
+                }
+            };
+            if buf.len() < len {
+                break;
+            }
+            first = false;
+            if let Some(reply) = shared.on_client(client, &buf[..len])
+                && tx.try_send(reply).is_err()
+            {
+                shared.meter.dropped();
+            }
+            buf.drain(..len);
+        }
+    }
+    shared
+        .streams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&conn);
+    if let Some(relay) = shared.lock().client_closed(client) {
+        relay.cancel.cancel();
+    }
+    drop(tx);
+    let _ = writer.await;
 }
 
 /// The generated shared secret, kept in the data dir.
@@ -327,8 +752,9 @@ fn default_route_ip() -> Option<IpAddr> {
 
 struct RunningTurn {
     addr: SocketAddr,
-    server: turn::server::Server,
-    watcher: tokio::task::JoinHandle<()>,
+    tls_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
 }
 
 impl Running for RunningTurn {
@@ -336,371 +762,26 @@ impl Running for RunningTurn {
         "turn"
     }
     fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
-        vec![("turn", self.addr)]
+        let mut b = vec![("turn", self.addr)];
+        if let Some(tls) = self.tls_addr {
+            b.push(("turn-tls", tls));
+        }
+        b
     }
     fn stop(
         self: Box<Self>,
-        _deadline: Instant,
+        deadline: Instant,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
-            if let Err(e) = self.server.close().await {
-                tracing::debug!(error = %e, "turn server close");
-            }
-            self.watcher.abort();
+            let RunningTurn {
+                cancel, mut tasks, ..
+            } = *self;
+            // Relay tasks hold child tokens of this one.
+            cancel.cancel();
+            let _ = tokio::time::timeout_at(deadline.into(), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
         })
-    }
-}
-
-/// Long-term credentials in the REST scheme: the username carries its expiry, the password
-/// is the HMAC of the username under the shared secret.
-struct RestAuth {
-    live: Arc<Live>,
-}
-
-impl turn::auth::AuthHandler for RestAuth {
-    fn auth_handle(
-        &self,
-        username: &str,
-        realm: &str,
-        _src: SocketAddr,
-    ) -> Result<Vec<u8>, turn::Error> {
-        let now = crate::service::unix_now();
-        match signal::ice::expiry(username) {
-            Some(expiry) if expiry > now => {}
-            _ => return Err(turn::Error::ErrNoSuchUser),
-        }
-        let password = signal::ice::password(&self.live.secret_for(username), username);
-        Ok(turn::auth::generate_auth_key(username, realm, &password))
-    }
-}
-
-/// Live allocations per user (for `turn.max_allocations_per_user`).
-#[derive(Default)]
-struct Users {
-    live: Mutex<HashMap<String, u32>>,
-    /// Allocate requests seen, by transaction id, until their answer goes out.
-    pending: Mutex<HashMap<[u8; 12], String>>,
-}
-
-impl Users {
-    fn count(&self, user: &str) -> u32 {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .copied()
-            .unwrap_or(0)
-    }
-    fn release(&self, user: &str) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = live.get_mut(user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                live.remove(user);
-            }
-        }
-    }
-}
-
-/// The listening socket as the TURN server sees it: incoming packets pass the front door
-/// first; outgoing Allocate successes are counted per user.
-struct FrontDoor {
-    socket: UdpSocket,
-    policy: Arc<PeerPolicy>,
-    realm: String,
-    metrics: Arc<Metrics>,
-    users: Arc<Users>,
-    live: Arc<Live>,
-}
-
-#[async_trait]
-impl Conn for FrontDoor {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        Ok(self.socket.connect(addr).await?)
-    }
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.recv(buf).await?)
-    }
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        loop {
-            let (n, from) = self.socket.recv_from(buf).await?;
-            let now = crate::service::unix_now();
-            let secret_for = |user: &str| self.live.secret_for(user);
-            match filter::judge(&buf[..n], &self.policy, &self.realm, now, secret_for) {
-                Verdict::Pass => {}
-                Verdict::Refuse { response, reason } => {
-                    self.metrics.turn_refused.with_label_values(&[reason]).inc();
-                    if !response.is_empty() {
-                        let _ = self.socket.send_to(&response, from).await;
-                    }
-                    continue;
-                }
-            }
-            if let Some((txid, user)) = filter::allocate_request(&buf[..n]) {
-                if self.users.count(&user) >= self.live.max_per_user.load(Ordering::Relaxed) {
-                    self.metrics
-                        .turn_refused
-                        .with_label_values(&["user-quota"])
-                        .inc();
-                    if let Some(r) = filter::quota_reached(&buf[..n], &self.live.secret_for(&user))
-                    {
-                        let _ = self.socket.send_to(&r, from).await;
-                    }
-                    continue;
-                }
-                self.users
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(txid, user);
-            }
-            return Ok((n, from));
-        }
-    }
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.send(buf).await?)
-    }
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if let Some((txid, success)) = filter::allocate_answer(buf) {
-            let user = self
-                .users
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&txid);
-            if let (Some(user), true) = (user, success) {
-                *self
-                    .users
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(user)
-                    .or_insert(0) += 1;
-            }
-        }
-        Ok(self.socket.send_to(buf, target).await?)
-    }
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
-    }
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-    async fn close(&self) -> webrtc_util::Result<()> {
-        Ok(())
-    }
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-}
-
-/// Relay sockets from the configured port range, at most `max` at once, each bounded to
-/// `bytes_per_sec` in each direction.
-struct Relays {
-    inner: turn::relay::relay_range::RelayAddressGeneratorRanges,
-    live: Arc<AtomicU32>,
-    /// `max_allocations` and `max_bytes_per_sec`, as reloaded.
-    settings: Arc<Live>,
-    policy: Arc<PeerPolicy>,
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait]
-impl turn::relay::RelayAddressGenerator for Relays {
-    fn validate(&self) -> Result<(), turn::Error> {
-        self.inner.validate()
-    }
-
-    async fn allocate_conn(
-        &self,
-        use_ipv4: bool,
-        requested_port: u16,
-    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
-        let max = self.settings.max_allocations.load(Ordering::Relaxed);
-        if self.live.fetch_add(1, Ordering::SeqCst) >= max {
-            self.live.fetch_sub(1, Ordering::SeqCst);
-            self.metrics
-                .turn_refused
-                .with_label_values(&["total-quota"])
-                .inc();
-            return Err(turn::Error::Other("allocation quota reached".into()));
-        }
-        match self.inner.allocate_conn(use_ipv4, requested_port).await {
-            Ok((conn, addr)) => {
-                self.metrics.turn_allocations.inc();
-                let bytes_per_sec = self.settings.bytes_per_sec.load(Ordering::Relaxed);
-                let relay = Relay {
-                    inner: conn,
-                    live: self.live.clone(),
-                    policy: self.policy.clone(),
-                    metrics: self.metrics.clone(),
-                    out: Mutex::new(Bucket::new(bytes_per_sec)),
-                    inb: Mutex::new(Bucket::new(bytes_per_sec)),
-                };
-                Ok((Arc::new(relay), addr))
-            }
-            Err(e) => {
-                self.live.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
-            }
-        }
-    }
-}
-
-/// A byte bucket: `rate` bytes a second, a second's worth of burst.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        Bucket {
-            rate: rate as f64,
-            tokens: rate as f64,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, n: usize) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= n as f64 {
-            self.tokens -= n as f64;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// One allocation's relay socket: counted, bounded in bandwidth (excess is dropped, as a
-/// congested path would), and sending to no peer the policy refuses. The front door
-/// already refuses every request naming such a peer; this is the second line, should a
-/// parser ever read an address otherwise than the front door did.
-struct Relay {
-    inner: Arc<dyn Conn + Send + Sync>,
-    live: Arc<AtomicU32>,
-    policy: Arc<PeerPolicy>,
-    metrics: Arc<Metrics>,
-    out: Mutex<Bucket>,
-    inb: Mutex<Bucket>,
-}
-
-impl Relay {
-    /// Whether the policy refuses `peer`; a refusal is counted and logged.
-    fn refuses(&self, peer: SocketAddr) -> bool {
-        let Some(range) = self.policy.refused(peer.ip()) else {
-            return false;
-        };
-        tracing::warn!(%peer, range, "relay socket refused a peer the front door let by");
-        self.metrics
-            .turn_refused
-            .with_label_values(&["relay-socket"])
-            .inc();
-        true
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.turn_allocations.dec();
-    }
-}
-
-#[async_trait]
-impl Conn for Relay {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        if self.refuses(addr) {
-            return Err(webrtc_util::Error::Other(format!("peer {addr} refused")));
-        }
-        self.inner.connect(addr).await
-    }
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        self.inner.recv(buf).await
-    }
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        loop {
-            let (n, from) = self.inner.recv_from(buf).await?;
-            if self.inb.lock().unwrap_or_else(|p| p.into_inner()).take(n) {
-                self.metrics.turn_packets.with_label_values(&["in"]).inc();
-                self.metrics.turn_relayed_bytes.inc_by(n as u64);
-                return Ok((n, from));
-            }
-            self.metrics.turn_dropped.inc();
-        }
-    }
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.inner.send(buf).await
-    }
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if self.refuses(target) {
-            return Ok(buf.len());
-        }
-        if !self
-            .out
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(buf.len())
-        {
-            self.metrics.turn_dropped.inc();
-            return Ok(buf.len());
-        }
-        self.metrics.turn_packets.with_label_values(&["out"]).inc();
-        self.metrics.turn_relayed_bytes.inc_by(buf.len() as u64);
-        self.inner.send_to(buf, target).await
-    }
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.remote_addr()
-    }
-    async fn close(&self) -> webrtc_util::Result<()> {
-        self.inner.close().await
-    }
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Defence in depth: whatever the parsers made of a request, the relay socket itself
-    /// sends nothing to a refused peer, and counts what it dropped.
-    #[tokio::test]
-    async fn the_relay_socket_never_sends_to_a_refused_peer() {
-        let metrics = Arc::new(Metrics::new());
-        let relay = Relay {
-            inner: Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
-            live: Arc::new(AtomicU32::new(1)),
-            policy: Arc::new(PeerPolicy::new(&[], &[])),
-            metrics: metrics.clone(),
-            out: Mutex::new(Bucket::new(1 << 20)),
-            inb: Mutex::new(Bucket::new(1 << 20)),
-        };
-        let host = UdpSocket::bind("0.0.0.0:0").await.unwrap();
-        let port = host.local_addr().unwrap().port();
-        for to in ["0.0.0.0", "127.0.0.1", "127.1.2.3"] {
-            let to = SocketAddr::new(to.parse().unwrap(), port);
-            // Dropped as a congested path would drop it: the server sees no error.
-            assert_eq!(relay.send_to(b"hello", to).await.unwrap(), 5, "{to}");
-        }
-        let mut buf = [0u8; 16];
-        let got = tokio::time::timeout(Duration::from_millis(300), host.recv_from(&mut buf)).await;
-        assert!(got.is_err(), "a refused peer received {got:?}");
-        assert_eq!(
-            metrics
-                .turn_refused
-                .with_label_values(&["relay-socket"])
-                .get(),
-            3
-        );
     }
 }
