@@ -515,6 +515,9 @@ fn same_turn_sockets(a: &config::Turn, b: &config::Turn) -> bool {
         && a.relay_port_min == b.relay_port_min
         && a.relay_port_max == b.relay_port_max
         && a.allow_peers == b.allow_peers
+        && a.tls_listen == b.tls_listen
+        && a.on_https == b.on_https
+        && a.max_connections == b.max_connections
 }
 
 fn print_banner(

@@ -1620,6 +1620,34 @@ mod tests {
         assert_eq!(code(&r), Some(441));
     }
 
+    /// Finding `turn-top-bits` (SECURITY.md): a signed CreatePermission to 127.0.0.1 with
+    /// a top bit of its type set is neither STUN nor ChannelData, and installs nothing.
+    #[test]
+    fn packets_with_the_top_bits_set_are_dropped() {
+        let (mut s, counts) = server();
+        let c = udp(5000);
+        allocate(&mut s, c, "alice", at(0));
+        for top in [0x80, 0x40, 0xC0] {
+            let mut req = signed(
+                CREATE_PERMISSION,
+                &user("alice"),
+                SECRET,
+                &s.nonce(at(1)),
+                |w| peer(w, "127.0.0.1:9"),
+            );
+            req[0] |= top;
+            let step = s.on_client(c, &req, at(1));
+            assert!(
+                step.reply.is_none() && matches!(step.action, Action::None),
+                "{top:#x}"
+            );
+        }
+        // 0x40.. reads as ChannelData on a channel that is not bound: dropped uncounted.
+        assert_eq!(counts.refused(), ["malformed"; 2]);
+        let send = data_indication("127.0.0.1:9", b"x");
+        assert!(relayed(&s.on_client(c, &send, at(1)), &send).is_none());
+    }
+
     #[test]
     fn stream_frames_are_delimited_by_their_headers() {
         assert_eq!(frame_len(&[0, 1]), None);
