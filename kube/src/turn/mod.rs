@@ -50,6 +50,9 @@ const MAX_FRAME: usize = 20 + 0xFFFF;
 /// How long a new TCP or TLS connection has to finish its handshake and send a first
 /// frame.
 const FIRST_FRAME: Duration = Duration::from_secs(10);
+/// How long a TCP or TLS client without an allocation may stay silent (with one: a minute
+/// past the longest lifetime a Refresh grants).
+const UNALLOCATED_IDLE: Duration = Duration::from_secs(30);
 /// How long a port held back by EVEN-PORT's R bit waits for its Allocate (RFC 8656 §14.9
 /// suggests about 30 s), and how many are held at once.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -417,6 +420,7 @@ impl Service for TurnService {
         }
         if let (Some(tls), true) = (s.tls_listen, s.enabled)
             && tls == s.listen
+            && tls.port() != 0
         {
             p.push(Problem::new(
                 "turn.tls_listen",
@@ -683,17 +687,23 @@ where
     let mut chunk = vec![0u8; 16 * 1024];
     let mut first = true;
     'read: loop {
+        // A connection holds a slot of `turn.max_connections`: without an allocation it
+        // must keep talking; with one, its lifetime (refreshed by the client) bounds it.
+        let idle = if first {
+            FIRST_FRAME
+        } else {
+            let server = shared.lock();
+            if server.has_allocation(client) {
+                server.settings().max_lifetime + Duration::from_secs(60)
+            } else {
+                UNALLOCATED_IDLE
+            }
+        };
         let n = tokio::select! {
             _ = shared.cancel.cancelled() => break,
-            r = async {
-                if first {
-                    tokio::time::timeout(FIRST_FRAME, read.read(&mut chunk)).await.unwrap_or(Ok(0))
-                } else {
-                    read.read(&mut chunk).await
-                }
-            } => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            r = tokio::time::timeout(idle, read.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => n,
             },
         };
         buf.extend_from_slice(&chunk[..n]);

@@ -877,6 +877,11 @@ impl<H: Clone> Server<H> {
         Some((a.client, packet))
     }
 
+    /// Whether `client` holds an allocation.
+    pub fn has_allocation(&self, client: Client) -> bool {
+        self.by_client.contains_key(&client)
+    }
+
     /// The client's stream closed: its allocation ends with it (RFC 8656 §3.1).
     pub fn client_closed(&mut self, client: Client) -> Option<H> {
         let id = *self.by_client.get(&client)?;
