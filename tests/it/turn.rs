@@ -1000,3 +1000,33 @@ fn refusals_to_a_rotated_user_are_signed_with_their_secret() {
         .check(&mut r)
         .unwrap_or_else(|e| panic!("the 486 is signed with alice's secret: {e}"));
 }
+
+/// TURN over TLS presents the HTTPS certificate and rotates with it: after a renewal, a
+/// new connection to `turn.tls_listen` and one to the HTTPS port see the same new leaf.
+#[test]
+fn turn_over_tls_rotates_its_certificate_with_https() {
+    let kube = start_all("");
+    let leaf = |to: SocketAddr| {
+        let tls = tls_connect(&kube, to, &[]);
+        tls.conn.peer_certificates().unwrap()[0].to_vec()
+    };
+    let (turn_tls, https) = (addr(&kube, Via::Tls), kube.ready_addr("https").unwrap());
+    let before = leaf(turn_tls);
+    assert_eq!(before, leaf(https), "one certificate for HTTPS and TURN");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(kube.api(reqwest::Method::POST, "/api/certs/renew"));
+    assert!(r.is_object(), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leaf(https) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewal was not served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        leaf(turn_tls),
+        leaf(https),
+        "TURN over TLS serves the renewed leaf"
+    );
+}

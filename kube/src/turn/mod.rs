@@ -43,8 +43,14 @@ pub enum TurnError {
     Secret(#[from] crate::datadir::DataDirError),
 }
 
-/// Frames a stream client may queue towards it before more are dropped.
-const STREAM_QUEUE: usize = 256;
+/// Frames queued towards a stream client; when full, its relay socket waits (and the
+/// kernel drops what the peers send meanwhile, as a congested path would).
+const STREAM_QUEUE: usize = 1024;
+/// Socket buffers of the listening UDP socket and of each relay socket: bursts of many
+/// clients must not overflow the kernel's default (about 208 KiB). The kernel caps them at
+/// `net.core.rmem_max`/`wmem_max` and only uses what is queued.
+const LISTEN_BUFFER: usize = 4 << 20;
+const RELAY_BUFFER: usize = 1 << 20;
 /// The longest frame on a stream: a STUN header and the largest length it can name.
 const MAX_FRAME: usize = 20 + 0xFFFF;
 /// How long a new TCP or TLS connection has to finish its handshake and send a first
@@ -250,6 +256,7 @@ impl Shared {
     fn bind_port(&self, ip: IpAddr, port: u16) -> Option<(UdpSocket, SocketAddr)> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port)).ok()?;
         socket.set_nonblocking(true).ok()?;
+        set_buffers(&socket, RELAY_BUFFER);
         let socket = UdpSocket::from_std(socket).ok()?;
         Some((socket, SocketAddr::new(self.relay_ip, port)))
     }
@@ -297,15 +304,22 @@ impl Shared {
         None
     }
 
-    /// Sends `packet` to `client`, over UDP or its stream; drops it when that is full.
-    fn to_client(&self, client: Client, packet: Vec<u8>) {
+    /// Sends `packet` to `client`: over UDP at once (a full socket buffer drops it), over
+    /// a stream through its bounded queue, waiting while that is full.
+    async fn to_client(&self, client: Client, packet: Vec<u8>) {
         let sent = match client.transport {
             Transport::Udp => self.udp.try_send_to(&packet, client.addr).is_ok(),
             Transport::Tcp | Transport::Tls => {
-                let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-                streams
+                let tx = self
+                    .streams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
                     .get(&client.conn)
-                    .is_some_and(|tx| tx.try_send(packet).is_ok())
+                    .cloned();
+                match tx {
+                    Some(tx) => tx.send(packet).await.is_ok(),
+                    None => false,
+                }
             }
         };
         if !sent {
@@ -455,6 +469,7 @@ impl Service for TurnService {
         let udp = UdpSocket::bind(s.listen)
             .await
             .map_err(bind("udp", s.listen))?;
+        set_buffers(&udp, LISTEN_BUFFER);
         let addr = udp.local_addr()?;
         // TCP on the port UDP got (which matters when `listen` asks for port 0).
         let tcp = TcpListener::bind(addr).await.map_err(bind("tcp", addr))?;
@@ -594,7 +609,10 @@ async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: Arc<Relay>) {
         };
         let out = shared.lock().on_peer(id, peer, &buf[..n], now());
         if let Some((client, packet)) = out {
-            shared.to_client(client, packet);
+            tokio::select! {
+                _ = relay.cancel.cancelled() => return,
+                () = shared.to_client(client, packet) => {}
+            }
         }
     }
 }
@@ -720,10 +738,12 @@ where
                 break;
             }
             first = false;
+            // Answers wait for room in the queue: a client that does not read stops
+            // being read (TCP's own backpressure).
             if let Some(reply) = shared.on_client(client, &buf[..len])
-                && tx.try_send(reply).is_err()
+                && tx.send(reply).await.is_err()
             {
-                shared.meter.dropped();
+                break 'read;
             }
             buf.drain(..len);
         }
@@ -738,6 +758,17 @@ where
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Asks for `bytes` of receive and send buffer; the kernel may grant less.
+fn set_buffers(socket: &impl std::os::fd::AsFd, bytes: usize) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s
+        .set_recv_buffer_size(bytes)
+        .and(s.set_send_buffer_size(bytes))
+    {
+        tracing::debug!(error = %e, "turn: socket buffers");
+    }
 }
 
 /// The generated shared secret, kept in the data dir.
