@@ -412,8 +412,8 @@ mod turn {
         }
     }
 
-    /// A server like KUBE's, with `alice` holding an allocation at `client()`.
-    pub fn server() -> Server<u32> {
+    /// A server like KUBE's, with the fuzz targets' nonce key.
+    fn bare_server() -> Server<u32> {
         let settings = Settings {
             realm: REALM.into(),
             secret: SECRET.into(),
@@ -424,6 +424,12 @@ mod turn {
         };
         let mut s = Server::new(settings, policy(), false, Arc::new(NoMeter));
         s.set_nonce_key(NONCE_KEY);
+        s
+    }
+
+    /// A server like KUBE's, with `alice` holding an allocation at `client()`.
+    pub fn server() -> Server<u32> {
+        let mut s = bare_server();
         let spec = Spec {
             method: 2,
             class: 0,
@@ -459,23 +465,7 @@ mod turn {
 
     fn nonce() -> String {
         thread_local! {
-            static NONCE: String = {
-                let mut s: Server<u32> = Server::new(
-                    Settings {
-                        realm: REALM.into(),
-                        secret: SECRET.into(),
-                        max_allocations: 1,
-                        max_per_user: 1,
-                        bytes_per_sec: 1,
-                        max_lifetime: Duration::from_secs(3600),
-                    },
-                    policy(),
-                    false,
-                    Arc::new(NoMeter),
-                );
-                s.set_nonce_key(NONCE_KEY);
-                s.nonce(now())
-            };
+            static NONCE: String = bare_server().nonce(now());
         }
         NONCE.with(Clone::clone)
     }

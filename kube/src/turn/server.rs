@@ -304,34 +304,45 @@ impl<H: Clone> Server<H> {
             self.meter.refused("malformed");
             return Step::none();
         }
-        let Some(alloc) = self
+        let channel = self
+            .by_client
+            .get(&client)
+            .and_then(|id| self.allocations.get(id))
+            .and_then(|a| a.channels.get(&number));
+        match channel {
+            Some(&(peer, until)) if until > now.at => self.relay_out(client, peer, 4..4 + len, now),
+            _ => Step::none(),
+        }
+    }
+
+    /// Client data (`packet[range]`) for `peer`, when a live permission allows it and the
+    /// allocation's bandwidth bound has room.
+    fn relay_out(
+        &mut self,
+        client: Client,
+        peer: SocketAddr,
+        range: Range<usize>,
+        now: Now,
+    ) -> Step<H> {
+        let Some(a) = self
             .by_client
             .get(&client)
             .and_then(|id| self.allocations.get_mut(id))
         else {
             return Step::none();
         };
-        let Some(&(peer, until)) = alloc.channels.get(&number) else {
+        let Some((io, _)) = a.relay.as_ref().filter(|_| permitted(a, peer, now)) else {
             return Step::none();
         };
-        if until <= now.at || !permitted(alloc, peer, now) {
-            return Step::none();
-        }
-        let Some((io, _)) = &alloc.relay else {
-            return Step::none();
-        };
-        if !alloc.out.take(len, now.at) {
+        let io = io.clone();
+        if !a.out.take(range.len(), now.at) {
             self.meter.dropped();
             return Step::none();
         }
-        self.meter.relayed(true, len);
+        self.meter.relayed(true, range.len());
         Step {
             reply: None,
-            action: Action::Relay {
-                io: io.clone(),
-                peer,
-                range: 4..4 + len,
-            },
+            action: Action::Relay { io, peer, range },
         }
     }
 
@@ -798,32 +809,7 @@ impl<H: Clone> Server<H> {
             self.meter.refused("malformed");
             return Step::none();
         }
-        let Some(a) = self
-            .by_client
-            .get(&client)
-            .and_then(|id| self.allocations.get_mut(id))
-        else {
-            return Step::none();
-        };
-        if !permitted(a, peer, now) {
-            return Step::none();
-        }
-        let Some((io, _)) = &a.relay else {
-            return Step::none();
-        };
-        if !a.out.take(range.len(), now.at) {
-            self.meter.dropped();
-            return Step::none();
-        }
-        self.meter.relayed(true, range.len());
-        Step {
-            reply: None,
-            action: Action::Relay {
-                io: io.clone(),
-                peer,
-                range,
-            },
-        }
+        self.relay_out(client, peer, range, now)
     }
 
     /// A datagram from `peer` at allocation `id`'s relay socket: what to send its client
