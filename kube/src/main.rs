@@ -90,7 +90,7 @@ fn init_logging(log: &config::Log) -> supervisor::LogLevel {
 
 /// The STUN codec warns about every malformed packet it parses: that volume is the
 /// sender's to choose, so below errors it stays out of the log (the turn service counts
-/// refusals in metrics instead), unless a directive names it.
+/// refusals in metrics instead).
 fn quiet(filter: EnvFilter) -> EnvFilter {
     let mut filter = filter;
     for target in ["stun_types", "turn_types"] {

@@ -826,3 +826,47 @@ impl Running for RunningTurn {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(s: &config::Turn) -> Vec<String> {
+        let cx = Context {
+            domain: "localhost".into(),
+            data_dir: std::env::temp_dir(),
+        };
+        TurnService::check(s, &cx)
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
+    }
+
+    #[test]
+    fn the_new_keys_are_checked() {
+        let ok = config::Turn::default();
+        assert!(problems(&ok).is_empty());
+        let short = config::Turn {
+            max_lifetime_secs: 60,
+            max_connections: 0,
+            ..ok.clone()
+        };
+        assert_eq!(
+            problems(&short),
+            ["turn.max_connections", "turn.max_lifetime_secs"]
+        );
+        let clash = config::Turn {
+            tls_listen: Some(ok.listen),
+            ..ok.clone()
+        };
+        assert_eq!(problems(&clash), ["turn.tls_listen"]);
+        // Port 0 on both is two ports.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let zero = config::Turn {
+            listen: any,
+            tls_listen: Some(any),
+            ..ok
+        };
+        assert!(problems(&zero).is_empty());
+    }
+}
