@@ -223,3 +223,32 @@ pub fn unix(t: std::time::SystemTime) -> u64 {
 pub fn unix_now() -> u64 {
     unix(std::time::SystemTime::now())
 }
+
+/// Binds UDP and TCP on the same address (DNS and TURN serve both on one port); with port
+/// 0, on the same free port, trying again while TCP finds the port UDP got taken. A failure
+/// names the protocol and the address.
+pub async fn bind_udp_tcp(
+    listen: SocketAddr,
+) -> Result<
+    (tokio::net::UdpSocket, tokio::net::TcpListener),
+    (&'static str, SocketAddr, std::io::Error),
+> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = tokio::net::UdpSocket::bind(listen)
+            .await
+            .map_err(|e| ("udp", listen, e))?;
+        let port = udp.local_addr().map(|a| a.port()).unwrap_or(listen.port());
+        let tcp_addr = SocketAddr::new(listen.ip(), port);
+        match tokio::net::TcpListener::bind(tcp_addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if listen.port() == 0 => last = Some(e),
+            Err(e) => return Err(("tcp", tcp_addr, e)),
+        }
+    }
+    Err((
+        "tcp",
+        listen,
+        last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    ))
+}

@@ -405,34 +405,9 @@ impl Service for DnsService {
 
 /// Binds UDP and TCP on the same address; with port 0, on the same free port.
 async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| DnsError::Bind {
-                what: "udp",
-                addr: listen,
-                source,
-            })?;
-        let port = udp.local_addr().map(|a| a.port()).unwrap_or(listen.port());
-        let tcp_addr = SocketAddr::new(listen.ip(), port);
-        match TcpListener::bind(tcp_addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(source) if listen.port() == 0 => last = Some(source),
-            Err(source) => {
-                return Err(DnsError::Bind {
-                    what: "tcp",
-                    addr: tcp_addr,
-                    source,
-                });
-            }
-        }
-    }
-    Err(DnsError::Bind {
-        what: "tcp",
-        addr: listen,
-        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
-    })
+    crate::service::bind_udp_tcp(listen)
+        .await
+        .map_err(|(what, addr, source)| DnsError::Bind { what, addr, source })
 }
 
 /// The counter an answer counts under.

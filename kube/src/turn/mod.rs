@@ -466,13 +466,11 @@ impl Service for TurnService {
             s.realm.clone()
         };
         let bind = |what, addr| move |source| TurnError::Bind { what, addr, source };
-        let udp = UdpSocket::bind(s.listen)
+        let (udp, tcp) = crate::service::bind_udp_tcp(s.listen)
             .await
-            .map_err(bind("udp", s.listen))?;
+            .map_err(|(what, addr, source)| TurnError::Bind { what, addr, source })?;
         set_buffers(&udp, LISTEN_BUFFER);
         let addr = udp.local_addr()?;
-        // TCP on the port UDP got (which matters when `listen` asks for port 0).
-        let tcp = TcpListener::bind(addr).await.map_err(bind("tcp", addr))?;
         let tls = match s.tls_listen {
             Some(at) => Some(TcpListener::bind(at).await.map_err(bind("tls", at))?),
             None => None,
