@@ -41,6 +41,7 @@ export {
   InvitationError,
   createInvitation,
   invitationSwarm,
+  isDocumentId,
   newCode,
   transcript,
   codeMac,

@@ -146,6 +146,7 @@ export class Host {
   #code;
   #key;
   #issuer;
+  #root;
   /** @type {{open: number} | 'used' | 'dead'} */
   #state = { open: CODE_ATTEMPTS };
   /** from → pending challenge */
@@ -157,14 +158,18 @@ export class Host {
    * @param {string} [o.code] for a code invitation
    * @param {Identity} o.key the invitation's host key
    * @param {string} [o.issuer] when `key` is a device: the identity credentials are issued for
+   * @param {string} [o.root] the space root's documentId, named in `admitted` so the guest
+   *   needs no other channel for it
    */
-  constructor({ invitation, code, key, issuer }) {
+  constructor({ invitation, code, key, issuer, root }) {
     checkCodeMatchesMethod(invitation, code);
     if (key.did !== invitation.host) throw new InvitationError("the host key is not the invitation's host");
+    if (root !== undefined && !isDocumentId(root)) throw new InvitationError('root is not an automerge documentId');
     this.#invitation = invitation;
     this.#code = code;
     this.#key = key;
     this.#issuer = issuer ?? invitation.host;
+    this.#root = root;
   }
 
   get invitation() {
@@ -260,8 +265,19 @@ export class Host {
     });
     this.#state = 'used';
     this.#pending.clear();
-    return { type: 'admitted', credential };
+    return this.#root === undefined ? { type: 'admitted', credential } : { type: 'admitted', credential, root: this.#root };
   }
+}
+
+const BASE58 = /^[1-9A-HJ-NP-Za-km-z]{20,40}$/;
+
+/**
+ * Whether `id` has the shape of an automerge-repo documentId (base58 of a checksummed 16-byte
+ * id: 20 to 40 characters), as `halo::invitation::is_document_id` judges it.
+ * @param {unknown} id
+ */
+export function isDocumentId(id) {
+  return typeof id === 'string' && BASE58.test(id);
 }
 
 /** The guest's side of one attempt (after a wrong code, a new attempt is a new `Guest`). */
@@ -295,11 +311,13 @@ export class Guest {
 
   /**
    * Handles a message from the signaling peer `from`. Returns `{send: message}` (a proof to
-   * send to the host) or `{credential}` (admitted). Throws an `InvitationError` when the host
+   * send to the host) or `{credential, root}` (admitted; `root` is the space root's
+   * documentId when the host named one with its shape, else undefined. It is not signed: the
+   * root a guest syncs is trusted once it validates under the space key). Throws an `InvitationError` when the host
    * refused (`err.code`), and for messages from anyone but the host or out of order (those
    * leave the attempt as it was).
    * @param {string} from @param {any} msg
-   * @returns {{send: any} | {credential: Credential}}
+   * @returns {{send: any} | {credential: Credential, root?: string}}
    */
   handle(from, msg) {
     if (from !== this.#invitation.host) throw new InvitationError(`a message from ${from}, not from the invitation's host: ignored`);
@@ -333,7 +351,7 @@ export class Guest {
     if (msg?.type === 'admitted' && this.#challenged) {
       this.#done = true;
       this.#checkCredential(msg.credential);
-      return { credential: msg.credential };
+      return { credential: msg.credential, root: isDocumentId(msg.root) ? msg.root : undefined };
     }
     if (msg?.type === 'refused') {
       this.#done = true;

@@ -194,11 +194,12 @@ export async function serveInvitation(signal, host) {
 
 /**
  * The guest's side over signaling: joins the invitation's swarm, waits for the host, runs one
- * attempt. Resolves the `SpaceMember` credential; rejects with an `InvitationError` (its `code`
- * says why the host refused: `wrong-code` with `attemptsLeft`, `expired`, …).
+ * attempt. Resolves `{credential, root}`: the `SpaceMember` credential, and the space root's
+ * documentId when the host named it (undefined otherwise); rejects with an `InvitationError`
+ * (its `code` says why the host refused: `wrong-code` with `attemptsLeft`, `expired`, …).
  * @param {SignalClient} signal connected with `key`
  * @param {{invitation: Invitation, code?: string, key: Identity, timeoutMs?: number}} o
- * @returns {Promise<Credential>}
+ * @returns {Promise<{credential: Credential, root?: string}>}
  */
 export async function redeemInvitation(signal, { invitation, code, key, timeoutMs = 30_000 }) {
   const guest = new Guest({ invitation, code, key });
@@ -214,7 +215,7 @@ export async function redeemInvitation(signal, { invitation, code, key, timeoutM
       try {
         const r = guest.handle(m.from, m.payload);
         if (r.send) signal.send(invitation.host, swarm, r.send);
-        else ok(r.credential);
+        else ok({ credential: r.credential, root: r.root });
       } catch (e) {
         fail(e);
       }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import {
   Identity, Host, Guest, InvitationError, createInvitation, invitationSwarm, newCode, transcript, codeMac,
-  verifyCredential, CODE_ATTEMPTS,
+  verifyCredential, CODE_ATTEMPTS, isDocumentId,
 } from '../index.js';
 
 const NOW = 1_000;
@@ -185,4 +185,27 @@ test('a device host issues in its identity\'s name; helpers', () => {
   // new_code: u32 little-endian mod 10^6, zero-padded.
   assert.equal(newCode(Uint8Array.of(1, 0, 0, 0)), '000001');
   assert.equal(newCode(Uint8Array.of(0xff, 0xff, 0xff, 0xff)), String(4294967295 % 1_000_000).padStart(6, '0'));
+});
+
+test('admitted names the space root when the host knows it; the guest keeps only a documentId', () => {
+  const admin = key(1);
+  const bob = key(2);
+  const inv = invitation(admin, { type: 'key', guest: bob.did });
+  const root = '3JzZ5sdWw3yV1Qb1VMYqrqMUXgk8';
+  const run = (answerFor) => {
+    const host = new Host({ invitation: inv, key: admin, root });
+    const guest = new Guest({ invitation: inv, key: bob, random: bytes(1) });
+    const challenge = host.handle(bob.did, guest.hello, { now: NOW, random: bytes(2) });
+    const answer = host.handle(bob.did, guest.handle(inv.host, challenge).send, { now: NOW, random: bytes(0) });
+    assert.equal(answer.root, root);
+    return guest.handle(inv.host, answerFor(answer));
+  };
+  assert.equal(run((a) => a).root, root);
+  // What signaling may have changed on the way is kept only when it has the shape.
+  assert.equal(run((a) => ({ ...a, root: '../x' })).root, undefined);
+  assert.equal(run((a) => ({ ...a, root: 7 })).root, undefined);
+  assert.equal(run(({ root: _r, ...a }) => a).root, undefined, 'a host that names none');
+  assert.throws(() => new Host({ invitation: inv, key: admin, root: 'not a documentId' }), /documentId/);
+  assert.ok(isDocumentId(root));
+  assert.ok(!isDocumentId('0OIl0OIl0OIl0OIl0OIl'));
 });

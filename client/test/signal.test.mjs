@@ -93,10 +93,12 @@ test('an invitation redeemed over signaling: wrong code, then the right one', { 
     // The guest comes first and waits for the host to join.
     const early = redeemInvitation(guestSig, { invitation, code: code === '000000' ? '000001' : '000000', key: frank, timeoutMs: 5000 });
     await new Promise((r) => setTimeout(r, 100));
-    const serving = await serveInvitation(hostSig, new Host({ invitation, code, key: alice }));
+    const root = '3JzZ5sdWw3yV1Qb1VMYqrqMUXgk8';
+    const serving = await serveInvitation(hostSig, new Host({ invitation, code, key: alice, root }));
     await assert.rejects(early, (e) => e instanceof InvitationError && e.code === 'wrong-code' && e.attemptsLeft === 2);
-    const c = await redeemInvitation(guestSig, { invitation, code, key: frank, timeoutMs: 5000 });
+    const { credential: c, root: named } = await redeemInvitation(guestSig, { invitation, code, key: frank, timeoutMs: 5000 });
     assert.deepEqual(await serving.admitted, c);
+    assert.equal(named, root, 'admitted names the space root');
     assert.ok(verifyCredential(c));
     assert.equal(c.subject, frank.did);
     assert.equal(c.issuer, alice.did);

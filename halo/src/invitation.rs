@@ -91,6 +91,11 @@ pub enum Message {
     },
     Admitted {
         credential: Box<Credential>,
+        /// The space root's automerge-repo documentId, when the host names it, so the guest
+        /// needs no other channel for it. Not signed: a guest only trusts the root it syncs
+        /// once it validates under the space key (ECHO's and the client's access rules).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root: Option<String>,
     },
     Refused {
         code: Refusal,
@@ -251,6 +256,7 @@ pub struct Host {
     issuer: String,
     state: HostState,
     pending: HashMap<String, Pending>,
+    root: Option<String>,
 }
 
 impl Host {
@@ -278,7 +284,14 @@ impl Host {
                 attempts_left: CODE_ATTEMPTS,
             },
             pending: HashMap::new(),
+            root: None,
         })
+    }
+
+    /// Names the space root's documentId in `admitted`, so the guest learns it there.
+    pub fn with_root(mut self, root: impl Into<String>) -> Host {
+        self.root = Some(root.into());
+        self
     }
 
     /// The host key is a device: credentials are issued in the name of `identity` (which
@@ -441,6 +454,7 @@ impl Host {
                 self.pending.clear();
                 Message::Admitted {
                     credential: Box::new(c),
+                    root: self.root.clone(),
                 }
             }
             Err(_) => self.refuse(Refusal::BadProof),
@@ -455,6 +469,12 @@ pub enum GuestStep {
     Done(Box<Credential>),
 }
 
+/// Whether `id` has the shape of an automerge-repo documentId (base58, as `bs58check` of 16
+/// bytes is: 20 to 40 characters).
+pub fn is_document_id(id: &str) -> bool {
+    (20..=40).contains(&id.len()) && bs58::decode(id).into_vec().is_ok()
+}
+
 /// The guest's side of one attempt (a new attempt, after a wrong code, is a new `Guest`).
 pub struct Guest {
     invitation: Invitation,
@@ -464,9 +484,16 @@ pub struct Guest {
     eph: String,
     done: bool,
     challenged: bool,
+    root: Option<String>,
 }
 
 impl Guest {
+    /// The space root's documentId the host named when it admitted this guest, if it did
+    /// and it has the shape of one.
+    pub fn root(&self) -> Option<&str> {
+        self.root.as_deref()
+    }
+
     /// Starts an attempt; returns the guest and its `hello`. `random` seeds its X25519 key.
     pub fn new(
         invitation: Invitation,
@@ -495,6 +522,7 @@ impl Guest {
                 eph,
                 done: false,
                 challenged: false,
+                root: None,
             },
             hello,
         ))
@@ -534,9 +562,10 @@ impl Guest {
                     mac,
                 }))
             }
-            Message::Admitted { credential } if self.challenged => {
+            Message::Admitted { credential, root } if self.challenged => {
                 self.done = true;
                 self.check_credential(&credential)?;
+                self.root = root.filter(|r| is_document_id(r));
                 Ok(GuestStep::Done(credential))
             }
             Message::Refused {

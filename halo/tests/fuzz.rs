@@ -336,7 +336,7 @@ proptest! {
             prop_assert_eq!(&again, &msg);
             let from = did(&key(if *from_guest { GUEST } else { OTHER }));
             said.push((from.clone(), msg.clone()));
-            if let Message::Admitted { credential } =
+            if let Message::Admitted { credential, .. } =
                 host.handle(&from, msg, NOW + 1, HOST_RANDOM)
             {
                 prop_assert_eq!(&credential.subject, &did(&key(GUEST)));
@@ -379,7 +379,7 @@ proptest! {
                     prop_assert_eq!(&msg, &honest.challenge, "a proof for another challenge");
                 }
                 Ok(GuestStep::Done(c)) => {
-                    let Message::Admitted { credential } = &honest.admitted else {
+                    let Message::Admitted { credential, .. } = &honest.admitted else {
                         panic!("the honest exchange admits");
                     };
                     prop_assert_eq!(&c, credential, "another credential accepted");

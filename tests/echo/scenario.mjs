@@ -222,14 +222,16 @@ step('frank redeems a code invitation from alice over KUBE\'s signaling (one wro
   const hostSignal = await connectSignal({ url: state.url, identity: ids.alice });
   const guestSignal = await connectSignal({ url: state.url, identity: ids.frank });
   try {
-    const serving = await serveInvitation(hostSignal, new Host({ invitation, code, key: ids.alice }));
+    // The host names the space root in `admitted`: frank needs no other channel for it.
+    const serving = await serveInvitation(hostSignal, new Host({ invitation, code, key: ids.alice, root: aRoot.documentId }));
     const wrong = code === '000000' ? '000001' : '000000';
     await assert.rejects(
       redeemInvitation(guestSignal, { invitation, code: wrong, key: ids.frank, timeoutMs: SYNC_MS }),
       (e) => e.code === 'wrong-code' && e.attemptsLeft === 2,
     );
-    const credential = await redeemInvitation(guestSignal, { invitation, code, key: ids.frank, timeoutMs: SYNC_MS });
+    const { credential, root } = await redeemInvitation(guestSignal, { invitation, code, key: ids.frank, timeoutMs: SYNC_MS });
     assert.deepEqual(await serving.admitted, credential);
+    assert.equal(root, aRoot.documentId);
     assert.equal(credential.subject, ids.frank.did);
     assert.deepEqual(credential.assertion, { type: 'SpaceMember', space: doc.space, role: 'editor' });
     cred.frank = credential;

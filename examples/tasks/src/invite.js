@@ -1,23 +1,24 @@
 // Invitation links and the host's side of the exchange. A link is this app's URL with
-// `#join=<base64url of the UTF-8 JSON {invitation, root, kube, name}>`: the HALO invitation,
-// the space root's documentId (an invitation does not carry it, echo/PROTOCOL.md §2), KUBE's
-// did and the list's name. The six-digit code is told by another channel and never travels.
+// `#join=<base64url of the UTF-8 JSON {invitation, kube, name}>`: the HALO invitation, KUBE's
+// did and the list's name. The space root's documentId comes in the host's `admitted` message
+// (echo/PROTOCOL.md §2); links made before that carry it as `root`, which is still read. The
+// six-digit code is told by another channel and never travels.
 
 import { Host, b64url, createInvitation, serveInvitation } from '@kube/client';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-/** @returns {string} the link for `invitation` to the space whose root is `root` */
-export function invitationLink({ invitation, root, kube, name }) {
-  const payload = b64url.encode(enc.encode(JSON.stringify({ invitation, root, kube, name })));
+/** @returns {string} the link for `invitation` */
+export function invitationLink({ invitation, kube, name }) {
+  const payload = b64url.encode(enc.encode(JSON.stringify({ invitation, kube, name })));
   return `${location.origin}/#join=${payload}`;
 }
 
 /**
  * The invitation in `hash` (`#join=…`), or undefined when there is none; throws when there is
  * one that does not decode.
- * @returns {{invitation: any, root: string, kube?: string, name?: string}|undefined}
+ * @returns {{invitation: any, root?: string, kube?: string, name?: string}|undefined}
  */
 export function parseJoinHash(hash) {
   const m = /^#join=([A-Za-z0-9_-]+)$/.exec(hash ?? '');
@@ -30,12 +31,12 @@ export function parseJoinHash(hash) {
   }
   const inv = v?.invitation;
   if (typeof inv?.id !== 'string' || typeof inv?.space !== 'string' || typeof inv?.host !== 'string'
-    || typeof inv?.role !== 'string' || typeof v.root !== 'string') {
+    || typeof inv?.role !== 'string' || (v.root !== undefined && typeof v.root !== 'string')) {
     throw new Error('This invitation link is damaged: copy the whole link.');
   }
   return {
     invitation: inv,
-    root: v.root,
+    root: typeof v.root === 'string' ? v.root : undefined,
     kube: typeof v.kube === 'string' ? v.kube : undefined,
     name: typeof v.name === 'string' ? v.name.slice(0, 200) : undefined,
   };
@@ -49,14 +50,15 @@ export function parseJoinHash(hash) {
  * @param {() => Promise<import('@kube/client').SignalClient>} o.signal the shared connection
  * @param {import('@kube/client').Identity} o.identity the admin's key (the invitation's host)
  * @param {string} o.space
+ * @param {string} o.root the space root's documentId, named to the guest in `admitted`
  * @param {'editor'|'reader'} o.role
  * @param {(credential: any) => void} o.onAdmitted add the credential to the root here
  * @param {(error: Error) => void} o.onEnded the invitation died or expired
  * @returns {Promise<{invitation: any, code: string, stop(): void}>} once the host listens
  */
-export async function offerInvitation({ signal, identity, space, role, onAdmitted, onEnded }) {
+export async function offerInvitation({ signal, identity, space, root, role, onAdmitted, onEnded }) {
   const { invitation, code } = createInvitation({ space, role, host: identity.did });
-  const host = new Host({ invitation, code, key: identity });
+  const host = new Host({ invitation, code, key: identity, root });
   let stopped = false;
   let current; // {stop} of the serving on the current connection
   const expiresInMs = Math.max(0, invitation.expires * 1000 - Date.now());

@@ -307,6 +307,7 @@ async function main() {
         signal,
         identity,
         space: rec.space,
+        root: rec.root,
         role,
         onAdmitted: (cred) => {
           addCredential(root, cred);
@@ -318,7 +319,7 @@ async function main() {
           schedule();
         },
       });
-      slot.link = invitationLink({ invitation: offered.invitation, root: rec.root, kube: kube?.kubeDid, name: title });
+      slot.link = invitationLink({ invitation: offered.invitation, kube: kube?.kubeDid, name: title });
       slot.code = offered.code;
       slot.status = `Waiting for someone to use it (valid for 10 minutes, once, as ${role}).`;
     } catch (e) {
@@ -374,7 +375,8 @@ async function main() {
     j.busy = true;
     j.error = undefined;
     schedule();
-    const { invitation, root, name } = j.info;
+    const { invitation, name } = j.info;
+    let root;
     try {
       let s;
       try {
@@ -382,7 +384,10 @@ async function main() {
       } catch {
         throw new Error('KUBE is not reachable: joining needs it to reach the person who invited you.');
       }
-      await redeemInvitation(s, { invitation, code, key: identity });
+      const redeemed = await redeemInvitation(s, { invitation, code, key: identity });
+      // The host names the root in `admitted`; an older link carries it instead.
+      root = redeemed.root ?? j.info.root;
+      if (!root) throw new Error('The person who invited you runs an older version of the app: ask them for a new link.');
     } catch (e) {
       j.busy = false;
       j.error = joinErrors[e?.code]?.(e)

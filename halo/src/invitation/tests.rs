@@ -335,3 +335,44 @@ fn silent_guests_time_out_and_make_room() {
         "admitted once the silent guests timed out"
     );
 }
+
+/// `admitted` names the space root when the host knows it; a guest keeps only a value with
+/// the shape of a documentId; old hosts (no `root`) still admit.
+#[test]
+fn admitted_names_the_space_root() {
+    let host_key = key(1);
+    let inv = invitation(
+        &host_key,
+        Method::Key {
+            guest: did(&key(2)),
+        },
+    );
+    for (root, kept) in [
+        (
+            Some("3JzZ5sdWw3yV1Qb1VMYqrqMUXgk8"),
+            Some("3JzZ5sdWw3yV1Qb1VMYqrqMUXgk8"),
+        ),
+        (Some("not/a document id 0OIl"), None),
+        (Some(""), None),
+        (None, None),
+    ] {
+        let mut host = Host::new(inv.clone(), None, host_key.clone()).unwrap();
+        if let Some(r) = root {
+            host = host.with_root(r);
+        }
+        let (mut guest, hello) = Guest::new(inv.clone(), None, key(2), [3; 32]).unwrap();
+        let from = did(&key(2));
+        let challenge = host.handle(&from, hello, NOW, [4; 32]);
+        let GuestStep::Send(proof) = guest.handle(&inv.host, challenge).unwrap() else {
+            panic!("a proof")
+        };
+        let admitted = host.handle(&from, proof, NOW, [0; 32]);
+        let json = serde_json::to_value(&admitted).unwrap();
+        assert_eq!(json.get("root").and_then(|r| r.as_str()), root, "{json}");
+        assert!(matches!(
+            guest.handle(&inv.host, admitted).unwrap(),
+            GuestStep::Done(_)
+        ));
+        assert_eq!(guest.root(), kept);
+    }
+}
