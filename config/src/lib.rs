@@ -140,9 +140,117 @@ impl Config {
                     "is required",
                 ));
             }
+            problems.extend(check_process(i, p, &self.processes));
         }
         problems
     }
+}
+
+/// The signals `processes[].stop_signal` may name.
+pub const STOP_SIGNALS: [&str; 6] = ["TERM", "INT", "QUIT", "HUP", "USR1", "USR2"];
+
+/// What `processes[i]` must satisfy beyond its types.
+fn check_process(i: usize, p: &Process, all: &[Process]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem::new(format!("processes[{i}].{key}"), message));
+    };
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !p.name.is_empty() && !label(&p.name) {
+        problem(
+            "name",
+            format!(
+                "{:?} must be lowercase letters, digits and inner '-' (at most 63)",
+                p.name
+            ),
+        );
+    }
+    let inside = |path: &std::path::Path| {
+        path.is_relative()
+            && path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+    };
+    if let Some(dir) = &p.dir
+        && !inside(dir)
+    {
+        problem(
+            "dir",
+            format!(
+                "{} must be a relative path inside the data dir (no '..')",
+                dir.display()
+            ),
+        );
+    }
+    for key in p.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            problem("env", format!("{key:?} is not a variable name"));
+        }
+    }
+    if p.user.as_deref() == Some("") {
+        problem("user", "must name a user, or be left out".into());
+    }
+    let b = &p.backoff;
+    if b.initial_ms == 0 || b.max_ms < b.initial_ms {
+        problem(
+            "backoff.initial_ms",
+            "must be at least 1 and not above backoff.max_ms".into(),
+        );
+    }
+    if b.jitter_percent > 100 {
+        problem("backoff.jitter_percent", "must be at most 100".into());
+    }
+    if !STOP_SIGNALS.contains(&p.stop_signal.as_str()) {
+        problem(
+            "stop_signal",
+            format!(
+                "{:?} is not one of {}",
+                p.stop_signal,
+                STOP_SIGNALS.join(", ")
+            ),
+        );
+    }
+    if p.logs.max_file_bytes < 4096 {
+        problem("logs.max_file_bytes", "must be at least 4096".into());
+    }
+    if !(1..=100).contains(&p.logs.files) {
+        problem("logs.files", "must be between 1 and 100".into());
+    }
+    for (j, dep) in p.after.iter().enumerate() {
+        if dep == &p.name || !all.iter().any(|q| &q.name == dep) {
+            problem(
+                &format!("after[{j}]"),
+                format!("{dep:?} is not another process of this list"),
+            );
+        }
+    }
+    // A cycle through `after` never starts: follow it from this process.
+    let mut seen = vec![p.name.as_str()];
+    let mut next: Vec<&str> = p.after.iter().map(String::as_str).collect();
+    while let Some(n) = next.pop() {
+        if n == p.name {
+            problem("after", "depends on itself through other processes".into());
+            break;
+        }
+        if seen.contains(&n) {
+            continue;
+        }
+        seen.push(n);
+        if let Some(q) = all.iter().find(|q| q.name == n) {
+            next.extend(q.after.iter().map(String::as_str));
+        }
+    }
+    problems
 }
 
 /// The TLS mode in force for `domain`: explicit, or `local` for localhost and `acme` otherwise.

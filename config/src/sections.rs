@@ -457,19 +457,112 @@ impl Default for Apps {
 }
 
 /// One entry of `processes`: a back-end process an app declares.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Process {
-    /// Unique name, used in logs, metrics and `kube status`.
+    /// Unique name (a DNS label), used in logs, metrics and `kube status`.
     pub name: String,
-    /// Program to run.
+    /// Program to run (a path, or a name looked up in PATH).
     pub command: String,
     /// Its arguments.
     pub args: Vec<String>,
-    /// Extra environment.
+    /// Its environment, besides PATH, HOME, LANG and TZ taken from KUBE's; nothing else of
+    /// KUBE's environment is passed on.
     pub env: BTreeMap<String, String>,
-    /// Working directory, relative to the data dir.
+    /// Files of `KEY=VALUE` lines read at every start (so a restart sees their current
+    /// values), relative to the data dir unless absolute; their values are never logged.
+    pub env_files: Vec<PathBuf>,
+    /// Working directory, relative to the data dir and inside it; default the data dir.
     pub dir: Option<PathBuf>,
+    /// When KUBE runs as root: the user to run as (`name`, or `uid` or `uid:gid`).
+    pub user: Option<String>,
+    /// When to start it again after it exits.
+    pub restart: RestartPolicy,
+    /// The pause before a restart.
+    pub backoff: Backoff,
+    /// The signal that asks it to stop (TERM, INT, QUIT, HUP, USR1, USR2), sent to its whole
+    /// process group; KILL follows after `stop_grace_secs`.
+    pub stop_signal: String,
+    pub stop_grace_secs: u64,
+    /// Processes started before this one and stopped after it.
+    pub after: Vec<String>,
+    /// Its log: stdout and stderr, line by line, in `<data_dir>/logs/<name>/`.
+    pub logs: ProcessLogs,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            name: String::new(),
+            command: String::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            env_files: Vec::new(),
+            dir: None,
+            user: None,
+            restart: RestartPolicy::default(),
+            backoff: Backoff::default(),
+            stop_signal: "TERM".into(),
+            stop_grace_secs: 10,
+            after: Vec::new(),
+            logs: ProcessLogs::default(),
+        }
+    }
+}
+
+/// `processes[].restart`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whenever it exits, however it exits.
+    #[default]
+    Always,
+    /// When it exits with a code other than 0, or by a signal.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// `processes[].backoff`: the pause before the n-th restart in a row is
+/// `min(initial_ms * 2^(n-1), max_ms)`, spread by ±`jitter_percent`; a run of
+/// `reset_after_secs` or longer starts the count again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub jitter_percent: u32,
+    pub reset_after_secs: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_ms: 500,
+            max_ms: 30_000,
+            jitter_percent: 20,
+            reset_after_secs: 60,
+        }
+    }
+}
+
+/// `processes[].logs`: rotation bounds, so a chatty process cannot fill the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessLogs {
+    /// Bytes per file before it is rotated.
+    pub max_file_bytes: u64,
+    /// Files kept, the current one included.
+    pub files: u32,
+}
+
+impl Default for ProcessLogs {
+    fn default() -> Self {
+        ProcessLogs {
+            max_file_bytes: 10 << 20,
+            files: 5,
+        }
+    }
 }
 
 /// `admin`: the admin API, `/metrics`, `/healthz` and `/readyz`.

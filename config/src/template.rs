@@ -185,7 +185,21 @@ apps:
   # Most files in one bundle.
   max_files: 20000
 
-# Back-end processes of apps (name, command, args, env, dir). Planned; must stay empty for now.
+# Back-end processes of apps, supervised: started after the services, restarted with
+# backoff, logged to <data_dir>/logs/<name>/, stopped first. For example:
+#   - name: agent
+#     command: node
+#     args: [agent.js]
+#     env: {{NODE_ENV: production}}
+#     env_files: [agent.env]      # KEY=VALUE lines, read at every start, never logged
+#     dir: agent                  # inside the data dir
+#     user: kube-agent            # when KUBE runs as root
+#     restart: always             # always | on-failure | never
+#     backoff: {{initial_ms: 500, max_ms: 30000, jitter_percent: 20, reset_after_secs: 60}}
+#     stop_signal: TERM           # to the process group; KILL after stop_grace_secs
+#     stop_grace_secs: 10
+#     after: []                   # processes started before this one
+#     logs: {{max_file_bytes: 10485760, files: 5}}
 processes: []
 
 admin:

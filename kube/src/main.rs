@@ -12,6 +12,7 @@ mod fuzz;
 mod http;
 mod identity;
 mod metrics;
+mod processes;
 mod replica;
 mod service;
 mod signaling;

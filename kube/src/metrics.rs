@@ -9,6 +9,11 @@ use prometheus::{
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    pub process_up: IntGaugeVec,
+    pub process_restarts: IntCounterVec,
+    pub process_last_exit: IntGaugeVec,
+    pub process_cpu_seconds: prometheus::GaugeVec,
+    pub process_resident_bytes: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_panics: IntCounter,
@@ -233,8 +238,44 @@ impl Metrics {
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )
         .expect("valid metric");
+        let by_name = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["name"]).expect("valid metric")
+        };
+        let process_up = by_name(
+            "kube_process_up",
+            "1 while a supervised process runs, by process name.",
+        );
+        let process_last_exit = by_name(
+            "kube_process_last_exit_code",
+            "How a supervised process last ended: its exit code, or 128 + the signal that killed it.",
+        );
+        let process_resident_bytes = by_name(
+            "kube_process_resident_memory_bytes",
+            "Resident memory of a supervised process (its main process).",
+        );
+        let process_restarts = IntCounterVec::new(
+            Opts::new(
+                "kube_process_restarts_total",
+                "Times KUBE started a supervised process again after it ended.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
+        let process_cpu_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "kube_process_cpu_seconds",
+                "CPU time of a supervised process's current run (its main process), user and system.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
+            Box::new(process_up.clone()),
+            Box::new(process_restarts.clone()),
+            Box::new(process_last_exit.clone()),
+            Box::new(process_cpu_seconds.clone()),
+            Box::new(process_resident_bytes.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(http_panics.clone()),
@@ -303,6 +344,11 @@ impl Metrics {
         }
         Metrics {
             registry,
+            process_up,
+            process_restarts,
+            process_last_exit,
+            process_cpu_seconds,
+            process_resident_bytes,
             http_requests,
             http_duration,
             http_panics,

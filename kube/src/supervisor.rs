@@ -44,12 +44,6 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     if let config::Admit::Admins(list) = &cfg.echo.admit {
         p.extend(crate::identity::check_dids("echo.admit", list));
     }
-    if !cfg.processes.is_empty() {
-        p.push(Problem::new(
-            "processes",
-            "process supervision is planned but not in this version; leave the list empty",
-        ));
-    }
     p
 }
 
@@ -170,6 +164,7 @@ struct Handles {
     signal: Option<crate::signaling::SignalHandle>,
     turn: Option<crate::turn::TurnHandle>,
     echo: Option<crate::replica::EchoHandle>,
+    processes: crate::processes::ProcessesHandle,
     log: LogLevel,
 }
 
@@ -253,6 +248,7 @@ async fn start_all(
     let echo = echo.handle;
 
     let https = Arc::new(OnceLock::new());
+    let processes = Arc::new(OnceLock::new());
     let admin = AdminService::start(
         cfg.admin.clone(),
         cx,
@@ -267,6 +263,7 @@ async fn start_all(
             identity: identity.to_owned(),
             admit: crate::identity::admission_policy(&cfg.echo.admit),
             echo: echo.clone(),
+            processes: processes.clone(),
             reload,
         },
     )
@@ -300,6 +297,14 @@ async fn start_all(
     let _ = https.set(http.handle);
     // ACME may answer challenges from here on.
     tls.listeners_ready();
+    // Back-ends last: every service they may use is up; they stop first.
+    let started =
+        crate::processes::ProcessesService::start(cfg.processes.clone(), cx, metrics.clone())
+            .await
+            .map_err(|e| anyhow!("{}: {e}", crate::processes::ProcessesService::NAME))?;
+    running.push(started.running);
+    let processes_handle = started.handle;
+    let _ = processes.set(processes_handle.clone());
     Ok(Handles {
         dns,
         tls,
@@ -308,6 +313,7 @@ async fn start_all(
         signal: signal_handle,
         turn: turn_handle,
         echo,
+        processes: processes_handle,
         log,
     })
 }
@@ -477,6 +483,12 @@ async fn reload(
             tracing::error!(error = %e, "certificate files refused; the old certificate stays");
             report.failed.push(format!("tls: {e}"));
         }
+    }
+    if next.processes != live.processes {
+        if handles.processes.reload(&next.processes).await {
+            report.applied.push("processes");
+        }
+        live.processes = next.processes.clone();
     }
     let mut restart = Vec::new();
     let sections = [

@@ -12,6 +12,7 @@ mod echo;
 mod identity;
 mod invite;
 mod lifecycle;
+mod processes;
 mod reload;
 mod signal;
 mod turn;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -57,6 +57,8 @@ pub struct AdminDeps {
     pub identity: String,
     /// `echo.admit`, for the admission question ECHO asks (and operators may ask here).
     pub admit: halo::admission::Admit,
+    /// The supervised processes; filled in once they started (after every service).
+    pub processes: Arc<std::sync::OnceLock<crate::processes::ProcessesHandle>>,
     /// ECHO, when enabled: `kube space …` and its line in `kube status`.
     pub echo: Option<crate::replica::EchoHandle>,
     /// Asks the supervisor to read the configuration again (`kube reload`).
@@ -180,6 +182,10 @@ impl Service for AdminService {
                 post(space_import).layer(DefaultBodyLimit::max(1 << 30)),
             )
             .route("/api/backup", get(backup))
+            .route("/api/processes", get(processes_list))
+            .route("/api/processes/{name}", get(process_show))
+            .route("/api/processes/{name}/logs", get(process_logs))
+            .route("/api/processes/{name}/{action}", post(process_action))
             .route("/api/apps", get(list_apps))
             .route(
                 "/api/apps/{name}",
@@ -559,6 +565,10 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
             "relayed_bytes": st.deps.metrics.turn_relayed_bytes.get(),
         },
         "echo": echo_status,
+        "processes": match st.deps.processes.get() {
+            Some(p) => p.list().await,
+            None => Vec::new(),
+        },
         "disk": {
             "data_dir": st.data_dir.display().to_string(),
             "bytes": disk,
@@ -821,6 +831,89 @@ async fn certs(State(st): State<Arc<Shared>>) -> Response {
         "acme": st.deps.tls.acme_status(),
     }))
     .into_response()
+}
+
+fn processes_of(st: &Shared) -> Result<&crate::processes::ProcessesHandle, Box<Response>> {
+    st.deps.processes.get().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "processes start after every service",
+        ))
+    })
+}
+
+fn unknown_process(e: crate::processes::ProcessError) -> Response {
+    error(StatusCode::NOT_FOUND, "unknown_process", e)
+}
+
+async fn processes_list(State(st): State<Arc<Shared>>) -> Response {
+    match processes_of(&st) {
+        Ok(p) => Json(json!({ "processes": p.list().await })).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn process_show(State(st): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    match processes_of(&st) {
+        Ok(p) => match p.show(&name).await {
+            Ok(s) => Json(s).into_response(),
+            Err(e) => unknown_process(e),
+        },
+        Err(r) => *r,
+    }
+}
+
+/// `?since=<unix ms>&lines=<n>` (at most 10,000 lines; default 200).
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    since: Option<u64>,
+    lines: Option<usize>,
+}
+
+async fn process_logs(
+    State(st): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let p = match processes_of(&st) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let lines = q.lines.unwrap_or(200).min(10_000);
+    match p.logs(&name, q.since, lines).await {
+        Ok(lines) => Json(json!({ "lines": lines })).into_response(),
+        Err(e) => unknown_process(e),
+    }
+}
+
+async fn process_action(
+    State(st): State<Arc<Shared>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let p = match processes_of(&st) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let done = match action.as_str() {
+        "start" => p.start(&name).await,
+        "stop" => p.stop(&name).await,
+        "restart" => p.restart(&name).await,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_action",
+                "expected start, stop or restart",
+            );
+        }
+    };
+    match done {
+        Ok(()) => match p.show(&name).await {
+            Ok(s) => Json(s).into_response(),
+            Err(e) => unknown_process(e),
+        },
+        Err(e) => unknown_process(e),
+    }
 }
 
 async fn renew_certs(State(st): State<Arc<Shared>>) -> Response {

@@ -4,6 +4,7 @@
 mod app;
 mod client;
 mod local;
+mod process;
 mod space;
 
 pub use local::load as local_load;
@@ -95,6 +96,40 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// The supervised processes: list (as `kube ps`), show, start, stop, restart.
+    Process {
+        #[command(subcommand)]
+        command: ProcessCommand,
+    },
+    /// The supervised processes, one line each (`kube process list`).
+    Ps,
+    /// A supervised process's log (stdout and stderr, timestamped).
+    Logs {
+        name: String,
+        /// Only lines since then: RFC 3339, or a duration ago (30s, 10m, 2h, 1d).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many lines (the last ones).
+        #[arg(short = 'n', long, default_value_t = 200)]
+        lines: usize,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProcessCommand {
+    /// Name, state, pid, restarts and last exit of each.
+    List,
+    /// One process, as JSON.
+    Show { name: String },
+    /// Start a stopped process (or one waiting to restart) now.
+    Start { name: String },
+    /// Stop it (its stop signal to its process group, KILL after its grace period).
+    Stop { name: String },
+    /// Stop it and start it again.
+    Restart { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +235,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::App { command } => {
             let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
             app::run(&c, command).await.map(|_| 0)
+        }
+        Command::Process { command } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
+            process::run(&c, command).await.map(|_| 0)
+        }
+        Command::Ps => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
+            process::list(&c).await.map(|_| 0)
+        }
+        Command::Logs {
+            name,
+            since,
+            lines,
+            follow,
+        } => {
+            let c = client::Client::connect(cli.config.as_deref(), cli.key.as_deref()).await?;
+            process::logs(&c, &name, since.as_deref(), lines, follow)
+                .await
+                .map(|_| 0)
         }
     }
 }
