@@ -57,9 +57,18 @@ fn service_checks_are_located_too() {
         err.contains("tls.key_file: is required when tls.mode is files"),
         "{err}"
     );
-    let (ok, err, _) = check("processes:\n  - name: agent\n    command: /bin/true\n", &[]);
+    // Processes are checked beyond their types, and located the same way.
+    let (ok, err, _) = check(
+        "processes:\n  - name: agent\n    command: /bin/true\n    stop_signal: NOPE\n",
+        &[],
+    );
     assert!(!ok);
-    assert!(err.contains("kube.yml:2:3: processes: "), "{err}");
+    assert!(
+        err.contains("kube.yml:4:18: processes[0].stop_signal: \"NOPE\" is not one of"),
+        "{err}"
+    );
+    let (ok, _, _) = check("processes:\n  - name: agent\n    command: /bin/true\n", &[]);
+    assert!(ok, "a plain process is fine now");
 }
 
 #[test]

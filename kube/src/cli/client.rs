@@ -246,6 +246,19 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
     } else {
         println!("echo: off");
     }
+    let procs = s["processes"].as_array().cloned().unwrap_or_default();
+    if !procs.is_empty() {
+        println!("processes:");
+        for p in procs {
+            println!(
+                "  {:<20} {:<8} restarts {:<4} last exit {}",
+                str_of(&p["name"]),
+                str_of(&p["state"]),
+                p["restarts"].as_u64().unwrap_or(0),
+                p["last_exit"].as_str().unwrap_or("-")
+            );
+        }
+    }
     let bytes = s["disk"]["bytes"].as_u64().unwrap_or(0);
     println!(
         "disk: {:.1} MiB in {}",
