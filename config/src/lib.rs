@@ -234,6 +234,36 @@ fn check_process(i: usize, p: &Process, all: &[Process]) -> Vec<Problem> {
             );
         }
     }
+    for (key, probe) in [("liveness", &p.liveness), ("readiness", &p.readiness)] {
+        let Some(probe) = probe else { continue };
+        let kinds = usize::from(probe.http.is_some())
+            + usize::from(probe.tcp.is_some())
+            + usize::from(!probe.exec.is_empty());
+        if kinds != 1 {
+            problem(key, "needs exactly one of http, tcp and exec".into());
+        }
+        if let Some(url) = &probe.http
+            && !(url.starts_with("http://") && url.len() > "http://".len())
+        {
+            problem(
+                &format!("{key}.http"),
+                format!("{url:?} is not an http:// URL"),
+            );
+        }
+        if let Some(addr) = &probe.tcp
+            && addr
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            problem(&format!("{key}.tcp"), format!("{addr:?} is not host:port"));
+        }
+        if probe.interval_secs == 0 || probe.timeout_secs == 0 || probe.failures == 0 {
+            problem(
+                key,
+                "interval_secs, timeout_secs and failures must be at least 1".into(),
+            );
+        }
+    }
     // A cycle through `after` never starts: follow it from this process.
     let mut seen = vec![p.name.as_str()];
     let mut next: Vec<&str> = p.after.iter().map(String::as_str).collect();

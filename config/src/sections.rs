@@ -488,6 +488,42 @@ pub struct Process {
     pub after: Vec<String>,
     /// Its log: stdout and stderr, line by line, in `<data_dir>/logs/<name>/`.
     pub logs: ProcessLogs,
+    /// Failing this probe `failures` times in a row restarts the process.
+    pub liveness: Option<Probe>,
+    /// While this probe fails, the process is not ready (`kube ps`, `kube_process_ready`).
+    pub readiness: Option<Probe>,
+}
+
+/// A health check of a process: exactly one of `http`, `tcp` and `exec`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Probe {
+    /// `http://host:port/path` on this machine: a 2xx or 3xx answer passes.
+    pub http: Option<String>,
+    /// `host:port` on this machine: a TCP connection passes.
+    pub tcp: Option<String>,
+    /// A program and its arguments, run in the process's dir: exit 0 passes.
+    pub exec: Vec<String>,
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+    /// Failures in a row that count (for liveness: that restart it).
+    pub failures: u32,
+    /// Seconds after a start before the first probe.
+    pub initial_delay_secs: u64,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            http: None,
+            tcp: None,
+            exec: Vec::new(),
+            interval_secs: 10,
+            timeout_secs: 2,
+            failures: 3,
+            initial_delay_secs: 0,
+        }
+    }
 }
 
 impl Default for Process {
@@ -506,6 +542,8 @@ impl Default for Process {
             stop_grace_secs: 10,
             after: Vec::new(),
             logs: ProcessLogs::default(),
+            liveness: None,
+            readiness: None,
         }
     }
 }

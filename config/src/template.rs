@@ -200,6 +200,8 @@ apps:
 #     stop_grace_secs: 10
 #     after: []                   # processes started before this one
 #     logs: {{max_file_bytes: 10485760, files: 5}}
+#     liveness: {{http: "http://127.0.0.1:8080/healthz", interval_secs: 10, timeout_secs: 2, failures: 3}}
+#     readiness: {{tcp: "127.0.0.1:8080", interval_secs: 5}}   # or exec: [program, args…]
 processes: []
 
 admin:

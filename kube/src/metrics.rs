@@ -14,6 +14,8 @@ pub struct Metrics {
     pub process_last_exit: IntGaugeVec,
     pub process_cpu_seconds: prometheus::GaugeVec,
     pub process_resident_bytes: IntGaugeVec,
+    pub process_ready: IntGaugeVec,
+    pub process_probe_failures: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_panics: IntCounter,
@@ -249,6 +251,18 @@ impl Metrics {
             "kube_process_last_exit_code",
             "How a supervised process last ended: its exit code, or 128 + the signal that killed it.",
         );
+        let process_ready = by_name(
+            "kube_process_ready",
+            "1 while a supervised process runs and passes its readiness probe (or has none).",
+        );
+        let process_probe_failures = IntCounterVec::new(
+            Opts::new(
+                "kube_process_liveness_failures_total",
+                "Times a supervised process was restarted for failing its liveness probe.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
         let process_resident_bytes = by_name(
             "kube_process_resident_memory_bytes",
             "Resident memory of a supervised process (its main process).",
@@ -276,6 +290,8 @@ impl Metrics {
             Box::new(process_last_exit.clone()),
             Box::new(process_cpu_seconds.clone()),
             Box::new(process_resident_bytes.clone()),
+            Box::new(process_ready.clone()),
+            Box::new(process_probe_failures.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(http_panics.clone()),
@@ -349,6 +365,8 @@ impl Metrics {
             process_last_exit,
             process_cpu_seconds,
             process_resident_bytes,
+            process_ready,
+            process_probe_failures,
             http_requests,
             http_duration,
             http_panics,

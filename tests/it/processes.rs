@@ -281,6 +281,7 @@ fn bad_definitions_are_refused_with_file_line_column() {
     dir: ../outside
     after: [nobody]
     backoff: {initial_ms: 0}
+    liveness: {tcp: nowhere}
 ",
     )
     .unwrap();
@@ -297,6 +298,7 @@ fn bad_definitions_are_refused_with_file_line_column() {
         (5, "processes[0].dir"),
         (6, "processes[0].after[0]"),
         (7, "processes[0].backoff.initial_ms"),
+        (8, "processes[0].liveness.tcp"),
     ] {
         assert!(
             err.lines()
@@ -304,4 +306,64 @@ fn bad_definitions_are_refused_with_file_line_column() {
             "{key} at line {line}:\n{err}"
         );
     }
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_and_readiness_follows_its_probe() {
+    let port = tests::pebble::free_port();
+    let kube = start(&format!(
+        "processes:
+  - name: stuck
+    command: sleep
+    args: ['1000']
+    backoff: {{initial_ms: 100, jitter_percent: 0}}
+    liveness: {{tcp: '127.0.0.1:1', interval_secs: 1, timeout_secs: 1, failures: 2}}
+  - name: flag
+    command: sleep
+    args: ['1000']
+    dir: flag
+    readiness: {{exec: [test, -f, ready], interval_secs: 1, failures: 1}}
+  - name: web
+    command: node
+    args: ['-e', \"require('http').createServer((q, r) => {{ r.statusCode = q.url === '/ok' ? 200 : 500; r.end() }}).listen(process.env.PORT, '127.0.0.1')\"]
+    env: {{PORT: '{port}'}}
+    backoff: {{initial_ms: 100, jitter_percent: 0}}
+    readiness: {{http: 'http://127.0.0.1:{port}/ok', interval_secs: 1, failures: 1}}
+    liveness: {{http: 'http://127.0.0.1:{port}/bad', interval_secs: 1, failures: 3}}
+"
+    ));
+    // Liveness: two failed connections in a row, then a restart.
+    let p = wait_for(&kube, "stuck", "restarted by its probe", |p| {
+        p["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(p["last_exit"], "liveness probe failed", "{p}");
+    assert!(logs(&kube, "stuck").contains("[kube] liveness probe failed"));
+    // Readiness: not ready until the probe passes, then ready, then not again.
+    assert_eq!(process(&kube, "flag")["ready"], false);
+    let flag = kube.data_dir.join("flag/ready");
+    std::fs::write(&flag, "").unwrap();
+    wait_for(&kube, "flag", "ready", |p| p["ready"] == true);
+    assert!(
+        kube.metrics_blocking()
+            .contains("kube_process_ready{name=\"flag\"} 1")
+    );
+    std::fs::remove_file(&flag).unwrap();
+    wait_for(&kube, "flag", "not ready again", |p| p["ready"] == false);
+    assert_eq!(
+        process(&kube, "flag")["restarts"],
+        0,
+        "readiness never restarts"
+    );
+    // HTTP probes against a real server: /ok (200) makes it ready, /bad (500) three times
+    // in a row restarts it.
+    let p = wait_for(&kube, "web", "restarted by its HTTP liveness probe", |p| {
+        p["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(p["last_exit"], "liveness probe failed", "{p}");
+    let log = logs(&kube, "web");
+    assert!(log.contains("[kube] ready"), "{log}");
+    assert!(
+        kube.metrics_blocking()
+            .contains("kube_process_liveness_failures_total{name=\"web\"}")
+    );
 }

@@ -6,8 +6,11 @@
 //! ends, `policy` says whether and when it starts again. Processes start after every service
 //! and stop before them, in the order of their `after` lists.
 //!
-//! Not yet: probes and readiness, routing, zero-downtime restarts, cgroups and resource
-//! limits, `sd_notify` (issue 17 lists them).
+//! Liveness and readiness probes (HTTP, TCP, exec) run beside each process: failing
+//! liveness stops it and its policy restarts it; readiness is shown and exported.
+//!
+//! Not yet: routing, zero-downtime restarts, cgroups and resource limits, `sd_notify`
+//! (issue 17 lists them).
 
 pub mod logs;
 pub mod policy;
@@ -50,6 +53,8 @@ pub struct Status {
     pub last_exit: Option<String>,
     /// When it is in backoff: milliseconds until it starts again.
     pub next_start_ms: Option<u64>,
+    /// Whether its readiness probe passes; None without one.
+    pub ready: Option<bool>,
 }
 
 struct Proc {
@@ -374,6 +379,7 @@ fn spawn_proc(inner: &Arc<Inner>, def: config::Process) -> Proc {
         restarts: 0,
         last_exit: None,
         next_start_ms: None,
+        ready: None,
     }));
     let task = tokio::spawn(supervise(inner.clone(), def.clone(), status.clone(), rx));
     Proc {
@@ -388,6 +394,9 @@ fn set_state(status: &Mutex<Status>, state: &'static str, pid: Option<u32>) {
     let mut s = lock(status);
     s.state = state;
     s.pid = pid;
+    if pid.is_none() {
+        s.ready = s.ready.map(|_| false);
+    }
     s.since = crate::service::unix_now();
     s.next_start_ms = None;
 }
@@ -480,7 +489,27 @@ async fn supervise(
                 }
                 note(&format!("started, pid {pid}"));
                 tracing::info!(process = %name, pid, "processes: started");
-                // Runs until it exits, or the operator (or the service's stop) stops it.
+                let dir = inner
+                    .data_dir
+                    .join(def.dir.as_deref().unwrap_or(Path::new("")));
+                let (probed_tx, mut probed) = mpsc::channel(4);
+                let probes = [
+                    def.liveness.clone().map(|p| (p, true)),
+                    def.readiness.clone().map(|p| (p, false)),
+                ]
+                .into_iter()
+                .flatten()
+                .map(|(probe, live)| {
+                    tokio::spawn(probe_loop(probe, dir.clone(), live, probed_tx.clone()))
+                })
+                .collect::<Vec<_>>();
+                drop(probed_tx);
+                let ready = metrics.process_ready.with_label_values(&[&name]);
+                ready.set(i64::from(def.readiness.is_none()));
+                lock(&status).ready = def.readiness.as_ref().map(|_| false);
+                // Runs until it exits, the operator (or the service's stop) stops it, or its
+                // liveness probe fails.
+                let mut dead = false;
                 let (exit, ack) = loop {
                     tokio::select! {
                         r = child.wait() => break (Some(r), None),
@@ -491,9 +520,34 @@ async fn supervise(
                             Some(Control::Restart(ack)) => break (None, Some(ack)),
                             None => { wanted = false; break (None, None); }
                         },
+                        Some(p) = probed.recv() => match p {
+                            Probed::Live(false) => {
+                                dead = true;
+                                break (None, None);
+                            }
+                            Probed::Live(true) => {}
+                            Probed::Ready(r) => {
+                                ready.set(i64::from(r));
+                                lock(&status).ready = Some(r);
+                                note(if r { "ready" } else { "not ready" });
+                            }
+                        },
                     }
                 };
-                if exit.is_none() {
+                for p in probes {
+                    p.abort();
+                }
+                ready.set(0);
+                if dead {
+                    metrics
+                        .process_probe_failures
+                        .with_label_values(&[&name])
+                        .inc();
+                    note("liveness probe failed: stopping it");
+                    tracing::warn!(process = %name, "processes: liveness probe failed");
+                    stop_child(&mut child, pid, &def).await;
+                }
+                if exit.is_none() && !dead {
                     stop_child(&mut child, pid, &def).await;
                     note("stopped");
                     up.set(0);
@@ -511,6 +565,8 @@ async fn supervise(
                 let _ = std::fs::remove_file(pid_file(&inner.data_dir, &name));
                 up.set(0);
                 let exit = match exit {
+                    // Stopped for failing its liveness probe: a failure to its policy.
+                    None => Exit::Signal(libc::SIGKILL),
                     Some(Ok(s)) => {
                         use std::os::unix::process::ExitStatusExt;
                         match (s.code(), s.signal()) {
@@ -522,6 +578,7 @@ async fn supervise(
                     _ => Exit::Code(-1),
                 };
                 let (text, code) = match exit {
+                    _ if dead => ("liveness probe failed".to_owned(), 128 + libc::SIGKILL),
                     Exit::Code(c) => (format!("code {c}"), c),
                     Exit::Signal(s) => (format!("signal {s}"), 128 + s),
                     Exit::SpawnFailed => ("not started".into(), -1),
@@ -556,6 +613,76 @@ async fn supervise(
             }
         }
     }
+}
+
+/// What a probe found: liveness (`Live(false)` once it failed `failures` times in a row),
+/// or readiness (each change).
+enum Probed {
+    Live(bool),
+    Ready(bool),
+}
+
+/// Runs `probe` every `interval_secs` after `initial_delay_secs`; reports liveness once it
+/// fails `failures` times in a row, readiness at each change (not ready until it passes).
+async fn probe_loop(probe: config::Probe, dir: PathBuf, live: bool, tx: mpsc::Sender<Probed>) {
+    tokio::time::sleep(Duration::from_secs(probe.initial_delay_secs)).await;
+    let mut failed = 0u32;
+    let mut ready: Option<bool> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(probe.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let timeout = Duration::from_secs(probe.timeout_secs);
+        let ok = tokio::time::timeout(timeout, check(&probe, &dir))
+            .await
+            .unwrap_or(false);
+        failed = if ok { 0 } else { failed.saturating_add(1) };
+        let event = if live {
+            (failed >= probe.failures).then_some(Probed::Live(false))
+        } else {
+            let now = ok || (failed < probe.failures && ready == Some(true));
+            (ready != Some(now)).then(|| {
+                ready = Some(now);
+                Probed::Ready(now)
+            })
+        };
+        if let Some(e) = event
+            && tx.send(e).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One run of a probe.
+async fn check(probe: &config::Probe, dir: &Path) -> bool {
+    if let Some(url) = &probe.http {
+        let client = reqwest::Client::builder().no_proxy().build();
+        return match client {
+            Ok(c) => c
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() < 400),
+            Err(_) => false,
+        };
+    }
+    if let Some(addr) = &probe.tcp {
+        return tokio::net::TcpStream::connect(addr.as_str()).await.is_ok();
+    }
+    let Some((program, args)) = probe.exec.split_first() else {
+        return false;
+    };
+    tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 /// Asks the group to stop, waits its grace, then kills it.
