@@ -100,23 +100,15 @@ pub async fn logs(
             return Ok(());
         }
         if let Some(last) = got.last() {
-            since_ms = line_ms(last).or(since_ms);
+            since_ms = crate::processes::logs::parse_stamp(last).or(since_ms);
             printed = got
                 .iter()
-                .filter(|l| line_ms(l) == since_ms)
+                .filter(|l| crate::processes::logs::parse_stamp(l) == since_ms)
                 .cloned()
                 .collect();
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-}
-
-/// The Unix milliseconds at the start of a log line.
-fn line_ms(line: &str) -> Option<u64> {
-    let stamp = line.split(' ').next()?;
-    let t =
-        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// `2026-12-03T07:00:00Z`, or a duration ago: `30s`, `10m`, `2h`, `1d`.
@@ -155,7 +147,7 @@ mod tests {
         assert!(parse_since("10x").is_err());
         assert!(parse_since("soon").is_err());
         assert_eq!(
-            line_ms("2026-12-03T07:00:00.250Z out hello"),
+            crate::processes::logs::parse_stamp("2026-12-03T07:00:00.250Z out hello"),
             Some(1_796_281_200_250)
         );
     }

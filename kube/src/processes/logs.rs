@@ -263,7 +263,7 @@ fn format_stamp(unix_ms: u64) -> String {
 }
 
 /// The unix time in ms of the timestamp starting `line`, if it is one `format_stamp` writes.
-fn parse_stamp(line: &str) -> Option<u64> {
+pub fn parse_stamp(line: &str) -> Option<u64> {
     let s = line.as_bytes().get(..STAMP_LEN)?;
     let seps = [
         (4, b'-'),
