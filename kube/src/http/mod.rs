@@ -321,28 +321,27 @@ async fn accept_loop(
                     // bits clear, an HTTP request starts with a letter. Browsers loading
                     // pages always offer h2 or http/1.1 and are never read ahead of hyper.
                     let mut prefix = Vec::new();
-                    if let Some(turn) = &turn
-                        && alpn == Some(STUN_TURN_ALPN)
-                    {
+                    let to_turn = match (&turn, alpn) {
+                        (Some(_), Some(STUN_TURN_ALPN)) => true,
+                        (Some(_), None) => {
+                            let mut first = [0u8; 1];
+                            match tokio::time::timeout(
+                                Duration::from_secs(10),
+                                stream.read(&mut first),
+                            )
+                            .await
+                            {
+                                Ok(Ok(1)) => prefix.push(first[0]),
+                                _ => return,
+                            }
+                            first[0] >> 6 == 0
+                        }
+                        _ => false,
+                    };
+                    if let (true, Some(turn)) = (to_turn, &turn) {
                         turn.serve_tls(prefixed::Prefixed::new(prefix, stream), peer)
                             .await;
                         return;
-                    }
-                    if let Some(turn) = turn
-                        && alpn.is_none()
-                    {
-                        let mut first = [0u8; 1];
-                        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut first))
-                            .await
-                        {
-                            Ok(Ok(1)) => prefix.push(first[0]),
-                            _ => return,
-                        }
-                        if first[0] >> 6 == 0 {
-                            turn.serve_tls(prefixed::Prefixed::new(prefix, stream), peer)
-                                .await;
-                            return;
-                        }
                     }
                     let io = TokioIo::new(prefixed::Prefixed::new(prefix, stream));
                     let conn = builder.serve_connection_with_upgrades(io, svc);
