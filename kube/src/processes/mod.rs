@@ -593,13 +593,9 @@ async fn supervise(
         match restarts.exited(exit, Instant::now(), rand::random::<f64>()) {
             Next::Stay => wanted = false,
             Next::RestartIn(pause) => {
-                {
-                    let mut s = lock(&status);
-                    s.state = "backoff";
-                    s.pid = None;
-                    s.since = crate::service::unix_now();
-                    s.next_start_ms = Some(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX));
-                }
+                set_state(&status, "backoff", None);
+                lock(&status).next_start_ms =
+                    Some(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX));
                 note(&format!("starting again in {} ms", pause.as_millis()));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
