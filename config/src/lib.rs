@@ -147,6 +147,9 @@ impl Config {
 }
 
 /// The signals `processes[].stop_signal` may name.
+/// What `args`, `env` values and probe addresses of a routed process say for its port.
+pub const PORT_PLACEHOLDER: &str = "${PORT}";
+
 pub const STOP_SIGNALS: [&str; 6] = ["TERM", "INT", "QUIT", "HUP", "USR1", "USR2"];
 
 /// What `processes[i]` must satisfy beyond its types.
@@ -253,7 +256,7 @@ fn check_process(i: usize, p: &Process, all: &[Process]) -> Vec<Problem> {
         if let Some(addr) = &probe.tcp
             && addr
                 .rsplit_once(':')
-                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+                .is_none_or(|(_, port)| port != PORT_PLACEHOLDER && port.parse::<u16>().is_err())
         {
             problem(&format!("{key}.tcp"), format!("{addr:?} is not host:port"));
         }
@@ -263,6 +266,63 @@ fn check_process(i: usize, p: &Process, all: &[Process]) -> Vec<Problem> {
                 "interval_secs, timeout_secs and failures must be at least 1".into(),
             );
         }
+    }
+    let uses_port = p.args.iter().any(|a| a.contains(PORT_PLACEHOLDER))
+        || p.env.values().any(|v| v.contains(PORT_PLACEHOLDER))
+        || [&p.liveness, &p.readiness].into_iter().flatten().any(|probe| {
+            [&probe.http, &probe.tcp]
+                .into_iter()
+                .flatten()
+                .any(|a| a.contains(PORT_PLACEHOLDER))
+        });
+    if uses_port && p.route.is_none() {
+        problem(
+            "route",
+            format!("{PORT_PLACEHOLDER} is used, but only a process with a route has a port"),
+        );
+    }
+    if let Some(route) = &p.route {
+        if let Some(app) = &route.app
+            && !label(app)
+        {
+            problem(
+                "route.app",
+                format!("{app:?} must be an app name (a DNS label)"),
+            );
+        }
+        if !route.path.starts_with('/') || route.path.contains("..") || route.path.contains('?') {
+            problem(
+                "route.path",
+                format!("{:?} must be a path starting with '/'", route.path),
+            );
+        } else if route.app.is_none() && route.path != "/" {
+            problem(
+                "route.path",
+                "only a route under an app has a path; its own host name gets every path".into(),
+            );
+        }
+        for q in &all[..i] {
+            let Some(other) = &q.route else { continue };
+            let host = |r: &ProcessRoute, name: &str| r.app.clone().unwrap_or_else(|| name.into());
+            let (a, b) = (host(route, &p.name), host(other, &q.name));
+            let clash = a == b
+                && (route.app.is_none()
+                    || other.app.is_none()
+                    || route.path.trim_end_matches('/') == other.path.trim_end_matches('/'));
+            if clash {
+                problem(
+                    "route",
+                    format!("{a}.<domain>{} is already routed to {:?}", route.path, q.name),
+                );
+            }
+        }
+    }
+    if p.limits.memory_mib == Some(0) || p.limits.cpu_percent == Some(0) || p.limits.pids == Some(0)
+    {
+        problem("limits", "a limit must be at least 1; leave it out for none".into());
+    }
+    if p.ready_timeout_secs == 0 {
+        problem("ready_timeout_secs", "must be at least 1".into());
     }
     // A cycle through `after` never starts: follow it from this process.
     let mut seen = vec![p.name.as_str()];

@@ -490,8 +490,56 @@ pub struct Process {
     pub logs: ProcessLogs,
     /// Failing this probe `failures` times in a row restarts the process.
     pub liveness: Option<Probe>,
-    /// While this probe fails, the process is not ready (`kube ps`, `kube_process_ready`).
+    /// While this probe fails, the process is not ready (`kube ps`, `kube_process_ready`)
+    /// and gets no traffic through its `route`.
     pub readiness: Option<Probe>,
+    /// It says `READY=1` on the datagram socket named in `NOTIFY_SOCKET` once it is ready
+    /// (systemd's `sd_notify`); until then it is not ready, as with a failing readiness probe.
+    pub notify: bool,
+    /// Exposes it over HTTPS through KUBE: KUBE picks a loopback port, passes it in `PORT`
+    /// and proxies to `http://127.0.0.1:$PORT`. `${PORT}` in `args`, `env` values and probe
+    /// addresses is replaced by that port.
+    pub route: Option<ProcessRoute>,
+    /// Resource limits (a cgroup v2 of its own where KUBE can make one).
+    pub limits: Limits,
+    /// In a zero-downtime restart (a process with `readiness` or `notify`): how long the new
+    /// instance may take to become ready before it is given up and the old one kept.
+    pub ready_timeout_secs: u64,
+}
+
+/// `processes[].route`: where KUBE's HTTPS listener sends requests to the process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessRoute {
+    /// Under this app's host name (`https://<app>.<domain><path>`), beside its static bundle;
+    /// without it the process has its own host name, `https://<name>.<domain>/`.
+    pub app: Option<String>,
+    /// With `app`: the path prefix sent to the process (`/api/`), whole, not stripped.
+    pub path: String,
+}
+
+impl Default for ProcessRoute {
+    fn default() -> Self {
+        ProcessRoute {
+            app: None,
+            path: "/".into(),
+        }
+    }
+}
+
+/// `processes[].limits`: enforced by the process's cgroup where the cgroup v2 controller is
+/// available; without it a memory limit is enforced by KUBE sampling the resident memory of
+/// the process's group every second, and CPU and pids limits are reported as not enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Memory, in MiB (cgroup `memory.max`): above it the process is killed and restarted
+    /// by its policy, and `kube ps` says why.
+    pub memory_mib: Option<u64>,
+    /// CPU time, in percent of one CPU (cgroup `cpu.max`; 150 is one and a half CPUs).
+    pub cpu_percent: Option<u32>,
+    /// Processes and threads (cgroup `pids.max`).
+    pub pids: Option<u32>,
 }
 
 /// A health check of a process: exactly one of `http`, `tcp` and `exec`.
@@ -544,6 +592,10 @@ impl Default for Process {
             logs: ProcessLogs::default(),
             liveness: None,
             readiness: None,
+            notify: false,
+            route: None,
+            limits: Limits::default(),
+            ready_timeout_secs: 60,
         }
     }
 }

@@ -200,8 +200,13 @@ apps:
 #     stop_grace_secs: 10
 #     after: []                   # processes started before this one
 #     logs: {{max_file_bytes: 10485760, files: 5}}
-#     liveness: {{http: "http://127.0.0.1:8080/healthz", interval_secs: 10, timeout_secs: 2, failures: 3}}
-#     readiness: {{tcp: "127.0.0.1:8080", interval_secs: 5}}   # or exec: [program, args…]
+#     route: {{app: notes, path: /api/}}  # https://notes.<domain>/api/…; without app: agent.<domain>
+#                                 # KUBE picks the port: PORT in the environment, ${{PORT}} below
+#     liveness: {{http: "http://127.0.0.1:${{PORT}}/healthz", interval_secs: 10, timeout_secs: 2, failures: 3}}
+#     readiness: {{tcp: "127.0.0.1:${{PORT}}", interval_secs: 5}}   # or exec: [program, args…]
+#     notify: false               # ready once it sends READY=1 to NOTIFY_SOCKET (sd_notify)
+#     ready_timeout_secs: 60      # a restart with readiness keeps the old one until the new is ready
+#     limits: {{memory_mib: 256, cpu_percent: 100, pids: 256}}   # a cgroup v2 of its own
 processes: []
 
 admin:

@@ -128,6 +128,37 @@ fn process_list_errors_are_indexed() {
 }
 
 #[test]
+fn process_routes_ports_and_limits_are_checked() {
+    let text = "processes:
+  - name: api
+    command: x
+    args: [\"--port=${PORT}\"]
+  - name: web
+    command: x
+    route: {app: notes, path: /api/}
+    readiness: {tcp: \"127.0.0.1:${PORT}\"}
+  - name: web2
+    command: x
+    route: {app: notes, path: /api}
+    limits: {memory_mib: 0}
+  - name: notes
+    command: x
+    route: {path: /x/}
+";
+    let shown: Vec<String> = problems(text, no_env())
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let has = |s: &str| shown.iter().any(|p| p.contains(s));
+    assert!(has("processes[0].route: ${PORT} is used"), "{shown:#?}");
+    assert!(!shown.iter().any(|p| p.contains("processes[1]")), "{shown:#?}");
+    assert!(has("processes[2].route: notes.<domain>/api is already routed to \"web\""), "{shown:#?}");
+    assert!(has("processes[2].limits: a limit must be at least 1"), "{shown:#?}");
+    assert!(has("processes[3].route.path: only a route under an app"), "{shown:#?}");
+    assert!(has("processes[3].route: notes.<domain>/x/ is already routed to \"web\""), "{shown:#?}");
+}
+
+#[test]
 fn template_parses_and_names_every_key() {
     for domain in ["localhost", "example.com"] {
         let text = template(domain);
