@@ -269,12 +269,15 @@ fn check_process(i: usize, p: &Process, all: &[Process]) -> Vec<Problem> {
     }
     let uses_port = p.args.iter().any(|a| a.contains(PORT_PLACEHOLDER))
         || p.env.values().any(|v| v.contains(PORT_PLACEHOLDER))
-        || [&p.liveness, &p.readiness].into_iter().flatten().any(|probe| {
-            [&probe.http, &probe.tcp]
-                .into_iter()
-                .flatten()
-                .any(|a| a.contains(PORT_PLACEHOLDER))
-        });
+        || [&p.liveness, &p.readiness]
+            .into_iter()
+            .flatten()
+            .any(|probe| {
+                [&probe.http, &probe.tcp]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a.contains(PORT_PLACEHOLDER))
+            });
     if uses_port && p.route.is_none() {
         problem(
             "route",
@@ -312,14 +315,20 @@ fn check_process(i: usize, p: &Process, all: &[Process]) -> Vec<Problem> {
             if clash {
                 problem(
                     "route",
-                    format!("{a}.<domain>{} is already routed to {:?}", route.path, q.name),
+                    format!(
+                        "{a}.<domain>{} is already routed to {:?}",
+                        route.path, q.name
+                    ),
                 );
             }
         }
     }
     if p.limits.memory_mib == Some(0) || p.limits.cpu_percent == Some(0) || p.limits.pids == Some(0)
     {
-        problem("limits", "a limit must be at least 1; leave it out for none".into());
+        problem(
+            "limits",
+            "a limit must be at least 1; leave it out for none".into(),
+        );
     }
     if p.ready_timeout_secs == 0 {
         problem("ready_timeout_secs", "must be at least 1".into());

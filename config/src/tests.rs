@@ -151,11 +151,26 @@ fn process_routes_ports_and_limits_are_checked() {
         .collect();
     let has = |s: &str| shown.iter().any(|p| p.contains(s));
     assert!(has("processes[0].route: ${PORT} is used"), "{shown:#?}");
-    assert!(!shown.iter().any(|p| p.contains("processes[1]")), "{shown:#?}");
-    assert!(has("processes[2].route: notes.<domain>/api is already routed to \"web\""), "{shown:#?}");
-    assert!(has("processes[2].limits: a limit must be at least 1"), "{shown:#?}");
-    assert!(has("processes[3].route.path: only a route under an app"), "{shown:#?}");
-    assert!(has("processes[3].route: notes.<domain>/x/ is already routed to \"web\""), "{shown:#?}");
+    assert!(
+        !shown.iter().any(|p| p.contains("processes[1]")),
+        "{shown:#?}"
+    );
+    assert!(
+        has("processes[2].route: notes.<domain>/api is already routed to \"web\""),
+        "{shown:#?}"
+    );
+    assert!(
+        has("processes[2].limits: a limit must be at least 1"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("processes[3].route.path: only a route under an app"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("processes[3].route: notes.<domain>/x/ is already routed to \"web\""),
+        "{shown:#?}"
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub process_resident_bytes: IntGaugeVec,
     pub process_ready: IntGaugeVec,
     pub process_probe_failures: IntCounterVec,
+    pub process_memory_kills: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_panics: IntCounter,
@@ -263,9 +264,17 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
+        let process_memory_kills = IntCounterVec::new(
+            Opts::new(
+                "kube_process_memory_limit_kills_total",
+                "Times a supervised process was killed for going over its memory limit.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
         let process_resident_bytes = by_name(
             "kube_process_resident_memory_bytes",
-            "Resident memory of a supervised process (its main process).",
+            "Resident memory of a supervised process: every process of its cgroup or process group.",
         );
         let process_restarts = IntCounterVec::new(
             Opts::new(
@@ -278,7 +287,7 @@ impl Metrics {
         let process_cpu_seconds = prometheus::GaugeVec::new(
             Opts::new(
                 "kube_process_cpu_seconds",
-                "CPU time of a supervised process's current run (its main process), user and system.",
+                "CPU time of a supervised process's current run (its cgroup, or its main process without one), user and system.",
             ),
             &["name"],
         )
@@ -292,6 +301,7 @@ impl Metrics {
             Box::new(process_resident_bytes.clone()),
             Box::new(process_ready.clone()),
             Box::new(process_probe_failures.clone()),
+            Box::new(process_memory_kills.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(http_panics.clone()),
@@ -367,6 +377,7 @@ impl Metrics {
             process_resident_bytes,
             process_ready,
             process_probe_failures,
+            process_memory_kills,
             http_requests,
             http_duration,
             http_panics,

@@ -165,6 +165,7 @@ struct Handles {
     turn: Option<crate::turn::TurnHandle>,
     echo: Option<crate::replica::EchoHandle>,
     processes: crate::processes::ProcessesHandle,
+    routes: Arc<crate::processes::routes::Routes>,
     log: LogLevel,
 }
 
@@ -185,7 +186,12 @@ async fn start_all(
     let apps = apps.handle;
     let apps_handle = apps.clone();
 
-    let names: Vec<String> = apps.list().into_iter().map(|a| a.name).collect();
+    // Routes to processes, declared now so their host names get certificates and records.
+    let routes = Arc::new(crate::processes::routes::Routes::default());
+    for p in &cfg.processes {
+        routes.declare(&p.name, p.route.as_ref());
+    }
+    let names = host_names(&apps, &routes);
     let dns = if cfg.dns.enabled {
         let deps = DnsDeps {
             metrics: metrics.clone(),
@@ -264,6 +270,7 @@ async fn start_all(
             admit: crate::identity::admission_policy(&cfg.echo.admit),
             echo: echo.clone(),
             processes: processes.clone(),
+            routes: routes.clone(),
             reload,
         },
     )
@@ -282,6 +289,7 @@ async fn start_all(
             apps,
             metrics: metrics.clone(),
             turn: turn_handle.clone().filter(|t| t.on_https),
+            routes: routes.clone(),
         },
     )
     .await
@@ -298,10 +306,16 @@ async fn start_all(
     // ACME may answer challenges from here on.
     tls.listeners_ready();
     // Back-ends last: every service they may use is up; they stop first.
-    let started =
-        crate::processes::ProcessesService::start(cfg.processes.clone(), cx, metrics.clone())
-            .await
-            .map_err(|e| anyhow!("{}: {e}", crate::processes::ProcessesService::NAME))?;
+    let started = crate::processes::ProcessesService::start(
+        cfg.processes.clone(),
+        cx,
+        crate::processes::ProcessesDeps {
+            metrics: metrics.clone(),
+            routes: routes.clone(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{}: {e}", crate::processes::ProcessesService::NAME))?;
     running.push(started.running);
     let processes_handle = started.handle;
     let _ = processes.set(processes_handle.clone());
@@ -314,8 +328,22 @@ async fn start_all(
         turn: turn_handle,
         echo,
         processes: processes_handle,
+        routes,
         log,
     })
+}
+
+/// The host names below the domain that need a certificate and records: published apps and
+/// the hosts of process routes.
+pub fn host_names(
+    apps: &crate::apps::AppsHandle,
+    routes: &crate::processes::routes::Routes,
+) -> Vec<String> {
+    let mut names: Vec<String> = apps.list().into_iter().map(|a| a.name).collect();
+    names.extend(routes.hosts());
+    names.sort();
+    names.dedup();
+    names
 }
 
 async fn stop_all(running: Vec<Box<dyn Running>>, grace: Duration) {
@@ -489,6 +517,17 @@ async fn reload(
             report.applied.push("processes");
         }
         live.processes = next.processes.clone();
+        // Routed hosts may have come or gone: certificates and records follow.
+        let names = host_names(&handles.apps, &handles.routes);
+        if let Some(dns) = handles.dns.clone() {
+            let names = names.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || dns.set_apps(names)).await {
+                tracing::error!(error = %e, "cannot update the routed hosts in DNS");
+            }
+        }
+        if let Err(e) = handles.tls.set_app_hosts(names).await {
+            tracing::error!(error = %e, "cannot reissue the local certificate for the routed hosts");
+        }
     }
     let mut restart = Vec::new();
     let sections = [

@@ -194,7 +194,9 @@ fn stop_and_kill_9_of_kube_leave_no_process_behind() {
         "the grandchild left by the killed KUBE, after KUBE's next start",
     );
     // And a plain stop of KUBE stops what it started.
-    let main = process(&again, "forker")["pid"].as_u64().expect("running");
+    let main = wait_for(&again, "forker", "running", |p| p["pid"].is_u64())["pid"]
+        .as_u64()
+        .expect("running");
     let grandchild = read_pid(&again.data_dir.join("forker/grandchild.pid"));
     assert!(again.terminate().success());
     wait_gone(main, "the process after KUBE stopped");

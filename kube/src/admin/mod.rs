@@ -59,6 +59,8 @@ pub struct AdminDeps {
     pub admit: halo::admission::Admit,
     /// The supervised processes; filled in once they started (after every service).
     pub processes: Arc<std::sync::OnceLock<crate::processes::ProcessesHandle>>,
+    /// Routes to processes: their hosts are named in certificates beside the apps.
+    pub routes: Arc<crate::processes::routes::Routes>,
     /// ECHO, when enabled: `kube space …` and its line in `kube status`.
     pub echo: Option<crate::replica::EchoHandle>,
     /// Asks the supervisor to read the configuration again (`kube reload`).
@@ -810,7 +812,7 @@ async fn publish(State(st): State<Arc<Shared>>, Path(name): Path<String>, body: 
 /// Keeps the certificate naming every app host (local mode); the app serves either way, so
 /// a failure is logged, not returned.
 async fn name_app_hosts(st: &Shared) {
-    let names: Vec<String> = st.deps.apps.list().into_iter().map(|a| a.name).collect();
+    let names = crate::supervisor::host_names(&st.deps.apps, &st.deps.routes);
     if let Some(dns) = &st.deps.dns {
         let (dns, names) = (dns.clone(), names.clone());
         match tokio::task::spawn_blocking(move || dns.set_apps(names)).await {

@@ -153,10 +153,12 @@ async fn read_blob(
     )))
 }
 
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let body: String = body.into();
+    let empty = body.is_empty();
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    if !body.is_empty() {
+    if !empty {
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; charset=utf-8"),

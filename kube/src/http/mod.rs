@@ -4,6 +4,7 @@
 
 pub mod host;
 mod prefixed;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apps::{self, AppsHandle};
 use crate::metrics::Metrics;
+use crate::processes::routes::Lookup;
 use crate::service::{Context, Running, Service, StartError, Started};
 use crate::tls::TlsHandle;
 
@@ -49,6 +51,8 @@ pub struct HttpDeps {
     pub metrics: Arc<Metrics>,
     /// TURN, when it is offered over TLS on the HTTPS port.
     pub turn: Option<crate::turn::TurnHandle>,
+    /// Routes to supervised processes (written by the `processes` service).
+    pub routes: Arc<crate::processes::routes::Routes>,
 }
 
 /// The ALPN protocol of TURN over TLS (RFC 7443).
@@ -73,6 +77,8 @@ struct Shared {
     hsts: bool,
     apps: AppsHandle,
     metrics: Arc<Metrics>,
+    routes: Arc<crate::processes::routes::Routes>,
+    proxy: proxy::Proxy,
 }
 
 pub struct HttpService;
@@ -121,6 +127,8 @@ impl Service for HttpService {
             hsts,
             apps: deps.apps,
             metrics: deps.metrics,
+            routes: deps.routes,
+            proxy: proxy::Proxy::default(),
         });
         let mut router = Router::new();
         if let Some(signal) = deps.signal {
@@ -290,7 +298,14 @@ async fn accept_loop(
         // Reap finished connection tasks so the set does not grow without bound.
         while conns.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        // The client's address, for the proxy's X-Forwarded-For.
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(proxy::ClientAddr(peer));
+                req
+            },
+        ));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -417,7 +432,28 @@ async fn handle_https(State(st): State<Arc<Shared>>, req: Request) -> Response {
 /// Which site the request is for, and its answer; the label names the app for metrics.
 async fn route_https(st: &Shared, req: Request) -> (String, Response) {
     let host = request_host(&req);
-    match host::route(&host, &st.domain) {
+    let site = host::route(&host, &st.domain);
+    // A process routed under this host and path comes before the app's bundle.
+    if let host::Site::App(label) = site {
+        match st.routes.find(label, req.uri().path()) {
+            Lookup::None => {}
+            Lookup::NotReady { process } => {
+                let mut r = apps::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the process {process} is not ready\n"),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return (label.to_owned(), r);
+            }
+            Lookup::Proxy { process, backend } => {
+                let label = label.to_owned();
+                let r = st.proxy.forward(&process, backend, &host, req).await;
+                return (label, r);
+            }
+        }
+    }
+    match site {
         host::Site::Apex => ("_apex".to_owned(), apex(st, &req)),
         host::Site::App(app) if st.apps.current(app).is_some() => {
             let path = req.uri().path();

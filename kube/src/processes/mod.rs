@@ -1,22 +1,28 @@
-//! The `processes` service: back-end processes of apps, supervised. Each process runs in a
-//! process group of its own (so a stop or a crash takes its children with it), with a
-//! parent-death signal (so `kill -9` of KUBE takes it down) and its group recorded in
-//! `<data_dir>/run/processes/` (so whatever outlived KUBE is killed on the next start). Its
-//! stdout and stderr go line by line to `<data_dir>/logs/<name>/`, rotated (`logs`); when it
-//! ends, `policy` says whether and when it starts again. Processes start after every service
-//! and stop before them, in the order of their `after` lists.
+//! The `processes` service: back-end processes of apps, supervised. Each instance of a
+//! process runs in a process group of its own and, where KUBE can make one, a cgroup v2 of
+//! its own (`cgroup`: the boundary that holds its whole tree, carries its limits and is
+//! killed at once), with a parent-death signal (so `kill -9` of KUBE takes it down) and its
+//! group recorded in `<data_dir>/run/processes/` (so whatever outlived KUBE is killed on the
+//! next start, with the cgroups of the same data dir). Its stdout and stderr go line by line
+//! to `<data_dir>/logs/<name>/`, rotated (`logs`); when it ends, `policy` says whether and
+//! when it starts again. Processes start after every service and stop before them, in the
+//! order of their `after` lists.
 //!
-//! Liveness and readiness probes (HTTP, TCP, exec) run beside each process: failing
-//! liveness stops it and its policy restarts it; readiness is shown and exported.
-//!
-//! Not yet: routing, zero-downtime restarts, cgroups and resource limits, `sd_notify`
-//! (issue 17 lists them).
+//! Liveness and readiness probes (HTTP, TCP, exec) and `sd_notify` (`notify`) run beside
+//! each instance: failing liveness stops it and its policy restarts it; readiness gates the
+//! traffic its `route` sends (`routes`, read by the HTTPS listener's proxy). A process with
+//! readiness is restarted without downtime: the new instance starts on a new port, takes the
+//! traffic once ready, and the old one drains and stops.
 
+pub mod cgroup;
 pub mod logs;
+pub mod notify;
 pub mod policy;
+pub mod routes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +31,11 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
+use self::cgroup::{Cgroups, Enforcement, Group};
 use self::logs::{LineSplitter, LogLimits, LogWriter, Stream};
+use self::notify::{Notice, NotifySocket};
 use self::policy::{Exit, Next, Restarts};
+use self::routes::{Backend, Routes};
 use crate::metrics::Metrics;
 use crate::service::{Context, Running, Service, StartError, Started};
 
@@ -36,6 +45,9 @@ enum Control {
     Start(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
     Restart(oneshot::Sender<()>),
+    /// A changed definition (a reload): restarted with it, without downtime when it has
+    /// readiness.
+    Replace(Box<config::Process>, oneshot::Sender<()>),
 }
 
 /// One process as `kube ps` shows it.
@@ -53,8 +65,17 @@ pub struct Status {
     pub last_exit: Option<String>,
     /// When it is in backoff: milliseconds until it starts again.
     pub next_start_ms: Option<u64>,
-    /// Whether its readiness probe passes; None without one.
+    /// Whether it is ready (its readiness probe passes, it said `READY=1`); None without
+    /// either.
     pub ready: Option<bool>,
+    /// The port KUBE gave it in `PORT`, when it has a route.
+    pub port: Option<u16>,
+    /// Its cgroup, when KUBE could make one.
+    pub cgroup: Option<String>,
+    /// How each configured limit is enforced.
+    pub limits: Enforcement,
+    /// The last `STATUS=` it sent over `NOTIFY_SOCKET`.
+    pub notice: Option<String>,
 }
 
 struct Proc {
@@ -74,6 +95,10 @@ struct Inner {
     procs: tokio::sync::Mutex<BTreeMap<String, Proc>>,
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
+    routes: Arc<Routes>,
+    cgroups: Option<Cgroups>,
+    /// Numbers instances, for their cgroups and records.
+    instances: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,26 +176,41 @@ impl ProcessesHandle {
     }
 
     /// Applies a changed `processes` list: removed processes stop, new ones start, changed
-    /// ones are stopped and started with their new definition; unchanged ones are left
-    /// alone. Returns whether anything changed.
+    /// ones are restarted with their new definition (without downtime when they have
+    /// readiness); unchanged ones are left alone. Returns whether anything changed.
     pub async fn reload(&self, defs: &[config::Process]) -> bool {
         let mut procs = self.inner.procs.lock().await;
         let mut changed = false;
         let names: Vec<String> = procs.keys().cloned().collect();
         for name in names.into_iter().rev() {
-            let keep = defs
-                .iter()
-                .any(|d| d.name == name && procs[&name].def == *d);
-            if !keep && let Some(p) = procs.remove(&name) {
+            if !defs.iter().any(|d| d.name == name)
+                && let Some(p) = procs.remove(&name)
+            {
                 stop_proc(p).await;
+                self.inner.routes.declare(&name, None);
                 changed = true;
             }
         }
         for def in ordered(defs) {
-            if !procs.contains_key(&def.name) {
-                let p = spawn_proc(&self.inner, def.clone());
-                procs.insert(def.name.clone(), p);
-                changed = true;
+            match procs.get_mut(&def.name) {
+                Some(p) if p.def == *def => {}
+                Some(p) => {
+                    let (tx, rx) = oneshot::channel();
+                    if p.control
+                        .send(Control::Replace(Box::new(def.clone()), tx))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = rx.await;
+                    }
+                    p.def = def.clone();
+                    changed = true;
+                }
+                None => {
+                    let p = spawn_proc(&self.inner, def.clone());
+                    procs.insert(def.name.clone(), p);
+                    changed = true;
+                }
             }
         }
         changed
@@ -228,11 +268,18 @@ fn log_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("logs").join(name)
 }
 
-fn pid_file(data_dir: &Path, name: &str) -> PathBuf {
+fn pid_file(data_dir: &Path, name: &str, n: u64) -> PathBuf {
     data_dir
         .join("run")
         .join("processes")
-        .join(format!("{name}.json"))
+        .join(format!("{name}.{n}.json"))
+}
+
+/// What the `processes` service needs.
+pub struct ProcessesDeps {
+    pub metrics: Arc<Metrics>,
+    /// The table the HTTPS listener routes by; the service keeps it current.
+    pub routes: Arc<Routes>,
 }
 
 pub struct ProcessesService;
@@ -240,7 +287,7 @@ pub struct ProcessesService;
 impl Service for ProcessesService {
     const NAME: &'static str = "processes";
     type Section = Vec<config::Process>;
-    type Deps = Arc<Metrics>;
+    type Deps = ProcessesDeps;
     type Handle = ProcessesHandle;
 
     fn check(_s: &Vec<config::Process>, _cx: &Context) -> Vec<Problem> {
@@ -251,13 +298,43 @@ impl Service for ProcessesService {
     async fn start(
         s: Vec<config::Process>,
         cx: &Context,
-        metrics: Arc<Metrics>,
+        deps: ProcessesDeps,
     ) -> Result<Started<ProcessesHandle>, StartError> {
         kill_leftovers(&cx.data_dir);
+        let cgroups = if s.is_empty() {
+            None
+        } else {
+            let data_dir = cx.data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let c = Cgroups::detect(&data_dir);
+                if let Some(c) = &c {
+                    c.kill_leftovers();
+                }
+                c
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        match &cgroups {
+            Some(c) => {
+                tracing::info!(controllers = ?c.controllers, "processes: each in a cgroup of its own")
+            }
+            None if !s.is_empty() => tracing::info!(
+                "processes: no writable cgroup v2; process groups hold them, memory limits are watched by sampling"
+            ),
+            None => {}
+        }
+        for def in &s {
+            deps.routes.declare(&def.name, def.route.as_ref());
+        }
         let inner = Arc::new(Inner {
             procs: tokio::sync::Mutex::new(BTreeMap::new()),
             data_dir: cx.data_dir.clone(),
-            metrics,
+            metrics: deps.metrics,
+            routes: deps.routes,
+            cgroups,
+            instances: AtomicU64::new(0),
         });
         {
             let mut procs = inner.procs.lock().await;
@@ -371,6 +448,15 @@ fn signal_number(name: &str) -> i32 {
 
 fn spawn_proc(inner: &Arc<Inner>, def: config::Process) -> Proc {
     let (control, rx) = mpsc::channel(8);
+    let limits = Enforcement::of(
+        &def.limits,
+        inner.cgroups.as_ref().map_or(&[][..], |c| &c.controllers),
+    );
+    for (what, how) in [("cpu", limits.cpu), ("pids", limits.pids)] {
+        if how == Some("not enforced") {
+            tracing::warn!(process = %def.name, limit = what, "processes: this limit needs a cgroup v2 controller KUBE cannot use here; not enforced");
+        }
+    }
     let status = Arc::new(Mutex::new(Status {
         name: def.name.clone(),
         state: "starting",
@@ -380,7 +466,12 @@ fn spawn_proc(inner: &Arc<Inner>, def: config::Process) -> Proc {
         last_exit: None,
         next_start_ms: None,
         ready: None,
+        port: None,
+        cgroup: None,
+        limits,
+        notice: None,
     }));
+    inner.routes.declare(&def.name, def.route.as_ref());
     let task = tokio::spawn(supervise(inner.clone(), def.clone(), status.clone(), rx));
     Proc {
         def,
@@ -396,15 +487,82 @@ fn set_state(status: &Mutex<Status>, state: &'static str, pid: Option<u32>) {
     s.pid = pid;
     if pid.is_none() {
         s.ready = s.ready.map(|_| false);
+        s.port = None;
+        s.cgroup = None;
     }
     s.since = crate::service::unix_now();
     s.next_start_ms = None;
 }
 
+/// What happens beside a running instance.
+enum Event {
+    /// Its liveness probe failed `failures` times in a row.
+    Dead,
+    /// Its readiness probe changed.
+    Ready(bool),
+    Notice(Notice),
+    /// Its memory (every process of its group) went over its limit: bytes.
+    OverMemory(u64),
+}
+
+/// One run of a process, and what runs beside it.
+struct Instance {
+    n: u64,
+    child: tokio::process::Child,
+    pid: u32,
+    group: Option<Group>,
+    backend: Option<Arc<Backend>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    events: mpsc::Receiver<Event>,
+    /// None without a readiness probe.
+    probe_ready: Option<bool>,
+    /// None without `notify`.
+    notified_ready: Option<bool>,
+}
+
+impl Instance {
+    fn ready(&self) -> bool {
+        self.probe_ready.unwrap_or(true) && self.notified_ready.unwrap_or(true)
+    }
+
+    /// Applies an event that is not an end; returns it when it is one.
+    fn apply(&mut self, e: Event, status: Option<&Mutex<Status>>) -> Option<Event> {
+        match e {
+            Event::Ready(r) => self.probe_ready = Some(r),
+            Event::Notice(Notice::Ready) => self.notified_ready = Some(true),
+            Event::Notice(Notice::Status(text)) => {
+                if let Some(s) = status {
+                    lock(s).notice = Some(text);
+                }
+            }
+            Event::Notice(Notice::Stopping) => {}
+            end => return Some(end),
+        }
+        if let Some(b) = &self.backend {
+            b.set_ready(self.ready());
+        }
+        None
+    }
+}
+
+/// Whether a restart of `def` can keep serving: it says when it is ready.
+fn has_readiness(def: &config::Process) -> bool {
+    def.readiness.is_some() || def.notify
+}
+
+/// How an instance's run ended.
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Dead,
+    OverMemory(u64),
+    Stop(Option<oneshot::Sender<()>>),
+    Restart(oneshot::Sender<()>),
+}
+
 /// One process's life: start, wait, restart per its policy, obey the operator.
 async fn supervise(
     inner: Arc<Inner>,
-    def: config::Process,
+    mut def: config::Process,
     status: Arc<Mutex<Status>>,
     mut control: mpsc::Receiver<Control>,
 ) {
@@ -413,6 +571,7 @@ async fn supervise(
     let up = metrics.process_up.with_label_values(&[&name]);
     let restarts_total = metrics.process_restarts.with_label_values(&[&name]);
     let last_exit = metrics.process_last_exit.with_label_values(&[&name]);
+    let ready_gauge = metrics.process_ready.with_label_values(&[&name]);
     let limits = LogLimits {
         max_file_bytes: def.logs.max_file_bytes,
         files: def.logs.files,
@@ -424,17 +583,7 @@ async fn supervise(
             None
         }
     };
-    let note = |text: &str| {
-        if let Some(log) = &log {
-            let mut w = lock(log);
-            let _ = w.line(
-                Stream::Stderr,
-                unix_ms(),
-                format!("[kube] {text}").as_bytes(),
-            );
-            let _ = w.flush();
-        }
-    };
+    let note = |text: &str| note(log.as_ref(), text);
     let mut restarts = Restarts::new(def.restart, def.backoff);
     let mut wanted = true;
     let mut first = true;
@@ -458,6 +607,12 @@ async fn supervise(
                     Some(Control::Stop(ack)) => {
                         let _ = ack.send(());
                     }
+                    Some(Control::Replace(next, ack)) => {
+                        // Stopped: it starts with the new definition when asked to.
+                        def = *next;
+                        restarts = Restarts::new(def.restart, def.backoff);
+                        let _ = ack.send(());
+                    }
                 }
             }
             wanted = true;
@@ -467,9 +622,8 @@ async fn supervise(
             lock(&status).restarts += 1;
         }
         first = false;
-        let now = Instant::now();
-        restarts.started(now);
-        let exit = match spawn(&def, &inner.data_dir, log.clone()) {
+        restarts.started(Instant::now());
+        let exit = match start_instance(&inner, &def, log.clone()).await {
             Err(e) => {
                 if let Some(ack) = started_ack.take() {
                     let _ = ack.send(());
@@ -479,117 +633,162 @@ async fn supervise(
                 lock(&status).last_exit = Some(format!("not started: {e}"));
                 Exit::SpawnFailed
             }
-            Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
-                record(&inner.data_dir, &name, pid);
-                set_state(&status, "running", Some(pid));
+            Ok(mut inst) => {
+                show_running(&inner, &status, &inst, &def, log.as_ref());
                 up.set(1);
                 if let Some(ack) = started_ack.take() {
                     let _ = ack.send(());
                 }
-                note(&format!("started, pid {pid}"));
-                tracing::info!(process = %name, pid, "processes: started");
-                let dir = inner
-                    .data_dir
-                    .join(def.dir.as_deref().unwrap_or(Path::new("")));
-                let (probed_tx, mut probed) = mpsc::channel(4);
-                let probes = [
-                    def.liveness.clone().map(|p| (p, true)),
-                    def.readiness.clone().map(|p| (p, false)),
-                ]
-                .into_iter()
-                .flatten()
-                .map(|(probe, live)| {
-                    tokio::spawn(probe_loop(probe, dir.clone(), live, probed_tx.clone()))
-                })
-                .collect::<Vec<_>>();
-                drop(probed_tx);
-                let ready = metrics.process_ready.with_label_values(&[&name]);
-                ready.set(i64::from(def.readiness.is_none()));
-                lock(&status).ready = def.readiness.as_ref().map(|_| false);
-                // Runs until it exits, the operator (or the service's stop) stops it, or its
-                // liveness probe fails.
-                let mut dead = false;
-                let (exit, ack) = loop {
+                // Runs until it exits, the operator (or the service's stop) stops it, its
+                // liveness probe fails, or it outgrows its memory.
+                let ended = loop {
+                    let has_ready = has_readiness(&def);
+                    let r = inst.ready();
+                    ready_gauge.set(i64::from(r));
+                    if has_ready {
+                        let mut s = lock(&status);
+                        if s.ready != Some(r) {
+                            s.ready = Some(r);
+                            drop(s);
+                            note(if r { "ready" } else { "not ready" });
+                        }
+                    }
                     tokio::select! {
-                        r = child.wait() => break (Some(r), None),
+                        r = inst.child.wait() => break Ended::Exited(r),
                         c = control.recv() => match c {
                             // Running already.
                             Some(Control::Start(ack)) => { let _ = ack.send(()); }
-                            Some(Control::Stop(ack)) => { wanted = false; break (None, Some(ack)); }
-                            Some(Control::Restart(ack)) => break (None, Some(ack)),
-                            None => { wanted = false; break (None, None); }
+                            Some(Control::Stop(ack)) => { wanted = false; break Ended::Stop(Some(ack)); }
+                            None => { wanted = false; break Ended::Stop(None); }
+                            Some(Control::Restart(ack)) => {
+                                if !has_readiness(&def) {
+                                    break Ended::Restart(ack);
+                                }
+                                inst = replace(&inner, &def, inst, &status, log.as_ref()).await;
+                                restarts_total.inc();
+                                lock(&status).restarts += 1;
+                                let _ = ack.send(());
+                            }
+                            Some(Control::Replace(next, ack)) => {
+                                def = *next;
+                                restarts = Restarts::new(def.restart, def.backoff);
+                                inner.routes.declare(&name, def.route.as_ref());
+                                lock(&status).limits = Enforcement::of(
+                                    &def.limits,
+                                    inner.cgroups.as_ref().map_or(&[][..], |c| &c.controllers),
+                                );
+                                if !has_readiness(&def) {
+                                    break Ended::Restart(ack);
+                                }
+                                inst = replace(&inner, &def, inst, &status, log.as_ref()).await;
+                                restarts_total.inc();
+                                lock(&status).restarts += 1;
+                                let _ = ack.send(());
+                            }
                         },
-                        Some(p) = probed.recv() => match p {
-                            Probed::Live(false) => {
-                                dead = true;
-                                break (None, None);
-                            }
-                            Probed::Live(true) => {}
-                            Probed::Ready(r) => {
-                                ready.set(i64::from(r));
-                                lock(&status).ready = Some(r);
-                                note(if r { "ready" } else { "not ready" });
-                            }
+                        Some(e) = inst.events.recv() => match inst.apply(e, Some(&status)) {
+                            Some(Event::Dead) => break Ended::Dead,
+                            Some(Event::OverMemory(rss)) => break Ended::OverMemory(rss),
+                            _ => {}
                         },
                     }
                 };
-                for p in probes {
-                    p.abort();
-                }
-                ready.set(0);
-                if dead {
-                    metrics
-                        .process_probe_failures
-                        .with_label_values(&[&name])
-                        .inc();
-                    note("liveness probe failed: stopping it");
-                    tracing::warn!(process = %name, "processes: liveness probe failed");
-                    stop_child(&mut child, pid, &def).await;
-                }
-                if exit.is_none() && !dead {
-                    stop_child(&mut child, pid, &def).await;
-                    note("stopped");
-                    up.set(0);
-                    let _ = std::fs::remove_file(pid_file(&inner.data_dir, &name));
-                    if let Some(ack) = ack {
-                        let _ = ack.send(());
-                    }
-                    if control.is_closed() {
-                        return;
-                    }
-                    continue;
-                }
-                // Whatever it left in its group goes with it.
-                kill_group(pid, libc::SIGKILL);
-                let _ = std::fs::remove_file(pid_file(&inner.data_dir, &name));
-                up.set(0);
-                let exit = match exit {
-                    // Stopped for failing its liveness probe: a failure to its policy.
-                    None => Exit::Signal(libc::SIGKILL),
-                    Some(Ok(s)) => {
-                        use std::os::unix::process::ExitStatusExt;
-                        match (s.code(), s.signal()) {
-                            (Some(c), _) => Exit::Code(c),
-                            (None, Some(sig)) => Exit::Signal(sig),
-                            _ => Exit::Code(-1),
+                ready_gauge.set(0);
+                inner.routes.set_backend(&name, None);
+                match ended {
+                    Ended::Stop(ack) => {
+                        stop_instance(&inner, &def, inst).await;
+                        note("stopped");
+                        up.set(0);
+                        if let Some(ack) = ack {
+                            let _ = ack.send(());
                         }
+                        if control.is_closed() {
+                            return;
+                        }
+                        continue;
                     }
-                    _ => Exit::Code(-1),
-                };
-                let (text, code) = match exit {
-                    _ if dead => ("liveness probe failed".to_owned(), 128 + libc::SIGKILL),
-                    Exit::Code(c) => (format!("code {c}"), c),
-                    Exit::Signal(s) => (format!("signal {s}"), 128 + s),
-                    Exit::SpawnFailed => ("not started".into(), -1),
-                };
-                last_exit.set(i64::from(code));
-                note(&format!("exited: {text}"));
-                tracing::warn!(process = %name, exit = %text, "processes: exited");
-                lock(&status).last_exit = Some(text);
-                exit
+                    Ended::Restart(ack) => {
+                        stop_instance(&inner, &def, inst).await;
+                        note("stopped to start again");
+                        up.set(0);
+                        let _ = ack.send(());
+                        continue;
+                    }
+                    Ended::Dead => {
+                        metrics
+                            .process_probe_failures
+                            .with_label_values(&[&name])
+                            .inc();
+                        note("liveness probe failed: stopping it");
+                        tracing::warn!(process = %name, "processes: liveness probe failed");
+                        stop_instance(&inner, &def, inst).await;
+                        end_of_run(
+                            &status,
+                            &last_exit,
+                            log.as_ref(),
+                            &name,
+                            "liveness probe failed".into(),
+                            128 + libc::SIGKILL,
+                        );
+                        Exit::Signal(libc::SIGKILL)
+                    }
+                    Ended::OverMemory(rss) => {
+                        metrics
+                            .process_memory_kills
+                            .with_label_values(&[&name])
+                            .inc();
+                        let limit = def.limits.memory_mib.unwrap_or(0);
+                        kill_now(&inst);
+                        stop_instance(&inner, &def, inst).await;
+                        end_of_run(
+                            &status,
+                            &last_exit,
+                            log.as_ref(),
+                            &name,
+                            format!(
+                                "memory limit: {} MiB resident, over its {limit} MiB",
+                                rss >> 20
+                            ),
+                            128 + libc::SIGKILL,
+                        );
+                        Exit::Signal(libc::SIGKILL)
+                    }
+                    Ended::Exited(r) => {
+                        let oom = inst.group.as_ref().map_or(0, Group::oom_kills);
+                        stop_instance(&inner, &def, inst).await;
+                        let exit = match r {
+                            Ok(s) => {
+                                use std::os::unix::process::ExitStatusExt;
+                                match (s.code(), s.signal()) {
+                                    (Some(c), _) => Exit::Code(c),
+                                    (None, Some(sig)) => Exit::Signal(sig),
+                                    _ => Exit::Code(-1),
+                                }
+                            }
+                            Err(_) => Exit::Code(-1),
+                        };
+                        let (mut text, code) = match exit {
+                            Exit::Code(c) => (format!("code {c}"), c),
+                            Exit::Signal(s) => (format!("signal {s}"), 128 + s),
+                            Exit::SpawnFailed => ("not started".into(), -1),
+                        };
+                        if oom > 0 {
+                            metrics
+                                .process_memory_kills
+                                .with_label_values(&[&name])
+                                .inc();
+                            text = format!(
+                                "memory limit: killed by the kernel at its cgroup's memory.max ({text})"
+                            );
+                        }
+                        end_of_run(&status, &last_exit, log.as_ref(), &name, text, code);
+                        exit
+                    }
+                }
             }
         };
+        up.set(0);
         match restarts.exited(exit, Instant::now(), rand::random::<f64>()) {
             Next::Stay => wanted = false,
             Next::RestartIn(pause) => {
@@ -604,6 +803,12 @@ async fn supervise(
                         Some(Control::Stop(ack)) => { wanted = false; let _ = ack.send(()); }
                         Some(Control::Restart(ack)) => { let _ = ack.send(()); }
                         Some(Control::Start(ack)) => started_ack = Some(ack),
+                        Some(Control::Replace(next, ack)) => {
+                            def = *next;
+                            restarts = Restarts::new(def.restart, def.backoff);
+                            inner.routes.declare(&name, def.route.as_ref());
+                            let _ = ack.send(());
+                        }
                     },
                 }
             }
@@ -611,16 +816,375 @@ async fn supervise(
     }
 }
 
-/// What a probe found: liveness (`Live(false)` once it failed `failures` times in a row),
-/// or readiness (each change).
-enum Probed {
-    Live(bool),
-    Ready(bool),
+/// A line from KUBE itself in the process's log.
+fn note(log: Option<&Arc<Mutex<LogWriter>>>, text: &str) {
+    if let Some(log) = log {
+        let mut w = lock(log);
+        let _ = w.line(
+            Stream::Stderr,
+            unix_ms(),
+            format!("[kube] {text}").as_bytes(),
+        );
+        let _ = w.flush();
+    }
 }
 
+/// Shows `inst` as the running instance: status, route, log.
+fn show_running(
+    inner: &Inner,
+    status: &Mutex<Status>,
+    inst: &Instance,
+    def: &config::Process,
+    log: Option<&Arc<Mutex<LogWriter>>>,
+) {
+    set_state(status, "running", Some(inst.pid));
+    {
+        let mut s = lock(status);
+        s.port = inst.backend.as_ref().map(|b| b.port);
+        s.cgroup = inst.group.as_ref().map(|g| g.path.display().to_string());
+        s.ready = has_readiness(def).then(|| inst.ready());
+    }
+    inner.routes.set_backend(&def.name, inst.backend.clone());
+    let port = inst
+        .backend
+        .as_ref()
+        .map(|b| format!(", port {}", b.port))
+        .unwrap_or_default();
+    note(log, &format!("started, pid {}{port}", inst.pid));
+    tracing::info!(process = %def.name, pid = inst.pid, "processes: started");
+}
+
+fn end_of_run(
+    status: &Mutex<Status>,
+    last_exit: &prometheus::IntGauge,
+    log: Option<&Arc<Mutex<LogWriter>>>,
+    name: &str,
+    text: String,
+    code: i32,
+) {
+    last_exit.set(i64::from(code));
+    note(log, &format!("exited: {text}"));
+    tracing::warn!(process = %name, exit = %text, "processes: exited");
+    lock(status).last_exit = Some(text);
+}
+
+/// A restart without downtime: starts a new instance beside `old`, waits (at most
+/// `ready_timeout_secs`) for it to be ready, routes to it, lets `old` drain (at most
+/// `stop_grace_secs`) and stops it. When the new one fails to start or to become ready, it
+/// is stopped and `old` goes on. Returns the instance that runs.
+async fn replace(
+    inner: &Arc<Inner>,
+    def: &config::Process,
+    mut old: Instance,
+    status: &Mutex<Status>,
+    log: Option<&Arc<Mutex<LogWriter>>>,
+) -> Instance {
+    let mut new = match start_instance(inner, def, log.cloned()).await {
+        Ok(i) => i,
+        Err(e) => {
+            note(
+                log,
+                &format!("restart: the new instance cannot start ({e}); the old one goes on"),
+            );
+            return old;
+        }
+    };
+    note(
+        log,
+        &format!(
+            "restart: new instance pid {} started beside pid {}; waiting until it is ready",
+            new.pid, old.pid
+        ),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(def.ready_timeout_secs);
+    let mut old_gone = false;
+    let failure = loop {
+        if new.ready() {
+            break None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                break Some(format!("not ready after {} s", def.ready_timeout_secs));
+            }
+            r = new.child.wait() => break Some(format!("it exited ({})", r.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+            Some(e) = new.events.recv() => match new.apply(e, None) {
+                Some(Event::Dead) => break Some("its liveness probe failed".into()),
+                Some(Event::OverMemory(_)) => break Some("over its memory limit".into()),
+                _ => {}
+            },
+            _ = old.child.wait(), if !old_gone => old_gone = true,
+            Some(e) = old.events.recv() => { old.apply(e, Some(status)); }
+        }
+    };
+    if let Some(why) = failure {
+        note(
+            log,
+            &format!(
+                "restart: the new instance failed: {why}; it is stopped and the old one goes on"
+            ),
+        );
+        tracing::warn!(process = %def.name, why, "processes: zero-downtime restart failed");
+        stop_instance(inner, def, new).await;
+        return old;
+    }
+    // The new instance takes the traffic; the old one drains.
+    show_running(inner, status, &new, def, log);
+    if let Some(b) = &old.backend {
+        let drained = tokio::time::Instant::now() + Duration::from_secs(def.stop_grace_secs);
+        while b.in_flight() > 0 && tokio::time::Instant::now() < drained {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    note(
+        log,
+        &format!(
+            "restart: pid {} takes the traffic; stopping pid {}",
+            new.pid, old.pid
+        ),
+    );
+    stop_instance(inner, def, old).await;
+    new
+}
+
+#[derive(Debug, thiserror::Error)]
+enum InstanceError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("cannot pick a port: {0}")]
+    Port(std::io::Error),
+    #[error("cannot make the notify socket: {0}")]
+    Notify(std::io::Error),
+}
+
+/// Starts one instance of `def`: its cgroup, its port, its notify socket, the process, and
+/// its probes and watchdog.
+async fn start_instance(
+    inner: &Arc<Inner>,
+    def: &config::Process,
+    log: Option<Arc<Mutex<LogWriter>>>,
+) -> Result<Instance, InstanceError> {
+    let n = inner.instances.fetch_add(1, Ordering::Relaxed);
+    let group = match &inner.cgroups {
+        Some(c) => match c.create(&def.name, n, &def.limits) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(process = %def.name, error = %e, "processes: cannot make a cgroup; the process group holds it");
+                None
+            }
+        },
+        None => None,
+    };
+    let port = match def.route {
+        Some(_) => Some(free_port().map_err(InstanceError::Port)?),
+        None => None,
+    };
+    let def = with_port(def, port);
+    let notify = if def.notify {
+        Some(NotifySocket::bind().map_err(InstanceError::Notify)?)
+    } else {
+        None
+    };
+    let child = match spawn(
+        &def,
+        &inner.data_dir,
+        log,
+        port,
+        notify.as_ref().map(NotifySocket::env_value),
+        group.as_ref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(g) = group {
+                let _ = tokio::task::spawn_blocking(move || g.remove()).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    record(&inner.data_dir, &def.name, n, pid);
+    let (tx, events) = mpsc::channel(16);
+    let dir = inner
+        .data_dir
+        .join(def.dir.as_deref().unwrap_or(Path::new("")));
+    let mut tasks = Vec::new();
+    if let Some(p) = def.liveness.clone() {
+        tasks.push(tokio::spawn(probe_loop(p, dir.clone(), true, tx.clone())));
+    }
+    if let Some(p) = def.readiness.clone() {
+        tasks.push(tokio::spawn(probe_loop(p, dir, false, tx.clone())));
+    }
+    if let Some(sock) = notify {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(notices) = sock.recv().await {
+                for n in notices {
+                    if tx.send(Event::Notice(n)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let watched = !inner
+        .cgroups
+        .as_ref()
+        .is_some_and(|c| c.controllers.contains(&"memory") && group.is_some());
+    if let (Some(mib), true) = (def.limits.memory_mib, watched) {
+        let cgroup = group.as_ref().map(|g| g.path.clone());
+        tasks.push(tokio::spawn(watch_memory(pid, cgroup, mib << 20, tx)));
+    }
+    let backend = port.map(Backend::new);
+    let inst = Instance {
+        n,
+        child,
+        pid,
+        group,
+        backend,
+        tasks,
+        events,
+        probe_ready: def.readiness.as_ref().map(|_| false),
+        notified_ready: def.notify.then_some(false),
+    };
+    if let Some(b) = &inst.backend {
+        b.set_ready(inst.ready());
+    }
+    Ok(inst)
+}
+
+/// A free loopback port for a new instance (it binds it itself a moment later).
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `def` with `${PORT}` replaced in its arguments, environment values and probes.
+fn with_port(def: &config::Process, port: Option<u16>) -> config::Process {
+    let mut d = def.clone();
+    let Some(port) = port else { return d };
+    let port = port.to_string();
+    let sub = |s: &mut String| *s = s.replace(config::PORT_PLACEHOLDER, &port);
+    d.args.iter_mut().for_each(sub);
+    d.env.values_mut().for_each(sub);
+    for probe in [&mut d.liveness, &mut d.readiness].into_iter().flatten() {
+        probe.http.iter_mut().for_each(sub);
+        probe.tcp.iter_mut().for_each(sub);
+    }
+    d
+}
+
+/// SIGKILL to everything of the instance at once (its memory is over its limit).
+fn kill_now(inst: &Instance) {
+    match &inst.group {
+        Some(g) => g.kill(),
+        None => kill_group(inst.pid, libc::SIGKILL),
+    }
+}
+
+/// Stops an instance (or cleans up after one that ended): its stop signal to the leader
+/// (through its pidfd) and its group, its grace, then KILL to its cgroup and group; then its
+/// cgroup and record go.
+async fn stop_instance(inner: &Inner, def: &config::Process, mut inst: Instance) {
+    for t in &inst.tasks {
+        t.abort();
+    }
+    if matches!(inst.child.try_wait(), Ok(None)) {
+        signal_leader(inst.pid, signal_number(&def.stop_signal));
+        kill_group(inst.pid, signal_number(&def.stop_signal));
+        let grace = Duration::from_secs(def.stop_grace_secs);
+        if tokio::time::timeout(grace, inst.child.wait())
+            .await
+            .is_err()
+        {
+            kill_now(&inst);
+            kill_group(inst.pid, libc::SIGKILL);
+            let _ = inst.child.wait().await;
+        }
+    }
+    // Children that ignored the stop signal, or outlived their parent, go too: those that
+    // left the process group are still in the cgroup.
+    kill_group(inst.pid, libc::SIGKILL);
+    if let Some(g) = inst.group.take() {
+        let _ = tokio::task::spawn_blocking(move || g.remove()).await;
+    }
+    let _ = std::fs::remove_file(pid_file(&inner.data_dir, &def.name, inst.n));
+}
+
+/// Sends `signal` to the leader through a pidfd, so a recycled pid is never signalled.
+fn signal_leader(pid: u32, signal: i32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else { return };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fd is the descriptor just opened; a null siginfo is allowed; we close it once.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+        libc::close(fd);
+    }
+}
+
+/// Every second: the resident memory of the instance's processes (its cgroup, or its process
+/// group), reported once over `limit` bytes. Used where the cgroup memory controller is not.
+async fn watch_memory(pid: u32, cgroup: Option<PathBuf>, limit: u64, tx: mpsc::Sender<Event>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let cg = cgroup.clone();
+        let rss = tokio::task::spawn_blocking(move || group_rss(pid, cg.as_deref()))
+            .await
+            .unwrap_or(0);
+        if rss > limit {
+            let _ = tx.send(Event::OverMemory(rss)).await;
+            return;
+        }
+    }
+}
+
+/// The pids of an instance: its cgroup's, or its process group's.
+fn group_pids(pid: u32, cgroup: Option<&Path>) -> Vec<u32> {
+    if let Some(cg) = cgroup {
+        return std::fs::read_to_string(cg.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![pid];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // Field 5, the process group, is index 2 after the command name.
+            stat_fields(*p).and_then(|f| f.get(2).and_then(|g| g.parse::<u32>().ok())) == Some(pid)
+        })
+        .collect()
+}
+
+/// Resident bytes of every process of an instance.
+fn group_rss(pid: u32, cgroup: Option<&Path>) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    group_pids(pid, cgroup)
+        .into_iter()
+        .filter_map(|p| stat_fields(p)?.get(21)?.parse::<u64>().ok())
+        .map(|pages| pages.saturating_mul(page))
+        .sum()
+}
+
+/// What a probe found: liveness (`Dead` once it failed `failures` times in a row),
+/// or readiness (each change).
 /// Runs `probe` every `interval_secs` after `initial_delay_secs`; reports liveness once it
 /// fails `failures` times in a row, readiness at each change (not ready until it passes).
-async fn probe_loop(probe: config::Probe, dir: PathBuf, live: bool, tx: mpsc::Sender<Probed>) {
+async fn probe_loop(probe: config::Probe, dir: PathBuf, live: bool, tx: mpsc::Sender<Event>) {
     tokio::time::sleep(Duration::from_secs(probe.initial_delay_secs)).await;
     let mut failed = 0u32;
     let mut ready: Option<bool> = None;
@@ -634,12 +1198,12 @@ async fn probe_loop(probe: config::Probe, dir: PathBuf, live: bool, tx: mpsc::Se
             .unwrap_or(false);
         failed = if ok { 0 } else { failed.saturating_add(1) };
         let event = if live {
-            (failed >= probe.failures).then_some(Probed::Live(false))
+            (failed >= probe.failures).then_some(Event::Dead)
         } else {
             let now = ok || (failed < probe.failures && ready == Some(true));
             (ready != Some(now)).then(|| {
                 ready = Some(now);
-                Probed::Ready(now)
+                Event::Ready(now)
             })
         };
         if let Some(e) = event
@@ -681,20 +1245,8 @@ async fn check(probe: &config::Probe, dir: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Asks the group to stop, waits its grace, then kills it.
-async fn stop_child(child: &mut tokio::process::Child, pid: u32, def: &config::Process) {
-    kill_group(pid, signal_number(&def.stop_signal));
-    let grace = Duration::from_secs(def.stop_grace_secs);
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        kill_group(pid, libc::SIGKILL);
-        let _ = child.wait().await;
-    }
-    // Children that ignored the stop signal, and outlived their parent, go too.
-    kill_group(pid, libc::SIGKILL);
-}
-
-fn record(data_dir: &Path, name: &str, pid: u32) {
-    let path = pid_file(data_dir, name);
+fn record(data_dir: &Path, name: &str, n: u64, pid: u32) {
+    let path = pid_file(data_dir, name, n);
     let Some(start_time) = start_time(pid) else {
         return;
     };
@@ -730,12 +1282,16 @@ enum SpawnError {
     User(String, &'static str),
 }
 
-/// Starts the process: a clean environment, its own process group, a parent-death signal,
-/// the configured user, stdout and stderr into its log.
+/// Starts the process: a clean environment (with `PORT` and `NOTIFY_SOCKET` when it has
+/// them), its own process group and cgroup, a parent-death signal, the configured user,
+/// stdout and stderr into its log.
 fn spawn(
     def: &config::Process,
     data_dir: &Path,
     log: Option<Arc<Mutex<LogWriter>>>,
+    port: Option<u16>,
+    notify_socket: Option<String>,
+    group: Option<&Group>,
 ) -> Result<tokio::process::Child, SpawnError> {
     let mut cmd = tokio::process::Command::new(&def.command);
     cmd.args(&def.args).env_clear();
@@ -760,6 +1316,12 @@ fn spawn(
         }
     }
     cmd.envs(&def.env);
+    if let Some(port) = port {
+        cmd.env("PORT", port.to_string());
+    }
+    if let Some(sock) = notify_socket {
+        cmd.env("NOTIFY_SOCKET", sock);
+    }
     let dir = data_dir.join(def.dir.as_deref().unwrap_or(Path::new("")));
     std::fs::create_dir_all(&dir)?;
     cmd.current_dir(&dir)
@@ -780,9 +1342,16 @@ fn spawn(
             resolve_user(user).ok_or(SpawnError::User(user.clone(), "no such user"))?;
         cmd.uid(uid).gid(gid);
     }
-    // SAFETY: between fork and exec only async-signal-safe calls: prctl.
+    let procs_fd = group.map(Group::procs_fd);
+    // SAFETY: between fork and exec only async-signal-safe calls: write(2) of "0" (this
+    // process) to its cgroup's `cgroup.procs`, opened before the fork, and prctl.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(fd) = procs_fd
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -847,27 +1416,46 @@ async fn pump(
     }
 }
 
-/// CPU time and resident memory of every running process, every few seconds.
+/// CPU time and resident memory of every running process, every few seconds: its cgroup's
+/// when it has one, else its main process's CPU and its group's memory.
 async fn sample(handle: ProcessesHandle) {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
         for s in handle.list().await {
+            let Some(pid) = s.pid else { continue };
+            let cgroup = s.cgroup.map(PathBuf::from);
+            let (cpu, rss) = tokio::task::spawn_blocking(move || {
+                let cpu = match &cgroup {
+                    Some(cg) => std::fs::read_to_string(cg.join("cpu.stat"))
+                        .ok()
+                        .and_then(|t| {
+                            t.lines()
+                                .find_map(|l| l.strip_prefix("usage_usec "))
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                        })
+                        .map(|us| us as f64 / 1e6),
+                    None => None,
+                };
+                let cpu = cpu.or_else(|| {
+                    let f = stat_fields(pid)?;
+                    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    // Fields 14 and 15 (utime, stime), counted from field 3.
+                    Some((num(11) + num(12)) as f64 / ticks)
+                });
+                (cpu, group_rss(pid, cgroup.as_deref()))
+            })
+            .await
+            .unwrap_or((None, 0));
             let m = &handle.inner.metrics;
-            let Some(f) = s.pid.and_then(stat_fields) else {
-                continue;
-            };
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-            // Fields 14 and 15 (utime, stime), 24 (rss in pages), counted from field 3.
-            let cpu = (num(11) + num(12)) as f64 / ticks;
-            m.process_cpu_seconds.with_label_values(&[&s.name]).set(cpu);
+            if let Some(cpu) = cpu {
+                m.process_cpu_seconds.with_label_values(&[&s.name]).set(cpu);
+            }
             m.process_resident_bytes
                 .with_label_values(&[&s.name])
-                .set(num(21).saturating_mul(page));
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
     }
 }
