@@ -12,6 +12,7 @@ mod echo;
 mod identity;
 mod invite;
 mod lifecycle;
+mod process_routes;
 mod processes;
 mod reload;
 mod signal;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tests::{Kube, Opts};
 
-fn start(config: &str) -> Kube {
+pub(crate) fn start(config: &str) -> Kube {
     Kube::start_with(Opts {
         config: Some(config.to_owned()),
         ..Default::default()
@@ -17,7 +17,7 @@ fn start(config: &str) -> Kube {
     .unwrap_or_else(|log| panic!("kube did not start:\n{log}"))
 }
 
-fn process(kube: &Kube, name: &str) -> Value {
+pub(crate) fn process(kube: &Kube, name: &str) -> Value {
     let out = kube.cli(&["process", "show", name]);
     assert!(
         out.status.success(),
@@ -28,7 +28,7 @@ fn process(kube: &Kube, name: &str) -> Value {
 }
 
 /// Polls `name` until `ok` holds (at most 15 s).
-fn wait_for(kube: &Kube, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for(kube: &Kube, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let p = process(kube, name);
@@ -44,7 +44,7 @@ fn wait_for(kube: &Kube, name: &str, what: &str, ok: impl Fn(&Value) -> bool) ->
     }
 }
 
-fn logs(kube: &Kube, name: &str) -> String {
+pub(crate) fn logs(kube: &Kube, name: &str) -> String {
     let out = kube.cli(&["logs", name, "-n", "1000"]);
     assert!(
         out.status.success(),
@@ -55,7 +55,7 @@ fn logs(kube: &Kube, name: &str) -> String {
 }
 
 /// Whether `pid` is gone (or a zombie nobody reaped yet: it runs nothing).
-fn gone(pid: u64) -> bool {
+pub(crate) fn gone(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat
@@ -65,7 +65,7 @@ fn gone(pid: u64) -> bool {
     }
 }
 
-fn wait_gone(pid: u64, what: &str) {
+pub(crate) fn wait_gone(pid: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gone(pid) {
         assert!(
@@ -76,7 +76,7 @@ fn wait_gone(pid: u64, what: &str) {
     }
 }
 
-fn read_pid(path: &Path) -> u64 {
+pub(crate) fn read_pid(path: &Path) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(pid) = std::fs::read_to_string(path)

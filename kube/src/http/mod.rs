@@ -448,7 +448,7 @@ async fn route_https(st: &Shared, req: Request) -> (String, Response) {
             }
             Lookup::Proxy { process, backend } => {
                 let label = label.to_owned();
-                let r = st.proxy.forward(&process, backend, &host, req).await;
+                let r = st.proxy.forward(&process, backend, req).await;
                 return (label, r);
             }
         }

@@ -67,12 +67,11 @@ impl Default for Proxy {
 }
 
 impl Proxy {
-    /// Sends `req` for `host` (as the client named it) to `backend`, and its answer back.
+    /// Sends `req` to `backend`, and its answer back.
     pub async fn forward(
         &self,
         process: &str,
         backend: Arc<Backend>,
-        host: &str,
         mut req: Request,
     ) -> Response {
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
@@ -92,9 +91,15 @@ impl Proxy {
         for name in FORWARDING {
             parts.headers.remove(name);
         }
+        // The host as the client named it, port included (HTTP/2 names it in `:authority`).
+        let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
         let h = &mut parts.headers;
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(header::HOST, v.clone());
+        if !h.contains_key(header::HOST)
+            && let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok())
+        {
+            h.insert(header::HOST, v);
+        }
+        if let Some(v) = h.get(header::HOST).cloned() {
             h.insert("x-forwarded-host", v);
         }
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
