@@ -23,7 +23,7 @@ pub async fn run(c: &Client, command: ProcessCommand) -> anyhow::Result<()> {
     }
 }
 
-/// One line per process: name, state, pid, restarts, last exit.
+/// One line per process: name, state, readiness, pid, port, restarts, last exit.
 pub async fn list(c: &Client) -> anyhow::Result<()> {
     let s = c.send(c.request(Method::GET, "/api/processes")).await?;
     let procs = s["processes"].as_array().cloned().unwrap_or_default();
@@ -32,8 +32,8 @@ pub async fn list(c: &Client) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:>8} {:>8}  LAST EXIT",
-        "NAME", "STATE", "PID", "RESTARTS"
+        "{:<20} {:<9} {:<5} {:>8} {:>6} {:>8}  LAST EXIT",
+        "NAME", "STATE", "READY", "PID", "PORT", "RESTARTS"
     );
     for p in procs {
         println!("{}", line(&p));
@@ -48,11 +48,19 @@ fn line(p: &Value) -> String {
         Some(ms) => format!("{} ({ms} ms)", text(&p["state"])),
         None => text(&p["state"]),
     };
+    let ready = match p["ready"].as_bool() {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let port = p["port"].as_u64().map_or("-".into(), |p| p.to_string());
     format!(
-        "{:<20} {:<9} {:>8} {:>8}  {}",
+        "{:<20} {:<9} {:<5} {:>8} {:>6} {:>8}  {}",
         text(&p["name"]),
         state,
+        ready,
         pid,
+        port,
         p["restarts"].as_u64().unwrap_or(0),
         text(&p["last_exit"])
     )
