@@ -74,6 +74,9 @@ impl Proxy {
         backend: Arc<Backend>,
         mut req: Request,
     ) -> Response {
+        if req.method() == http::Method::CONNECT {
+            return apps::text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n");
+        }
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
         let upgrade = upgrade_of(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));

@@ -7,8 +7,9 @@
 //! naming the data dir, so several KUBEs on one machine never touch each other's, and so a
 //! KUBE started after `kill -9` finds and kills what the previous one left. Controllers can
 //! be enabled only for the children of a cgroup without processes of its own: when KUBE is
-//! alone in its cgroup (a systemd unit with `Delegate=yes`) it moves itself into a `kube`
-//! leaf first; otherwise the cgroups hold the tree without limits.
+//! alone in its cgroup (a systemd unit with `Delegate=yes`, a container with a cgroup
+//! namespace) it moves itself into a `kube` leaf first; otherwise the cgroups hold the tree
+//! without limits.
 //!
 //! Where there is no writable cgroup v2 at all, everything here is absent and the process
 //! group (with the parent-death signal) is the boundary, as before.
@@ -90,7 +91,7 @@ impl Cgroups {
         if !wanted.is_empty() {
             match enable(&base, &wanted) {
                 Ok(()) => controllers = wanted,
-                Err(_) if own != "/" && alone(&base) => {
+                Err(_) if alone(&base) => {
                     // KUBE's own cgroup holds KUBE: move it into a leaf, then enable.
                     let leaf = base.join("kube");
                     let moved = std::fs::create_dir_all(&leaf).and_then(|()| {

@@ -609,8 +609,7 @@ async fn supervise(
                     }
                     Some(Control::Replace(next, ack)) => {
                         // Stopped: it starts with the new definition when asked to.
-                        def = *next;
-                        restarts = Restarts::new(def.restart, def.backoff);
+                        adopt(&inner, &status, &mut def, &mut restarts, *next);
                         let _ = ack.send(());
                     }
                 }
@@ -670,13 +669,7 @@ async fn supervise(
                                 let _ = ack.send(());
                             }
                             Some(Control::Replace(next, ack)) => {
-                                def = *next;
-                                restarts = Restarts::new(def.restart, def.backoff);
-                                inner.routes.declare(&name, def.route.as_ref());
-                                lock(&status).limits = Enforcement::of(
-                                    &def.limits,
-                                    inner.cgroups.as_ref().map_or(&[][..], |c| &c.controllers),
-                                );
+                                adopt(&inner, &status, &mut def, &mut restarts, *next);
                                 if !has_readiness(&def) {
                                     break Ended::Restart(ack);
                                 }
@@ -804,9 +797,7 @@ async fn supervise(
                         Some(Control::Restart(ack)) => { let _ = ack.send(()); }
                         Some(Control::Start(ack)) => started_ack = Some(ack),
                         Some(Control::Replace(next, ack)) => {
-                            def = *next;
-                            restarts = Restarts::new(def.restart, def.backoff);
-                            inner.routes.declare(&name, def.route.as_ref());
+                            adopt(&inner, &status, &mut def, &mut restarts, *next);
                             let _ = ack.send(());
                         }
                     },
@@ -814,6 +805,24 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Takes a changed definition: its policy, route and limits apply from here on (its log's
+/// rotation bounds from KUBE's next start).
+fn adopt(
+    inner: &Inner,
+    status: &Mutex<Status>,
+    def: &mut config::Process,
+    restarts: &mut Restarts,
+    next: config::Process,
+) {
+    *def = next;
+    *restarts = Restarts::new(def.restart, def.backoff);
+    inner.routes.declare(&def.name, def.route.as_ref());
+    lock(status).limits = Enforcement::of(
+        &def.limits,
+        inner.cgroups.as_ref().map_or(&[][..], |c| &c.controllers),
+    );
 }
 
 /// A line from KUBE itself in the process's log.
