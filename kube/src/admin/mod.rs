@@ -1,6 +1,9 @@
 //! The `admin` service: the JSON admin API behind operator signatures (HALO keys listed in
 //! `admin.operators`, see `halo::request`) or a bearer token (`<data_dir>/admin.token`), and
-//! `/metrics`, `/healthz`, `/readyz` on the same listener.
+//! `/metrics`, `/healthz`, `/readyz` and the operator console (`console`, at `/`) on the same
+//! listener.
+
+mod console;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -206,6 +209,10 @@ impl Service for AdminService {
             .route("/identity", get(public_identity))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .route("/", get(console_asset))
+            .route("/index.html", get(console_asset))
+            .route("/console.js", get(console_asset))
+            .route("/console.css", get(console_asset))
             .merge(api)
             .with_state(shared);
         let cancel = CancellationToken::new();
@@ -426,8 +433,14 @@ async fn reload(State(st): State<Arc<Shared>>) -> Response {
 }
 
 /// KUBE's public key, unauthenticated: operator clients sign requests for it.
+/// KUBE's identity and clock: what a signer needs (the console signs with the server's
+/// time, so a skewed browser clock still makes a valid request).
 async fn public_identity(State(st): State<Arc<Shared>>) -> Response {
-    Json(json!({"identity": st.deps.identity})).into_response()
+    Json(json!({"identity": st.deps.identity, "time": crate::service::unix_now()})).into_response()
+}
+
+async fn console_asset(uri: http::Uri) -> Response {
+    console::asset(uri.path()).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
 }
 
 /// KUBE's key and its operators (`kube identity` asks the running KUBE through this).
