@@ -1,4 +1,5 @@
-//! The admin listener: token, health, readiness, metrics (checked by promtool), status.
+//! The admin listener: token, health, readiness, metrics (checked by promtool), status, the
+//! console's files and their policy.
 
 use reqwest::StatusCode;
 use tests::{Kube, require_tools};
@@ -49,6 +50,71 @@ async fn api_needs_the_token() {
             .status(),
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn the_console_is_served_under_a_strict_policy_and_gives_nothing_itself() {
+    let kube = Kube::start();
+    let c = reqwest::Client::new();
+    let r = c.get(kube.admin_url("/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for rule in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(rule), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let html = r.text().await.unwrap();
+    // Nothing inline for the policy to refuse: the script and style are files.
+    assert!(html.contains("src=\"/console.js\""), "{html}");
+    assert!(
+        !html.contains("<style") && !html.contains("style=\""),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script>") && !html.contains("<script type=\"module\">"),
+        "{html}"
+    );
+    for (path, kind) in [
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ] {
+        let r = c.get(kube.admin_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{path}"
+        );
+    }
+    let other = c.get(kube.admin_url("/console.map")).send().await.unwrap();
+    assert!(
+        [StatusCode::NOT_FOUND, StatusCode::UNAUTHORIZED].contains(&other.status()),
+        "{}",
+        other.status()
+    );
+    // The public identity carries the clock a signer needs, and nothing else is open.
+    let id: serde_json::Value = c
+        .get(kube.admin_url("/identity"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(id["identity"].as_str().unwrap().starts_with("did:key:"));
+    assert!(id["time"].as_u64().unwrap() > 1_700_000_000);
 }
 
 #[tokio::test]

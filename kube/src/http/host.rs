@@ -35,28 +35,33 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// The landing page at the apex: the KUBE and its apps, each linked.
+/// The landing page at the apex: the KUBE and its apps, each linked; a fresh KUBE says in
+/// one paragraph what to do next.
 pub fn landing_page(domain: &str, port_suffix: &str, apps: &[String]) -> String {
-    let mut items = String::new();
-    for app in apps {
-        // App names are DNS labels (checked at publish), so they need no escaping.
-        items.push_str(&format!(
-            "<li><a href=\"https://{app}.{domain}{port_suffix}/\">{app}</a></li>\n"
-        ));
-    }
-    if apps.is_empty() {
-        items.push_str(&format!(
-            "<li>No apps yet. Try the sample app, a task list two browsers share peer to peer: \
-run <code>examples/tasks/publish</code> in KUBE's source tree, then open \
-<a href=\"https://tasks.{domain}{port_suffix}/\">tasks.{domain}</a> in two windows. \
-Your own app: <code>kube app publish DIR --name NAME</code>.</li>\n"
-        ));
-    }
+    let body = if apps.is_empty() {
+        format!(
+            "<p>Nothing is published here yet. To see KUBE at work, publish the sample app, a task \
+list two browsers share peer to peer: run <code>examples/tasks/publish</code> in KUBE's source \
+tree, then open <a href=\"https://tasks.{domain}{port_suffix}/\">tasks.{domain}</a> in two \
+windows. To publish your own: <code>kube app publish DIR --name NAME</code>, or drop the folder \
+on the Apps page of the operator console (on KUBE's admin address, <code>kube status</code> \
+shows it).</p>\n"
+        )
+    } else {
+        let mut items = String::new();
+        for app in apps {
+            // App names are DNS labels (checked at publish), so they need no escaping.
+            items.push_str(&format!(
+                "<li><a href=\"https://{app}.{domain}{port_suffix}/\">{app}</a></li>\n"
+            ));
+        }
+        format!("<p>The apps published here:</p>\n<ul>\n{items}</ul>\n")
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>KUBE {domain}</title>\n\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}}</style></head>\n\
-<body><h1>KUBE at {domain}</h1>\n<p>This KUBE (version {version}) hosts these apps:</p>\n<ul>\n{items}</ul>\n</body></html>\n",
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}</style></head>\n\
+<body><h1>KUBE at {domain}</h1>\n{body}<p><small>KUBE {version}</small></p>\n</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
     )
 }
@@ -80,13 +85,14 @@ mod tests {
     #[test]
     fn a_fresh_landing_page_says_what_to_do_next() {
         let page = landing_page("localhost", ":8443", &[]);
+        assert!(page.contains("Nothing is published"), "{page}");
         assert!(page.contains("examples/tasks/publish"), "{page}");
         assert!(
             page.contains("href=\"https://tasks.localhost:8443/\""),
             "{page}"
         );
         let page = landing_page("localhost", ":8443", &["tasks".into()]);
-        assert!(!page.contains("No apps yet"), "{page}");
+        assert!(!page.contains("Nothing is published"), "{page}");
         assert!(
             page.contains("href=\"https://tasks.localhost:8443/\""),
             "{page}"
