@@ -1,22 +1,28 @@
 //! The reverse proxy to supervised processes (`processes[].route`): a request, HTTP/1.1 or
-//! HTTP/2 from the client, goes to `http://127.0.0.1:<port>` over HTTP/1.1 with a pool of
-//! kept-alive connections; an HTTP/1.1 upgrade (WebSocket) becomes a tunnel. Hop-by-hop
-//! headers stay on their hop; what the client said about forwarding is replaced by what
-//! KUBE saw. The back-end is held until the response (or tunnel) is done, so a
-//! zero-downtime restart knows when the old instance has drained.
+//! HTTP/2 from the client, goes to `http://127.0.0.1:<port>` over HTTP/1.1 on a kept-alive
+//! connection from the instance's pool (`Pools`: hyper's client connections, taken for one
+//! exchange and given back when the answer's body has been read to its end); an HTTP/1.1
+//! upgrade (WebSocket) gets a connection of its own and becomes a tunnel. Hop-by-hop headers
+//! stay on their hop; what the client said about forwarding is replaced by what KUBE saw.
+//! The back-end is held until the response (or tunnel) is done, so a zero-downtime restart
+//! knows when the old instance has drained.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use futures_util::StreamExt;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 
 use crate::apps;
 use crate::processes::routes::Backend;
@@ -28,6 +34,11 @@ pub struct ClientAddr(pub SocketAddr);
 /// How long a process may take to start its answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection older than this is closed rather than used: back-ends close theirs
+/// (Node after 5 s), and a request sent on a connection as it closes would fail.
+const IDLE_MAX: Duration = Duration::from_secs(2);
+/// Idle connections kept per instance.
+const IDLE_PER_PORT: usize = 256;
 
 /// Headers of one hop (RFC 9110 §7.6.1), and forwarding headers KUBE sets itself.
 const HOP: [&str; 8] = [
@@ -48,22 +59,129 @@ const FORWARDING: [&str; 5] = [
     "x-real-ip",
 ];
 
-#[derive(Clone)]
-pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+/// Idle connections to each instance, by port (a port is one instance's while it runs).
+#[derive(Default)]
+struct Pools {
+    idle: Mutex<HashMap<u16, Vec<(SendRequest<Body>, Instant)>>>,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Proxy { client }
+impl Pools {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Vec<(SendRequest<Body>, Instant)>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A kept-alive connection to `port` that is ready for a request, if one is idle.
+    async fn take(&self, port: u16) -> Option<SendRequest<Body>> {
+        loop {
+            let (mut sender, since) = {
+                let mut idle = self.lock();
+                let list = idle.get_mut(&port)?;
+                let next = list.pop();
+                if list.is_empty() {
+                    idle.remove(&port);
+                }
+                next?
+            };
+            if sender.is_closed() || since.elapsed() > IDLE_MAX {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Given back once its answer was read: ready, or about to be.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn give_back(&self, port: u16, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        let list = idle.entry(port).or_default();
+        if list.len() < IDLE_PER_PORT {
+            list.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to `127.0.0.1:port`, its driver on a task of its own.
+async fn connect(port: u16) -> Result<SendRequest<Body>, String> {
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "proxy: a connection to a process ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// An answer's body on its way to the client: when it has been read to its end, its
+/// connection goes back to the pool; until it is dropped, it holds the back-end.
+struct Returning {
+    inner: Incoming,
+    back: Option<(Arc<Pools>, u16, SendRequest<Body>)>,
+    _held: Arc<Backend>,
+}
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let Some((pools, port, sender)) = self.back.take() {
+            pools.give_back(port, sender);
+        }
+    }
+}
+
+impl http_body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.give_back();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // Read to its end (perhaps without a last poll): the connection is reusable. Cut
+        // short: it goes with this body.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Proxy {
+    pools: Arc<Pools>,
 }
 
 impl Proxy {
@@ -86,8 +204,8 @@ impl Proxy {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let Ok(uri) = format!("http://127.0.0.1:{}{path}", backend.port).parse::<http::Uri>()
-        else {
+        // Origin form on the wire to the process (RFC 9112 §3.2.1).
+        let Ok(uri) = path.parse::<http::Uri>() else {
             return apps::text(StatusCode::BAD_REQUEST, "bad request path\n");
         };
         strip_hop(&mut parts.headers);
@@ -102,8 +220,15 @@ impl Proxy {
         {
             h.insert(header::HOST, v);
         }
-        if let Some(v) = h.get(header::HOST).cloned() {
-            h.insert("x-forwarded-host", v);
+        match h.get(header::HOST).cloned() {
+            Some(v) => {
+                h.insert("x-forwarded-host", v);
+            }
+            None => {
+                if let Ok(v) = HeaderValue::from_str(&format!("127.0.0.1:{}", backend.port)) {
+                    h.insert(header::HOST, v);
+                }
+            }
         }
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         if let Some(ip) = client.and_then(|c| HeaderValue::from_str(&c.ip().to_string()).ok()) {
@@ -116,7 +241,32 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let out = Request::from_parts(parts, body);
-        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, self.client.request(out)).await {
+        let port = backend.port;
+        let exchange = async {
+            let pooled = if upgrade.is_none() {
+                self.pools.take(port).await
+            } else {
+                None
+            };
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => connect(port).await?,
+            };
+            match sender.try_send_request(out).await {
+                Ok(r) => Ok((r, sender)),
+                // A kept-alive connection that closed before the request went out: hyper
+                // gives the request back, and it goes on a new connection.
+                Err(mut e) => match e.take_message() {
+                    Some(out) => {
+                        let mut sender = connect(port).await?;
+                        let r = sender.send_request(out).await.map_err(|e| e.to_string())?;
+                        Ok((r, sender))
+                    }
+                    None => Err(e.into_error().to_string()),
+                },
+            }
+        };
+        let (answer, sender) = match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
             Err(_) => {
                 tracing::debug!(process, "proxy: no answer in time");
                 return apps::text(
@@ -164,13 +314,12 @@ impl Proxy {
             return r;
         }
         strip_hop(&mut parts.headers);
-        // The back-end is held until the body has been read to its end or dropped.
-        let held = backend;
-        let stream = Body::new(body).into_data_stream().map(move |chunk| {
-            let _ = &held;
-            chunk
-        });
-        Response::from_parts(parts, Body::from_stream(stream))
+        let body = Returning {
+            inner: body,
+            back: Some((self.pools.clone(), port, sender)),
+            _held: backend,
+        };
+        Response::from_parts(parts, Body::new(body))
     }
 }
 
