@@ -248,11 +248,14 @@ pub struct DocSummary {
     pub last_change: u64,
 }
 
-/// `kube space show`.
+/// `kube space show`: the summary's fields, with the members and documents themselves in
+/// place of their counts (one key each in JSON).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SpaceDetail {
-    #[serde(flatten)]
-    pub summary: SpaceSummary,
+    pub space: String,
+    pub root: String,
+    pub bytes: u64,
+    pub last_change: u64,
     pub members: Vec<Member>,
     pub devices: BTreeMap<String, String>,
     pub documents: Vec<DocSummary>,
@@ -1279,8 +1282,12 @@ impl Echo {
                 })
             })
             .collect();
+        let summary = self.summary(space_id, s);
         Some(SpaceDetail {
-            summary: self.summary(space_id, s),
+            space: summary.space,
+            root: summary.root,
+            bytes: summary.bytes,
+            last_change: summary.last_change,
             members,
             devices: s.membership.devices.clone(),
             documents,

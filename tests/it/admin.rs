@@ -219,3 +219,30 @@ async fn malformed_http_gets_4xx_and_the_server_lives() {
     let r = kube.client().get(kube.url("", "/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "still serving");
 }
+
+#[tokio::test]
+async fn the_dns_api_lists_every_record_served_and_refuses_bad_json_in_json() {
+    let kube = Kube::start();
+    let d = kube.api(reqwest::Method::GET, "/api/dns").await;
+    let listed = d["zone_records"].as_array().expect("zone_records");
+    assert_eq!(listed[0]["type"], "SOA", "{d}");
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["type"] == "NS" && r["name"] == "localhost."),
+        "{d}"
+    );
+    assert_eq!(listed.len() as u64, d["records"].as_u64().unwrap(), "{d}");
+    let r = reqwest::Client::new()
+        .post(kube.admin_url("/api/dns/records"))
+        .bearer_auth(kube.token())
+        .header("content-type", "application/json")
+        .body(r#"{"name": "x", "value": "1.2.3.4"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let v: serde_json::Value = r.json().await.expect("a JSON refusal");
+    assert_eq!(v["error"], "bad_request");
+    assert!(v["message"].as_str().unwrap().contains("type"), "{v}");
+}

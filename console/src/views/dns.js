@@ -1,7 +1,7 @@
-// DNS: `GET /api/dns` — the zone, its serial and record count, and the run-time records
-// (added through the API, kept in dns/records.json); add one (`POST /api/dns/records`) or
-// remove one (`DELETE /api/dns/records`). Records from kube.yml and the app hosts are not
-// run-time records: the API reports only their count.
+// DNS: `GET /api/dns` — the zone, its serial, every record it serves (`zone_records`), and
+// the run-time records (added through the API, kept in dns/records.json); add one
+// (`POST /api/dns/records`) or remove one (`DELETE /api/dns/records`). Records from
+// kube.yml and the app hosts are served but are not run-time records.
 
 import { api } from '../api.js';
 import { alertBox, clearAlert, field, h, replace, showAlert, statusBox, table } from '../dom.js';
@@ -23,12 +23,17 @@ export function dnsView(main) {
   const zone = h('div');
   const status = statusBox();
   const records = table('Run-time records', ['Name', 'Type', 'Value', 'TTL', 'Action']);
+  const served = table('Records served', ['Name', 'Type', 'TTL', 'Value']);
   main.append(
     h('section', {}, h('h2', { id: 'dns-zone' }, 'Zone'), zone),
     h('section', {},
       h('h2', { id: 'dns-runtime' }, 'Run-time records'),
-      h('p', { class: 'muted' }, 'Records added here or through the API. Records from kube.yml and the app hosts are served too, but are not listed by the API.'),
+      h('p', { class: 'muted' }, 'Records added here or through the API; they can be removed here.'),
       records.wrap, status),
+    h('section', {},
+      h('h2', { id: 'dns-served' }, 'Records served'),
+      h('p', { class: 'muted' }, 'Everything the zone answers: the SOA and NS, the apex and app hosts, records from kube.yml and the run-time records.'),
+      served.wrap),
   );
 
   const formAlert = alertBox();
@@ -104,6 +109,12 @@ export function dnsView(main) {
       ['Serial', String(d.serial)],
       ['Records served', String(d.records)],
     ]);
+    const all = d.zone_records || [];
+    replace(served.tbody, all.map((r) => h('tr', {},
+      h('td', {}, r.name),
+      h('td', {}, r.type),
+      h('td', {}, String(r.ttl)),
+      h('td', { class: 'wrap' }, h('code', {}, r.value)))));
     const rows = d.runtime_records || [];
     replace(records.tbody, rows.length ? rows.map((r) => {
       const label = `Remove ${r.name} ${r.type} ${r.value}`;

@@ -954,12 +954,24 @@ async fn dns_status(State(st): State<Arc<Shared>>) -> Response {
 }
 
 /// Adds a run-time record: `{"name": "_acme-challenge", "type": "TXT", "value": "\"x\""}`.
-async fn dns_add(State(st): State<Arc<Shared>>, Json(spec): Json<RecordSpec>) -> Response {
+async fn dns_add(
+    State(st): State<Arc<Shared>>,
+    spec: Result<Json<RecordSpec>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(spec) = match spec {
+        Ok(s) => s,
+        Err(e) => return bad_json(e),
+    };
     let Some(dns) = st.deps.dns.clone() else {
         return dns_disabled();
     };
     let r = tokio::task::spawn_blocking(move || dns.add(spec)).await;
     dns_answer(r, |()| json!({"added": true}))
+}
+
+/// A JSON body that does not parse, answered like every other refusal.
+fn bad_json(e: axum::extract::rejection::JsonRejection) -> Response {
+    error(e.status(), "bad_request", e.body_text())
 }
 
 /// The one mapping from a DNS change's outcome to an answer.
@@ -991,7 +1003,14 @@ struct RemoveRecord {
 }
 
 /// Removes run-time records of a name and type (one value, when given).
-async fn dns_remove(State(st): State<Arc<Shared>>, Json(r): Json<RemoveRecord>) -> Response {
+async fn dns_remove(
+    State(st): State<Arc<Shared>>,
+    r: Result<Json<RemoveRecord>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(r) = match r {
+        Ok(r) => r,
+        Err(e) => return bad_json(e),
+    };
     let Some(dns) = st.deps.dns.clone() else {
         return dns_disabled();
     };

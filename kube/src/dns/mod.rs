@@ -91,6 +91,8 @@ pub struct DnsStatus {
     pub serial: u32,
     pub records: usize,
     pub runtime_records: Vec<RecordSpec>,
+    /// Every record served, in presentation form.
+    pub zone_records: Vec<zone::Listed>,
 }
 
 impl DnsHandle {
@@ -113,6 +115,7 @@ impl DnsHandle {
             serial: z.serial(),
             records: z.record_count(),
             runtime_records: state.stored.records.clone(),
+            zone_records: z.listing(),
         }
     }
 

@@ -20,6 +20,16 @@ pub struct ZoneInput<'a> {
     pub serial: u32,
 }
 
+/// One record of the zone as the admin API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ttl: u32,
+    pub value: String,
+}
+
 /// A built zone, immutable; a change builds a new one.
 #[derive(Debug)]
 pub struct Zone {
@@ -235,6 +245,27 @@ impl Zone {
 
     pub fn record_count(&self) -> usize {
         self.records
+    }
+
+    /// Every record of the zone in presentation form, sorted by name and type (the SOA
+    /// first), for the admin API.
+    pub fn listing(&self) -> Vec<Listed> {
+        let mut out: Vec<Listed> = std::iter::once(&self.soa)
+            .chain(
+                self.nodes
+                    .values()
+                    .flatten()
+                    .filter(|r| r.record_type() != RecordType::SOA),
+            )
+            .map(|r| Listed {
+                name: r.name.to_string(),
+                kind: r.record_type().to_string(),
+                ttl: r.ttl,
+                value: r.data.to_string(),
+            })
+            .collect();
+        out[1..].sort_by(|a, b| (&a.name, &a.kind, &a.value).cmp(&(&b.name, &b.kind, &b.value)));
+        out
     }
 
     /// Looks `qname`/`qtype` up.
