@@ -173,6 +173,7 @@ describe('the operator console in headless Chromium', { timeout: 180_000 }, () =
       throw new Error('run `npm install` in client/ first (tests/run does)');
     });
     await mkdir(SHOTS, { recursive: true });
+    await rm(path.join(SHOTS, 'failure.png'), { force: true });
     root = await mkdtemp(path.join(tmpdir(), 'kube-console-'));
     dataDir = path.join(root, 'data');
     await mkdir(dataDir);

@@ -72,7 +72,7 @@ export function metricsView(main) {
       },
       series: [
         {},
-        { label: ch.c.title, stroke: col.line, fill: col.fill, width: 2, spanGaps: false, points: { show: false } },
+        { label: ch.c.title, stroke: col.line, fill: col.fill, width: 2, spanGaps: false, points: { show: true, size: 3 } },
       ],
       axes: [
         { ...axis },
