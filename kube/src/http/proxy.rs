@@ -59,14 +59,17 @@ const FORWARDING: [&str; 5] = [
     "x-real-ip",
 ];
 
-/// Idle connections to each instance, by port (a port is one instance's while it runs).
+/// Idle connections to each instance, by port (a port is one instance's while it runs),
+/// with the time each was given back.
+type Idle = HashMap<u16, Vec<(SendRequest<Body>, Instant)>>;
+
 #[derive(Default)]
 struct Pools {
-    idle: Mutex<HashMap<u16, Vec<(SendRequest<Body>, Instant)>>>,
+    idle: Mutex<Idle>,
 }
 
 impl Pools {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Vec<(SendRequest<Body>, Instant)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
