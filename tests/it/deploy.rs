@@ -248,7 +248,15 @@ async fn grafana_dashboard_queries_exported_metrics() {
             "no panel row for {service}: {titles:?}"
         );
     }
-    let kube = Kube::start();
+    // One supervised process, so the per-process series exist.
+    let kube = Kube::start_with(tests::Opts {
+        config: Some(
+            "processes:\n  - {name: idle, command: sleep, args: ['100000'], restart: never}\n"
+                .into(),
+        ),
+        ..Default::default()
+    })
+    .unwrap_or_else(|log| panic!("kube did not start:\n{log}"));
     let r = kube.client().get(kube.url("", "/")).send().await.unwrap();
     assert!(r.status().is_success());
     if have("dig") {

@@ -572,6 +572,12 @@ async fn supervise(
     let restarts_total = metrics.process_restarts.with_label_values(&[&name]);
     let last_exit = metrics.process_last_exit.with_label_values(&[&name]);
     let ready_gauge = metrics.process_ready.with_label_values(&[&name]);
+    // Every series of the process exists from the start (at 0), so rates and dashboards
+    // have data before the first failure or sample.
+    metrics.process_probe_failures.with_label_values(&[&name]);
+    metrics.process_memory_kills.with_label_values(&[&name]);
+    metrics.process_cpu_seconds.with_label_values(&[&name]);
+    metrics.process_resident_bytes.with_label_values(&[&name]);
     let limits = LogLimits {
         max_file_bytes: def.logs.max_file_bytes,
         files: def.logs.files,
@@ -586,6 +592,7 @@ async fn supervise(
     let note = |text: &str| note(log.as_ref(), text);
     let mut restarts = Restarts::new(def.restart, def.backoff);
     let mut wanted = true;
+    // The next start is not a restart: the first, or an operator's start of a stopped one.
     let mut first = true;
     // Who waits for the next start (an operator's `start`).
     let mut started_ack: Option<oneshot::Sender<()>> = None;
@@ -598,10 +605,12 @@ async fn supervise(
                     None => return,
                     Some(Control::Start(ack)) => {
                         started_ack = Some(ack);
+                        first = true;
                         break;
                     }
                     Some(Control::Restart(ack)) => {
                         let _ = ack.send(());
+                        first = true;
                         break;
                     }
                     Some(Control::Stop(ack)) => {
