@@ -22,6 +22,13 @@ const BACKEND: &str = r#"
 const http = require('http'), crypto = require('crypto');
 const server = http.createServer((req, res) => {
   if (req.url.endsWith('/health')) { res.end('ok'); return; }
+  if (req.url.endsWith('/big')) { res.end(Buffer.alloc(3 << 20, 'k')); return; }
+  if (req.method === 'POST') {
+    let n = 0;
+    req.on('data', (d) => { n += d.length; });
+    req.on('end', () => res.end(JSON.stringify({ received: n })));
+    return;
+  }
   res.setHeader('content-type', 'application/json');
   res.end(JSON.stringify({
     pid: process.pid, url: req.url, host: req.headers.host,
@@ -157,6 +164,28 @@ async fn a_routed_process_is_served_over_https_beside_its_apps_bundle() {
             format!("notes.localhost:{}", kube.https.port()),
             "{v}"
         );
+    }
+    // Large bodies both ways, streamed through, on connections that are then reused.
+    for c in [&h2, &h1] {
+        for _ in 0..3 {
+            let big = c
+                .get(format!("{}/api/big", base("notes")))
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(big.status(), 200);
+            assert_eq!(big.bytes().await.expect("body").len(), 3 << 20);
+            let up: Value = c
+                .post(format!("{}/api/upload", base("notes")))
+                .body(vec![7u8; 5 << 20])
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("JSON");
+            assert_eq!(up["received"], 5 << 20);
+        }
     }
     // The bundle keeps every other path of the host.
     let (status, _, body) = get(&h2, &format!("{}/", base("notes"))).await;
