@@ -1,9 +1,8 @@
 //! The reverse proxy to supervised processes (`processes[].route`): a request, HTTP/1.1 or
 //! HTTP/2 from the client, goes to `http://127.0.0.1:<port>` over HTTP/1.1 on a kept-alive
 //! connection from the instance's pool (`Pools`: hyper's client connections, taken for one
-//! exchange and given back when the answer's body has been read to its end, and driven by
-//! the request's own task, `Upstream`); an HTTP/1.1 upgrade (WebSocket) gets a connection of
-//! its own and becomes a tunnel. Hop-by-hop headers
+//! exchange and given back when the answer's body has been read to its end); an HTTP/1.1
+//! upgrade (WebSocket) gets a connection of its own and becomes a tunnel. Hop-by-hop headers
 //! stay on their hop; what the client said about forwarding is replaced by what KUBE saw.
 //! The back-end is held until the response (or tunnel) is done, so a zero-downtime restart
 //! knows when the old instance has drained.
@@ -60,66 +59,9 @@ const FORWARDING: [&str; 5] = [
     "x-real-ip",
 ];
 
-/// A kept-alive HTTP/1.1 connection to a process with no task of its own: whoever uses it
-/// drives it — the request's task while the request goes out and the answer's head comes
-/// back, the answer's body while it is read. A request and its answer then run in one task,
-/// as in an event loop, without waking a connection task in between.
-struct Upstream {
-    sender: SendRequest<Body>,
-    conn: Pin<Box<Conn>>,
-    /// The connection ended (closed or failed): neither polled nor used again.
-    done: bool,
-}
-
-type Conn = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Body>;
-
-impl Upstream {
-    async fn connect(port: u16) -> Result<Upstream, String> {
-        let (sender, conn) = handshake(port).await?;
-        Ok(Upstream {
-            sender,
-            conn: Box::pin(conn),
-            done: false,
-        })
-    }
-
-    /// Lets the connection read and write what it can; notes when it ended.
-    fn drive(conn: &mut Pin<Box<Conn>>, done: &mut bool, cx: &mut Context<'_>) {
-        if !*done && conn.as_mut().poll(cx).is_ready() {
-            *done = true;
-        }
-    }
-
-    /// Whether it can take a request now (its last exchange is finished).
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            Self::drive(&mut self.conn, &mut self.done, cx);
-            if self.done {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
-    }
-
-    /// Sends `req` and waits for the answer's head, driving the connection meanwhile.
-    async fn send(
-        &mut self,
-        req: Request,
-    ) -> Result<http::Response<Incoming>, hyper::client::conn::TrySendError<Request>> {
-        let mut answer = std::pin::pin!(self.sender.try_send_request(req));
-        let (conn, done) = (&mut self.conn, &mut self.done);
-        std::future::poll_fn(|cx| {
-            Self::drive(conn, done, cx);
-            answer.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
 /// Idle connections to each instance, by port (a port is one instance's while it runs),
 /// with the time each was given back.
-type Idle = HashMap<u16, Vec<(Upstream, Instant)>>;
+type Idle = HashMap<u16, Vec<(SendRequest<Body>, Instant)>>;
 
 #[derive(Default)]
 struct Pools {
@@ -132,9 +74,9 @@ impl Pools {
     }
 
     /// A kept-alive connection to `port` that is ready for a request, if one is idle.
-    async fn take(&self, port: u16) -> Option<Upstream> {
+    async fn take(&self, port: u16) -> Option<SendRequest<Body>> {
         loop {
-            let (mut up, since) = {
+            let (mut sender, since) = {
                 let mut idle = self.lock();
                 let list = idle.get_mut(&port)?;
                 let next = list.pop();
@@ -143,30 +85,33 @@ impl Pools {
                 }
                 next?
             };
-            if up.done || since.elapsed() > IDLE_MAX {
+            if sender.is_closed() || since.elapsed() > IDLE_MAX {
                 continue;
             }
-            // Given back once its answer was read: ready, or a poll away from it.
-            if let Ok(true) = tokio::time::timeout(Duration::from_secs(1), up.ready()).await {
-                return Some(up);
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Given back once its answer was read: ready, or about to be.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await {
+                return Some(sender);
             }
         }
     }
 
-    fn give_back(&self, port: u16, up: Upstream) {
-        if up.done {
+    fn give_back(&self, port: u16, sender: SendRequest<Body>) {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
         let list = idle.entry(port).or_default();
         if list.len() < IDLE_PER_PORT {
-            list.push((up, Instant::now()));
+            list.push((sender, Instant::now()));
         }
     }
 }
 
-/// A new HTTP/1.1 connection to `127.0.0.1:port`.
-async fn handshake(port: u16) -> Result<(SendRequest<Body>, Conn), String> {
+/// A new HTTP/1.1 connection to `127.0.0.1:port`, its driver on a task of its own.
+async fn connect(port: u16) -> Result<SendRequest<Body>, String> {
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect(("127.0.0.1", port)),
@@ -175,39 +120,30 @@ async fn handshake(port: u16) -> Result<(SendRequest<Body>, Conn), String> {
     .map_err(|_| "connect timed out".to_owned())?
     .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    hyper::client::conn::http1::Builder::new()
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| e.to_string())
-}
-
-/// A connection of its own for an upgrade (WebSocket), driven by a task of its own, which
-/// hands the stream over once the process switched protocols.
-async fn connect_for_upgrade(port: u16) -> Result<SendRequest<Body>, String> {
-    let (sender, conn) = handshake(port).await?;
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "proxy: an upgraded connection to a process ended");
+            tracing::debug!(error = %e, "proxy: a connection to a process ended");
         }
     });
     Ok(sender)
 }
 
-/// An answer's body on its way to the client, driving its connection: when it has been
-/// read to its end, the connection goes back to the pool; until it is dropped, it holds the
-/// back-end.
+/// An answer's body on its way to the client: when it has been read to its end, its
+/// connection goes back to the pool; until it is dropped, it holds the back-end.
 struct Returning {
     inner: Incoming,
-    up: Option<Upstream>,
-    pools: Arc<Pools>,
-    port: u16,
+    back: Option<(Arc<Pools>, u16, SendRequest<Body>)>,
     _held: Arc<Backend>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some(up) = self.up.take() {
-            self.pools.give_back(self.port, up);
+        if let Some((pools, port, sender)) = self.back.take() {
+            pools.give_back(port, sender);
         }
     }
 }
@@ -220,13 +156,9 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some(up) = &mut this.up {
-            Upstream::drive(&mut up.conn, &mut up.done, cx);
-        }
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            this.give_back();
+            self.give_back();
         }
         r
     }
@@ -314,30 +246,30 @@ impl Proxy {
         let out = Request::from_parts(parts, body);
         let port = backend.port;
         let exchange = async {
-            if upgrade.is_some() {
-                let mut sender = connect_for_upgrade(port).await?;
-                let r = sender.send_request(out).await.map_err(|e| e.to_string())?;
-                return Ok((r, None));
-            }
-            let mut up = match self.pools.take(port).await {
-                Some(up) => up,
-                None => Upstream::connect(port).await?,
+            let pooled = if upgrade.is_none() {
+                self.pools.take(port).await
+            } else {
+                None
             };
-            match up.send(out).await {
-                Ok(r) => Ok((r, Some(up))),
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => connect(port).await?,
+            };
+            match sender.try_send_request(out).await {
+                Ok(r) => Ok((r, sender)),
                 // A kept-alive connection that closed before the request went out: hyper
                 // gives the request back, and it goes on a new connection.
                 Err(mut e) => match e.take_message() {
                     Some(out) => {
-                        let mut up = Upstream::connect(port).await?;
-                        let r = up.send(out).await.map_err(|e| e.into_error().to_string())?;
-                        Ok((r, Some(up)))
+                        let mut sender = connect(port).await?;
+                        let r = sender.send_request(out).await.map_err(|e| e.to_string())?;
+                        Ok((r, sender))
                     }
                     None => Err(e.into_error().to_string()),
                 },
             }
         };
-        let (answer, up) = match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+        let (answer, sender) = match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
             Err(_) => {
                 tracing::debug!(process, "proxy: no answer in time");
                 return apps::text(
@@ -387,9 +319,7 @@ impl Proxy {
         strip_hop(&mut parts.headers);
         let body = Returning {
             inner: body,
-            up,
-            pools: self.pools.clone(),
-            port,
+            back: Some((self.pools.clone(), port, sender)),
             _held: backend,
         };
         Response::from_parts(parts, Body::new(body))
