@@ -21,7 +21,7 @@ import { createHash, generateKeyPairSync, randomBytes, sign as edSign, createPri
 import https from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { KUBE_BIN, CHROMIUM, REPO, run, startKube, stopKube, makeNssHome, launchChromium } from './harness.mjs';
+import { KUBE_BIN, CHROMIUM, REPO, run, startKube, finishKube, makeNssHome, launchChromium } from './harness.mjs';
 
 const SHOTS = path.join(REPO, 'target', 'console-screenshots');
 const CLIENT = path.join(REPO, 'client');
@@ -234,12 +234,7 @@ describe('the operator console in headless Chromium', { timeout: 180_000 }, () =
       }
       await browser.close();
     }
-    await stopKube(kube);
-    if (failed && kube) {
-      console.error(`--- kube stdout ---\n${kube.stdout}`);
-      console.error(`--- kube stderr (last 16 KiB) ---\n${kube.stderr.slice(-16384)}`);
-    }
-    if (root) await rm(root, { recursive: true, force: true });
+    await finishKube(kube, root, failed);
   });
 
   // --- the steps ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // headless Chromium (Debian's) trusting only the CAs put in a fresh NSS database.
 
 import { spawn, execFile } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -97,6 +97,17 @@ export async function stopKube(kube) {
   const res = await kube.waitExit();
   clearTimeout(t);
   return res;
+}
+
+/** The end of a test file: stops `kube`, shows its output when a step `failed`, removes
+ * the test's temporary `root`. */
+export async function finishKube(kube, root, failed) {
+  await stopKube(kube);
+  if (failed && kube) {
+    console.error(`--- kube stdout ---\n${kube.stdout}`);
+    console.error(`--- kube stderr (last 16 KiB) ---\n${kube.stderr.slice(-16384)}`);
+  }
+  if (root) await rm(root, { recursive: true, force: true });
 }
 
 /** A fresh HOME whose NSS database ($HOME/.pki/nssdb) trusts only `caPem` (or nothing). */

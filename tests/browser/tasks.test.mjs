@@ -7,10 +7,10 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, writeFile, rm, access } from 'node:fs/promises';
+import { mkdtemp, mkdir, writeFile, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { KUBE_BIN, REPO, run, startKube, stopKube, makeNssHome, launchChromium } from './harness.mjs';
+import { KUBE_BIN, REPO, run, startKube, stopKube, finishKube, makeNssHome, launchChromium } from './harness.mjs';
 
 const DIST = path.join(REPO, 'examples', 'tasks', 'dist');
 const WAIT = { timeout: 30_000 };
@@ -180,12 +180,7 @@ describe('the tasks app, peer to peer in headless Chromium', { timeout: 300_000 
       }
       await browser.close();
     }
-    await stopKube(kube);
-    if (failed && kube) {
-      console.error(`--- kube stdout ---\n${kube.stdout}`);
-      console.error(`--- kube stderr (last 16 KiB) ---\n${kube.stderr.slice(-16384)}`);
-    }
-    if (root) await rm(root, { recursive: true, force: true });
+    await finishKube(kube, root, failed);
   });
 
   it('Alice creates a space and invites Bob; concurrent edits converge over a direct data channel', guard(async () => {

@@ -12,12 +12,12 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
 import { createHmac, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { KUBE_BIN, run, startKube, stopKube, makeNssHome, launchChromium } from './harness.mjs';
+import { KUBE_BIN, run, startKube, finishKube, makeNssHome, launchChromium } from './harness.mjs';
 
 // Below Linux's ephemeral ports (32768-60999), so that no port-0 listener of KUBE (its TURN
 // port above all) can fall in the relay range the drop rule leaves open.
@@ -168,12 +168,7 @@ describe('TURNS on the HTTPS port in headless Chromium, UDP to KUBE dropped', { 
   after(async () => {
     if (browser) await browser.close().catch(() => {});
     if (tableAdded) await run('nft', ['delete', 'table', 'inet', TABLE]).catch((e) => console.error(e.message));
-    await stopKube(kube);
-    if (failed && kube) {
-      console.error(`--- kube stdout ---\n${kube.stdout}`);
-      console.error(`--- kube stderr (last 16 KiB) ---\n${kube.stderr.slice(-16384)}`);
-    }
-    if (root) await rm(root, { recursive: true, force: true });
+    await finishKube(kube, root, failed);
   });
 
   it('relays a data channel over TLS on the HTTPS port, which still serves the app', guard(async () => {

@@ -663,31 +663,28 @@ async fn supervise(
                     }
                     tokio::select! {
                         r = inst.child.wait() => break Ended::Exited(r),
-                        c = control.recv() => match c {
-                            // Running already.
-                            Some(Control::Start(ack)) => { let _ = ack.send(()); }
-                            Some(Control::Stop(ack)) => { wanted = false; break Ended::Stop(Some(ack)); }
-                            None => { wanted = false; break Ended::Stop(None); }
-                            Some(Control::Restart(ack)) => {
-                                if !has_readiness(&def) {
-                                    break Ended::Restart(ack);
+                        c = control.recv() => {
+                            let ack = match c {
+                                // Running already.
+                                Some(Control::Start(ack)) => { let _ = ack.send(()); continue; }
+                                Some(Control::Stop(ack)) => { wanted = false; break Ended::Stop(Some(ack)); }
+                                None => { wanted = false; break Ended::Stop(None); }
+                                Some(Control::Restart(ack)) => ack,
+                                Some(Control::Replace(next, ack)) => {
+                                    adopt(&inner, &status, &mut def, &mut restarts, *next);
+                                    ack
                                 }
-                                inst = replace(&inner, &def, inst, &status, log.as_ref()).await;
-                                restarts_total.inc();
-                                lock(&status).restarts += 1;
-                                let _ = ack.send(());
+                            };
+                            // Without readiness it stops and starts again; with readiness the
+                            // new instance takes over once ready.
+                            if !has_readiness(&def) {
+                                break Ended::Restart(ack);
                             }
-                            Some(Control::Replace(next, ack)) => {
-                                adopt(&inner, &status, &mut def, &mut restarts, *next);
-                                if !has_readiness(&def) {
-                                    break Ended::Restart(ack);
-                                }
-                                inst = replace(&inner, &def, inst, &status, log.as_ref()).await;
-                                restarts_total.inc();
-                                lock(&status).restarts += 1;
-                                let _ = ack.send(());
-                            }
-                        },
+                            inst = replace(&inner, &def, inst, &status, log.as_ref()).await;
+                            restarts_total.inc();
+                            lock(&status).restarts += 1;
+                            let _ = ack.send(());
+                        }
                         Some(e) = inst.events.recv() => match inst.apply(e, Some(&status)) {
                             Some(Event::Dead) => break Ended::Dead,
                             Some(Event::OverMemory(rss)) => break Ended::OverMemory(rss),
