@@ -301,29 +301,27 @@ impl Service for ProcessesService {
         deps: ProcessesDeps,
     ) -> Result<Started<ProcessesHandle>, StartError> {
         kill_leftovers(&cx.data_dir);
-        let cgroups = if s.is_empty() {
-            None
-        } else {
-            let data_dir = cx.data_dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let c = Cgroups::detect(&data_dir);
-                if let Some(c) = &c {
-                    c.kill_leftovers();
-                }
-                c
-            })
-            .await
-            .ok()
-            .flatten()
-        };
+        // Even without processes: a reload may add some, and a killed KUBE may have left
+        // cgroups of this data dir that hold escaped grandchildren.
+        let data_dir = cx.data_dir.clone();
+        let cgroups = tokio::task::spawn_blocking(move || {
+            let c = Cgroups::detect(&data_dir);
+            if let Some(c) = &c {
+                c.kill_leftovers();
+            }
+            c
+        })
+        .await
+        .ok()
+        .flatten();
         match &cgroups {
-            Some(c) => {
+            Some(c) if !s.is_empty() => {
                 tracing::info!(controllers = ?c.controllers, "processes: each in a cgroup of its own")
             }
             None if !s.is_empty() => tracing::info!(
                 "processes: no writable cgroup v2; process groups hold them, memory limits are watched by sampling"
             ),
-            None => {}
+            _ => {}
         }
         for def in &s {
             deps.routes.declare(&def.name, def.route.as_ref());
