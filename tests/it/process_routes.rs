@@ -22,6 +22,11 @@ const BACKEND: &str = r#"
 const http = require('http'), crypto = require('crypto');
 const server = http.createServer((req, res) => {
   if (req.url.endsWith('/health')) { res.end('ok'); return; }
+  if (req.url.endsWith('/hangup')) { req.socket.destroy(); return; }
+  if (req.url.endsWith('/switch')) {
+    req.socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n');
+    return;
+  }
   if (req.url.endsWith('/big')) { res.end(Buffer.alloc(3 << 20, 'k')); return; }
   if (req.method === 'POST') {
     let n = 0;
@@ -185,6 +190,16 @@ async fn a_routed_process_is_served_over_https_beside_its_apps_bundle() {
                 .await
                 .expect("JSON");
             assert_eq!(up["received"], 5 << 20);
+        }
+    }
+    // A process that hangs up without an answer, or switches protocols unasked, gets a 502
+    // to its client, and the next request is served.
+    for bad in ["/api/hangup", "/api/switch"] {
+        for c in [&h2, &h1] {
+            let (status, _, body) = get(c, &format!("{}{bad}", base("notes"))).await;
+            assert_eq!(status, 502, "{bad}: {body}");
+            let (status, _, _) = get(c, &format!("{}/api/after", base("notes"))).await;
+            assert_eq!(status, 200, "after {bad}");
         }
     }
     // The bundle keeps every other path of the host.
