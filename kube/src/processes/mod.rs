@@ -1193,8 +1193,6 @@ fn group_rss(pid: u32, cgroup: Option<&Path>) -> u64 {
         .sum()
 }
 
-/// What a probe found: liveness (`Dead` once it failed `failures` times in a row),
-/// or readiness (each change).
 /// Runs `probe` every `interval_secs` after `initial_delay_secs`; reports liveness once it
 /// fails `failures` times in a row, readiness at each change (not ready until it passes).
 async fn probe_loop(probe: config::Probe, dir: PathBuf, live: bool, tx: mpsc::Sender<Event>) {
