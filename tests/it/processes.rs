@@ -268,6 +268,13 @@ fn a_reload_restarts_only_the_changed_process() {
     let b2 = pid("b");
     assert_ne!(b2, b, "b runs its new definition");
     wait_gone(b.as_u64().unwrap(), "b's old process");
+    // A restart answers once the new instance runs: at once, it shows.
+    let out = kube.cli(&["process", "restart", "a"]);
+    assert!(out.status.success());
+    let now = process(&kube, "a");
+    assert_eq!(now["state"], "running", "{now}");
+    assert_ne!(now["pid"], a, "{now}");
+    assert_eq!(now["restarts"], 1, "{now}");
 }
 
 #[test]

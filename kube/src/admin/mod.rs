@@ -76,7 +76,12 @@ struct Shared {
     domain: String,
     data_dir: std::path::PathBuf,
     operators: Mutex<Operators>,
+    /// The data dir's size and when it was measured: a walk of every file, so reused for
+    /// `DISK_USE_TTL` (the console polls the status).
+    disk: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+const DISK_USE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Who may sign, and the nonces seen: replaced whole on reload.
 struct Operators {
@@ -169,6 +174,7 @@ impl Service for AdminService {
             domain: cx.domain.clone(),
             data_dir: cx.data_dir.clone(),
             operators: Mutex::new(operators),
+            disk: tokio::sync::Mutex::new(None),
         });
         let handle = AdminHandle {
             shared: shared.clone(),
@@ -547,10 +553,21 @@ fn app_views(st: &Shared) -> Vec<AppView> {
 }
 
 async fn status(State(st): State<Arc<Shared>>) -> Response {
-    let dir = st.data_dir.clone();
-    let disk = tokio::task::spawn_blocking(move || disk_use(&dir))
-        .await
-        .unwrap_or(0);
+    let disk = {
+        // One walk at a time; callers in between get its result.
+        let mut cached = st.disk.lock().await;
+        match *cached {
+            Some((at, bytes)) if at.elapsed() < DISK_USE_TTL => bytes,
+            _ => {
+                let dir = st.data_dir.clone();
+                let bytes = tokio::task::spawn_blocking(move || disk_use(&dir))
+                    .await
+                    .unwrap_or(0);
+                *cached = Some((std::time::Instant::now(), bytes));
+                bytes
+            }
+        }
+    };
     let echo_status = match &st.deps.echo {
         Some(e) => e.op(crate::replica::Op::Status).await,
         None => None,

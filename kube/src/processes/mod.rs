@@ -138,7 +138,8 @@ impl ProcessesHandle {
         Ok(())
     }
 
-    /// Stops `name` and starts it again at once; returns once it was stopped.
+    /// Starts `name` again: stopped and started, or without downtime when it has readiness.
+    /// Returns once the new instance started (with readiness: took over, or was given up).
     pub async fn restart(&self, name: &str) -> Result<(), ProcessError> {
         let (tx, rx) = oneshot::channel();
         self.send(name, Control::Restart(tx)).await?;
@@ -607,7 +608,7 @@ async fn supervise(
                         break;
                     }
                     Some(Control::Restart(ack)) => {
-                        let _ = ack.send(());
+                        started_ack = Some(ack);
                         first = true;
                         break;
                     }
@@ -709,7 +710,8 @@ async fn supervise(
                         stop_instance(&inner, &def, inst).await;
                         note("stopped to start again");
                         up.set(0);
-                        let _ = ack.send(());
+                        // Answered once the new instance started, so the answer shows it.
+                        started_ack = Some(ack);
                         continue;
                     }
                     Ended::Dead => {
@@ -798,8 +800,7 @@ async fn supervise(
                     c = control.recv() => match c {
                         None => return,
                         Some(Control::Stop(ack)) => { wanted = false; let _ = ack.send(()); }
-                        Some(Control::Restart(ack)) => { let _ = ack.send(()); }
-                        Some(Control::Start(ack)) => started_ack = Some(ack),
+                        Some(Control::Restart(ack)) | Some(Control::Start(ack)) => started_ack = Some(ack),
                         Some(Control::Replace(next, ack)) => {
                             adopt(&inner, &status, &mut def, &mut restarts, *next);
                             let _ = ack.send(());
