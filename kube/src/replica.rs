@@ -445,6 +445,10 @@ async fn run(
                 for outbox in conns.values() {
                     outbox.close();
                 }
+                // KUBE is stopping, and everything acknowledged is on disk. Freeing every
+                // document one allocation at a time cost 2 s of a stop at 100,000 documents
+                // (bench/echo/scale); the memory goes back with the process instead.
+                std::mem::forget(echo);
                 return;
             }
             _ = tick.tick() => {}
