@@ -12,25 +12,10 @@
 // MODE is `kube` (HALO token, KUBE's storage id) or `js` (the reference server).
 import fs from 'node:fs';
 import path from 'node:path';
-import { Repo } from '@automerge/automerge-repo';
-import { WebSocketClientAdapter } from '@automerge/automerge-repo-network-websocket';
-import { Identity, connectKube, createSpace, createObject, synced } from '@kube/client';
+import { connect, writeSpace, fetchAll } from './common.mjs';
 
 const [phase, url, mode] = process.argv.slice(2, 5);
-const ADMIN_SEED = new Uint8Array(32).fill(7);
-const admin = Identity.fromSeed(ADMIN_SEED);
 const log = (s) => process.stderr.write(`[scale-client ${process.pid}] ${s}\n`);
-
-async function network() {
-  if (mode === 'kube') {
-    const adapter = await connectKube({ url, identity: admin });
-    return { adapter, ack: adapter, kubeDid: adapter.kubeDid };
-  }
-  const adapter = new WebSocketClientAdapter(url.replace(/^https/, 'wss'));
-  let storageId;
-  adapter.on('peer-candidate', ({ peerMetadata }) => { storageId = peerMetadata?.storageId; });
-  return { adapter, ack: { get kubeStorageId() { return storageId; } }, kubeDid: Identity.generate().did };
-}
 
 const started = performance.now();
 if (phase === 'create') {
@@ -40,40 +25,30 @@ if (phase === 'create') {
   const todo = indices.map(Number).filter((i) => !fs.existsSync(spaceFile(i)));
   let spaces = 0;
   let docs = 0;
-  async function writeSpace(i) {
+  async function writeOne(i) {
     const t0 = performance.now();
-    const net = await network();
-    const repo = new Repo({ network: [net.adapter], sharePolicy: async () => true });
+    const net = await connect(url, mode);
     try {
-      const { root } = createSpace(repo, admin, { kubeDid: net.kubeDid });
-      const handles = [root];
-      for (let k = 0; k < n; k++) {
-        handles.push(createObject(repo, root, { type: 'task', props: { title: `task ${i}.${k}`, done: false } }));
-      }
-      await Promise.all(handles.map((h) => synced(h, net.ack, { timeoutMs: 600_000, pollMs: 1000 })));
+      const urls = await writeSpace(net, n, (k) => `task ${i}.${k}`, { timeoutMs: 600_000, pollMs: 1000 });
       const file = spaceFile(i);
-      fs.writeFileSync(`${file}.tmp`, JSON.stringify(handles.map((h) => h.url)));
+      fs.writeFileSync(`${file}.tmp`, JSON.stringify(urls));
       fs.renameSync(`${file}.tmp`, file);
       spaces += 1;
-      docs += handles.length;
-      log(`${mode}: space ${i} acknowledged (${handles.length} documents, ${Math.round(performance.now() - t0)} ms)`);
+      docs += urls.length;
+      log(`${mode}: space ${i} acknowledged (${urls.length} documents, ${Math.round(performance.now() - t0)} ms)`);
     } finally {
-      await repo.shutdown();
+      await net.repo.shutdown();
     }
   }
   const queue = [...todo];
   await Promise.all(Array.from({ length: Math.max(1, Number(conc)) }, async () => {
-    while (queue.length) await writeSpace(queue.shift());
+    while (queue.length) await writeOne(queue.shift());
   }));
   console.log(JSON.stringify({ phase, spaces, docs, wall_ms: Math.round(performance.now() - started) }));
 } else {
-  const net = await network();
-  const repo = new Repo({ network: [net.adapter], sharePolicy: async () => true });
-  const urls = JSON.parse(fs.readFileSync(process.argv[5], 'utf8'));
-  const docs = await Promise.all(urls.map((u) => repo.find(u).then((h) => h.doc())));
-  const missing = docs.filter((d) => !d).length;
-  if (missing) throw new Error(`${missing} documents not found`);
-  console.log(JSON.stringify({ phase, docs: docs.length, wall_ms: Math.round(performance.now() - started) }));
-  await repo.shutdown();
+  const net = await connect(url, mode);
+  const docs = await fetchAll(net.repo, JSON.parse(fs.readFileSync(process.argv[5], 'utf8')));
+  console.log(JSON.stringify({ phase, docs, wall_ms: Math.round(performance.now() - started) }));
+  await net.repo.shutdown();
 }
 process.exit(0);
