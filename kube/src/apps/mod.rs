@@ -153,8 +153,9 @@ async fn read_blob(
     )))
 }
 
-pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let body: String = body.into();
+/// A plain-text answer: a static text costs no copy, a formatted one is moved in.
+pub fn text(status: StatusCode, body: impl Into<std::borrow::Cow<'static, str>>) -> Response<Body> {
+    let body = body.into();
     let empty = body.is_empty();
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
