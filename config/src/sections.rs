@@ -364,6 +364,9 @@ pub struct Echo {
     pub max_connections: usize,
     /// Refused messages a connection may send before it is closed.
     pub strikes: u32,
+    /// Memory, in bytes (estimated), the documents ECHO holds in memory may take; the
+    /// least recently used past it are dropped and read from disk again when needed.
+    pub cache_bytes: usize,
 }
 
 impl Default for Echo {
@@ -380,6 +383,7 @@ impl Default for Echo {
             pending_secs: 30,
             max_connections: 10_000,
             strikes: 10,
+            cache_bytes: 64 << 20,
         }
     }
 }

@@ -176,6 +176,9 @@ echo:
   # WebSocket connections at once; refused messages before a connection is closed.
   max_connections: 10000
   strikes: 10
+  # Memory (bytes, estimated) for documents held in memory; the least recently used past
+  # it are read from disk again when next asked for. Start reads no document.
+  cache_bytes: 67108864
 
 apps:
   # Versions kept per app for rollback (the current one included).

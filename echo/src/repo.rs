@@ -7,7 +7,7 @@
 //! may read and write them by the space's HALO credentials, and when a new space or object
 //! is accepted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth;
 use crate::space::{self, Root};
-use crate::store::{StoredSpace, Write};
+use crate::store::{IndexedDoc, Scanned, ScannedSpace, Source, SpaceIndex, StoredSpace, Write};
 use crate::wire::{self, Incoming, Outgoing};
 
 pub type ConnId = u64;
@@ -39,6 +39,10 @@ pub struct Limits {
     /// A document's log is folded into a new snapshot once it is this large (and larger
     /// than the snapshot).
     pub compact_bytes: u64,
+    /// Memory (estimated) the documents held in memory may take; past it, the least
+    /// recently used are dropped after each durable batch and read from disk again when
+    /// next needed (`echo.cache_bytes`). Only with a [`Source`] to read them from.
+    pub cache_bytes: usize,
     /// Bytes one space may keep on disk; past it, changes and new documents are refused
     /// (an admin's changes to the root still pass, so members can still be revoked).
     pub max_space_bytes: u64,
@@ -70,6 +74,7 @@ impl Default for Limits {
             strikes: 10,
             compact_bytes: 64 << 10,
             max_space_bytes: 1 << 30,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Refused messages and changes by reason.
     pub refused: BTreeMap<&'static str, u64>,
+    /// Documents read from disk, and dropped from memory under `cache_bytes`.
+    pub loads: u64,
+    pub evictions: u64,
 }
 
 /// The reasons a change or message is refused (metric labels).
@@ -120,11 +128,15 @@ pub const REFUSALS: [&str; 12] = [
 ];
 
 struct Space {
+    /// Its place in `Echo::names` (what each [`Entry`] names it by).
+    ix: SpaceIx,
     root: String,
     credentials: Vec<Credential>,
-    objects: BTreeMap<String, String>,
+    /// Listing generation: an entry is listed by this space while its `listing` is this.
+    listing: u32,
     membership: Membership,
-    docs: BTreeSet<String>,
+    /// Documents with files here (quarantined ones included).
+    doc_count: usize,
     /// Why KUBE does not replicate the space (any more): its credentials no longer admit
     /// KUBE, or `echo.admit` refuses its admin. Nobody is served then; the files stay.
     refusal: Option<halo::admission::Refusal>,
@@ -133,24 +145,30 @@ struct Space {
     review_at: Option<u64>,
     /// Bytes of its documents' files (for `echo.max_space_bytes`).
     bytes: u64,
+    last_change: u64,
     /// Credentials (as JSON) whose proofs verified: entries never change once in a root,
     /// so a root change verifies only the new ones.
     proven: std::collections::HashSet<String>,
+    /// Its index on disk is older than this.
+    dirty: bool,
 }
 
 impl Space {
-    /// A space known by its root only; `refresh_root` reads the rest.
-    fn new(root: String) -> Space {
+    /// A space known by its root only; `set_root` reads the rest.
+    fn new(ix: SpaceIx, root: String) -> Space {
         Space {
+            ix,
             root,
             credentials: Vec::new(),
-            objects: BTreeMap::new(),
+            listing: 1,
             membership: Membership::default(),
-            docs: BTreeSet::new(),
+            doc_count: 0,
             refusal: None,
             review_at: None,
             bytes: 0,
+            last_change: 0,
             proven: std::collections::HashSet::new(),
+            dirty: true,
         }
     }
 }
@@ -171,12 +189,67 @@ fn next_review(creds: &[Credential], clock: Clock) -> Option<u64> {
         .min()
 }
 
-struct Doc {
-    space: String,
+type SpaceIx = u32;
+
+/// The document has files in `space`.
+const PRESENT: u8 = 1;
+/// The document is `space`'s root (nobody's object).
+const ROOT: u8 = 2;
+/// Its files do not load, or it was taken out of service: served to nobody.
+const QUARANTINED: u8 = 4;
+
+/// What ECHO knows of a documentId without reading it: kept for every document and every
+/// listed object, so it stays small (about 40 bytes and the id).
+struct Entry {
+    /// With [`PRESENT`]: the space it belongs to, for good. Otherwise the first space whose
+    /// root listed it.
+    space: SpaceIx,
+    /// Its type in the listing (an index into `Echo::kinds`).
+    kind: u16,
+    /// Listed by `space`'s root while this equals the space's `listing` (0: never).
+    listing: u32,
+    flags: u8,
+    snapshot_bytes: u32,
+    log_bytes: u32,
+    last_change: u32,
+}
+
+impl Entry {
+    fn bytes(&self) -> u64 {
+        u64::from(self.snapshot_bytes) + u64::from(self.log_bytes)
+    }
+}
+
+fn small(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A document held in memory.
+struct Loaded {
     am: Automerge,
-    snapshot_bytes: u64,
-    log_bytes: u64,
-    last_change: u64,
+    /// Estimated bytes of memory (see [`estimate`]).
+    mem: usize,
+    /// When it was last used (`Echo::uses`).
+    used: u64,
+}
+
+/// What an Automerge document of `file_bytes` on disk is taken to cost in memory: Automerge
+/// keeps every operation expanded, about 16 times its compressed size, plus a fixed
+/// overhead (measured in `bench/echo/scale`: 20 KiB for a small object of 1.5 KiB).
+fn estimate(file_bytes: u64) -> usize {
+    usize::try_from(file_bytes.saturating_mul(16))
+        .unwrap_or(usize::MAX)
+        .saturating_add(8 << 10)
+}
+
+/// Why a document could not be had.
+enum Missing {
+    /// Not here, or quarantined.
+    NotHere,
+    /// Its files did not load just now: it is quarantined.
+    Quarantined,
+    /// Reading failed (the disk, not the document): try again later.
+    Io(String),
 }
 
 struct Pending {
@@ -206,15 +279,28 @@ pub struct Echo {
     policy: Admit,
     limits: Limits,
     spaces: BTreeMap<String, Space>,
-    docs: HashMap<String, Doc>,
-    /// documentId → the space whose root lists it.
-    listed: HashMap<String, String>,
-    /// documentId of each space's root → the space.
-    roots: HashMap<String, String>,
+    /// Space names by [`SpaceIx`] (a forgotten import leaves its name unused).
+    names: Vec<String>,
+    /// Every documentId ECHO holds or a root lists.
+    ids: HashMap<Box<str>, Entry>,
+    /// Object types by index (`Entry::kind`); 0 is "".
+    kinds: Vec<String>,
+    kind_ix: HashMap<String, u16>,
+    /// Documents in memory, at most `limits.cache_bytes` of them after each batch.
+    loaded: HashMap<Box<str>, Loaded>,
+    cached: usize,
+    uses: u64,
+    /// Where documents not in memory are read from; without one, every document stays in
+    /// memory.
+    source: Option<std::sync::Arc<dyn Source>>,
     /// Documents whose files do not load: documentId → (space, why). They are served to
     /// nobody and written by nobody until an operator repairs them (a restore); their
     /// files are never touched.
     quarantined: BTreeMap<String, (String, String)>,
+    /// Found since the last `take_problems` (documents quarantined when first read).
+    problems: Vec<String>,
+    /// Present, not quarantined documents.
+    present: usize,
     conns: HashMap<ConnId, Conn>,
     pub stats: Stats,
 }
@@ -310,13 +396,26 @@ impl Echo {
             policy,
             limits,
             spaces: BTreeMap::new(),
-            docs: HashMap::new(),
-            listed: HashMap::new(),
-            roots: HashMap::new(),
+            names: Vec::new(),
+            ids: HashMap::new(),
+            kinds: vec![String::new()],
+            kind_ix: HashMap::from([(String::new(), 0)]),
+            loaded: HashMap::new(),
+            cached: 0,
+            uses: 0,
+            source: None,
             quarantined: BTreeMap::new(),
+            problems: Vec::new(),
+            present: 0,
             conns: HashMap::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Reads documents on demand from `source` (and lets them go under
+    /// `limits.cache_bytes`); the spaces come from [`Echo::open`].
+    pub fn set_source(&mut self, source: std::sync::Arc<dyn Source>) {
+        self.source = Some(source);
     }
 
     pub fn peer_id(&self) -> &str {
@@ -334,66 +433,302 @@ impl Echo {
         let mut out = Vec::new();
         let ids: Vec<String> = self.spaces.keys().cloned().collect();
         for id in ids {
-            self.membership_changed(&id, now_ms, &mut out);
+            self.membership_changed(&id, None, now_ms, &mut out);
         }
         out
     }
 
-    /// Puts a space read from disk in place. Documents that do not load are reported and
-    /// quarantined: served to nobody, written by nobody, their files untouched.
+    fn kind(&mut self, name: &str) -> u16 {
+        if let Some(k) = self.kind_ix.get(name) {
+            return *k;
+        }
+        let Ok(k) = u16::try_from(self.kinds.len()) else {
+            return 0; // 65,536 types: the rest show without one
+        };
+        self.kinds.push(name.to_owned());
+        self.kind_ix.insert(name.to_owned(), k);
+        k
+    }
+
+    fn add_space(&mut self, space: &str, root: &str) -> SpaceIx {
+        let ix = small(self.names.len() as u64);
+        self.names.push(space.to_owned());
+        self.spaces
+            .insert(space.to_owned(), Space::new(ix, root.to_owned()));
+        ix
+    }
+
+    fn name(&self, ix: SpaceIx) -> &str {
+        self.names.get(ix as usize).map_or("", String::as_str)
+    }
+
+    /// The space a document with files here belongs to (not when quarantined).
+    fn space_of(&self, id: &str) -> Option<&str> {
+        let e = self.ids.get(id)?;
+        (e.flags & PRESENT != 0 && e.flags & QUARANTINED == 0).then(|| self.name(e.space))
+    }
+
+    /// The space whose root lists `id` now (a root is nobody's object).
+    fn listed_by(&self, id: &str) -> Option<&str> {
+        let e = self.ids.get(id)?;
+        let name = self.name(e.space);
+        let listing = self.spaces.get(name)?.listing;
+        (e.flags & ROOT == 0 && e.listing != 0 && e.listing == listing).then_some(name)
+    }
+
+    /// Records a document with files in space `ix`.
+    fn add_doc(&mut self, ix: SpaceIx, id: &str, sizes: [u64; 2], last_change: u64, root: bool) {
+        let e = self.ids.entry(id.into()).or_insert(Entry {
+            space: ix,
+            kind: 0,
+            listing: 0,
+            flags: 0,
+            snapshot_bytes: 0,
+            log_bytes: 0,
+            last_change: 0,
+        });
+        if e.flags & PRESENT != 0 {
+            return;
+        }
+        if e.space != ix {
+            // Listed by another space, which loses it to the space that holds it.
+            e.listing = 0;
+            e.space = ix;
+        }
+        e.flags |= PRESENT | if root { ROOT } else { 0 };
+        e.snapshot_bytes = small(sizes[0]);
+        e.log_bytes = small(sizes[1]);
+        e.last_change = small(last_change);
+        self.present += 1;
+        let name = self.name(ix).to_owned();
+        if let Some(s) = self.spaces.get_mut(&name) {
+            s.doc_count += 1;
+            s.bytes += sizes[0] + sizes[1];
+            s.last_change = s.last_change.max(last_change);
+            s.dirty = true;
+        }
+    }
+
+    fn hold(&mut self, id: &str, am: Automerge) {
+        let bytes = self.ids.get(id).map_or(0, Entry::bytes);
+        self.uses += 1;
+        let mem = estimate(bytes);
+        self.cached += mem;
+        if let Some(old) = self.loaded.insert(
+            id.into(),
+            Loaded {
+                am,
+                mem,
+                used: self.uses,
+            },
+        ) {
+            self.cached -= old.mem;
+        }
+    }
+
+    /// Marks a document quarantined (its files are never touched).
+    fn set_quarantined(&mut self, id: &str, space: &str, why: &str) {
+        if let Some(e) = self.ids.get_mut(id)
+            && e.flags & QUARANTINED == 0
+        {
+            e.flags |= QUARANTINED;
+            if e.flags & PRESENT != 0 {
+                self.present -= 1;
+            }
+        }
+        if let Some(l) = self.loaded.remove(id) {
+            self.cached -= l.mem;
+        }
+        for c in self.conns.values_mut() {
+            c.syncs.remove(id);
+        }
+        self.quarantined
+            .insert(id.to_owned(), (space.to_owned(), why.to_owned()));
+    }
+
+    /// Puts a space read whole from disk in place ([`crate::store::FileStore::load`]),
+    /// every document in memory. Documents that do not load are reported and quarantined:
+    /// served to nobody, written by nobody, their files untouched.
     pub fn load(&mut self, stored: StoredSpace, now_ms: u64) -> Vec<String> {
         let mut problems = Vec::new();
-        let mut space = Space::new(stored.root.clone());
+        let ix = self.add_space(&stored.space, &stored.root);
         for (id, d) in stored.docs {
+            let snap = d.snapshot.len() as u64;
+            self.add_doc(
+                ix,
+                &id,
+                [snap, d.size.saturating_sub(snap)],
+                0,
+                id == stored.root,
+            );
             match load_doc(&d) {
-                Ok(am) => {
-                    space.docs.insert(id.clone());
-                    space.bytes += d.size;
-                    self.docs.insert(
-                        id,
-                        Doc {
-                            space: stored.space.clone(),
-                            am,
-                            snapshot_bytes: d.snapshot.len() as u64,
-                            log_bytes: d.size.saturating_sub(d.snapshot.len() as u64),
+                Ok(am) => self.hold(&id, am),
+                Err(why) => {
+                    problems.push(format!("{}/{id}: {why} (quarantined)", stored.space));
+                    self.set_quarantined(&id, &stored.space, &why);
+                }
+            }
+        }
+        let root = self.read_root_doc(&stored.root);
+        self.set_root(&stored.space, root, now_ms);
+        problems
+    }
+
+    /// Puts a space found by [`crate::store::FileStore::scan`] in place without reading
+    /// its documents (only its root when its index has to be rebuilt). Returns problems
+    /// found (a root that does not load is quarantined, and the space serves nobody).
+    pub fn open(&mut self, scanned: ScannedSpace, now_ms: u64) -> Vec<String> {
+        let ScannedSpace { space, root, found } = scanned;
+        let ix = self.add_space(&space, &root);
+        match found {
+            Scanned::Indexed(index) => {
+                for IndexedDoc(id, kind, listed, present, snap, log, last) in index.docs {
+                    if !wire::valid_doc_id(&id) || id == root {
+                        continue;
+                    }
+                    if present {
+                        self.add_doc(ix, &id, [snap, log], last, false);
+                    }
+                    if listed {
+                        let k = self.kind(&kind);
+                        let e = self.ids.entry(id.into()).or_insert(Entry {
+                            space: ix,
+                            kind: k,
+                            listing: 0,
+                            flags: 0,
+                            snapshot_bytes: 0,
+                            log_bytes: 0,
+                            last_change: 0,
+                        });
+                        // The first space to claim an id keeps it (as when it was listed).
+                        if e.space == ix {
+                            e.listing = 1;
+                            e.kind = k;
+                        }
+                    }
+                }
+                let [snap, log] = index.root_files;
+                if snap + log > 0 {
+                    self.add_doc(ix, &root, [snap, log], index.root_last_change, true);
+                }
+                let mut credentials = Vec::new();
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    for (c, proven) in index.credentials {
+                        if proven {
+                            s.proven
+                                .insert(serde_json::to_string(&c).unwrap_or_default());
+                        }
+                        credentials.push(c);
+                    }
+                    s.credentials = credentials;
+                    // Written from what is in memory now: it is current.
+                    s.dirty = false;
+                }
+                self.judge(&space, now_ms);
+                Vec::new()
+            }
+            Scanned::Rebuild { root: stored, docs } => {
+                let mut problems = Vec::new();
+                for (id, [snap, log]) in docs {
+                    if wire::valid_doc_id(&id) {
+                        self.add_doc(ix, &id, [snap, log], 0, id == root);
+                    }
+                }
+                if stored.size > 0 || stored.corrupt.is_some() {
+                    match load_doc(&stored) {
+                        Ok(am) => self.hold(&root, am),
+                        Err(why) => {
+                            problems.push(format!("{space}/{root}: {why} (quarantined)"));
+                            self.set_quarantined(&root, &space, &why);
+                        }
+                    }
+                }
+                let r = self.read_root_doc(&root);
+                self.set_root(&space, r, now_ms);
+                problems
+            }
+        }
+    }
+
+    /// What the root document `id` says, if it is in memory (or can be read) and is one.
+    fn read_root_doc(&mut self, id: &str) -> Option<Root> {
+        self.ensure(id).ok()?;
+        self.loaded.get(id).and_then(|l| space::read_root(&l.am))
+    }
+
+    /// Takes in what a space's root says: its credentials (new ones verified) and its
+    /// object listing; then judges the membership.
+    fn set_root(&mut self, space_id: &str, root: Option<Root>, now_ms: u64) {
+        let root = root.unwrap_or_default();
+        let Some(space) = self.spaces.get_mut(space_id) else {
+            return;
+        };
+        space.dirty = true;
+        space.credentials = root.credentials;
+        for c in &space.credentials {
+            let k = serde_json::to_string(c).unwrap_or_default();
+            if !space.proven.contains(&k) && c.verify_proof().is_ok() {
+                space.proven.insert(k);
+            }
+        }
+        // A new generation: what this root no longer lists stops being listed by it.
+        space.listing = space.listing.wrapping_add(1).max(1);
+        let (ix, listing) = (space.ix, space.listing);
+        for (id, kind) in root.objects {
+            let k = self.kind(&kind);
+            match self.ids.get_mut(id.as_str()) {
+                None => {
+                    self.ids.insert(
+                        id.into(),
+                        Entry {
+                            space: ix,
+                            kind: k,
+                            listing,
+                            flags: 0,
+                            snapshot_bytes: 0,
+                            log_bytes: 0,
                             last_change: 0,
                         },
                     );
                 }
-                Err(why) => {
-                    problems.push(format!("{}/{id}: {why} (quarantined)", stored.space));
-                    self.quarantined.insert(id, (stored.space.clone(), why));
+                Some(e) if e.space == ix && e.flags & ROOT == 0 => {
+                    e.listing = listing;
+                    e.kind = k;
+                }
+                Some(e) => {
+                    // An id belongs to the first space that lists it, for good once its
+                    // document is here; a space root is nobody's object. A later lister
+                    // takes it only once the first has stopped listing it.
+                    let other = self.names.get(e.space as usize);
+                    let still = other
+                        .and_then(|n| self.spaces.get(n))
+                        .is_some_and(|o| e.listing != 0 && e.listing == o.listing);
+                    if e.flags & (PRESENT | ROOT) == 0 && !still {
+                        e.space = ix;
+                        e.listing = listing;
+                        e.kind = k;
+                    }
                 }
             }
         }
-        self.roots.insert(stored.root.clone(), stored.space.clone());
-        self.spaces.insert(stored.space.clone(), space);
-        self.refresh_root(&stored.space, now_ms);
-        problems
+        self.judge(space_id, now_ms);
     }
 
-    /// Re-reads a space's root: its credentials, members and object index.
-    fn refresh_root(&mut self, space_id: &str, now_ms: u64) {
+    /// Judges a space's membership again from its credentials, at `now_ms`.
+    fn judge(&mut self, space_id: &str, now_ms: u64) {
         let Some(space) = self.spaces.get_mut(space_id) else {
             return;
         };
-        let root = self
-            .docs
-            .get(&space.root)
-            .and_then(|d| space::read_root(&d.am))
-            .unwrap_or_default();
-        space.credentials = root.credentials;
-        // Proofs are verified once per credential (the whole credential is the key: a copy
-        // that differs anywhere is verified on its own).
-        let mut verified: std::collections::HashSet<*const Credential> =
-            std::collections::HashSet::new();
-        for c in &space.credentials {
-            let k = serde_json::to_string(c).unwrap_or_default();
-            if space.proven.contains(&k) || c.verify_proof().is_ok() {
-                space.proven.insert(k);
-                verified.insert(c);
-            }
-        }
+        let verified: std::collections::HashSet<*const Credential> = space
+            .credentials
+            .iter()
+            .filter(|c| {
+                space
+                    .proven
+                    .contains(&serde_json::to_string(c).unwrap_or_default())
+            })
+            .map(std::ptr::from_ref)
+            .collect();
         // (Validation hands back references into this same slice; the rest it verifies
         // again, to report why they fail.)
         space.membership =
@@ -406,25 +741,211 @@ impl Echo {
                 Decision::Replicate { .. } => None,
                 Decision::Refuse(r) => Some(r),
             };
-        // An id belongs to the first space that lists it, for good once its document is
-        // here; a space root is nobody's object. A later lister never takes it over.
-        for id in space.objects.keys() {
-            if self.listed.get(id).is_some_and(|s| s == space_id) {
-                self.listed.remove(id);
-            }
+    }
+
+    /// Makes sure document `id` (one with files here) is in memory, reading it through the
+    /// source when it is not. A document that does not load is quarantined then.
+    fn ensure(&mut self, id: &str) -> Result<(), Missing> {
+        self.uses += 1;
+        if let Some(l) = self.loaded.get_mut(id) {
+            l.used = self.uses;
+            return Ok(());
         }
-        space.objects = root.objects;
-        for id in space.objects.keys() {
-            let taken = self.roots.contains_key(id)
-                || self.docs.get(id).is_some_and(|d| d.space != space_id);
-            if !taken {
-                self.listed
-                    .entry(id.clone())
-                    .or_insert_with(|| space_id.to_owned());
+        let Some(space) = self.space_of(id).map(str::to_owned) else {
+            return Err(Missing::NotHere);
+        };
+        let Some(source) = self.source.clone() else {
+            return Err(Missing::NotHere);
+        };
+        match source.read_doc(&space, id) {
+            Err(e) => Err(Missing::Io(e.to_string())),
+            Ok(None) => Err(Missing::NotHere),
+            Ok(Some(stored)) => {
+                self.stats.loads += 1;
+                self.resize(id, &space, &stored);
+                match load_doc(&stored) {
+                    Ok(am) => {
+                        self.hold(id, am);
+                        Ok(())
+                    }
+                    Err(why) => {
+                        self.problems
+                            .push(format!("{space}/{id}: {why} (quarantined)"));
+                        self.set_quarantined(id, &space, &why);
+                        Err(Missing::Quarantined)
+                    }
+                }
             }
         }
     }
 
+    /// Takes a document's sizes from its files as just read (an index rebuilt after a
+    /// crash may be behind on them).
+    fn resize(&mut self, id: &str, space: &str, stored: &crate::store::StoredDoc) {
+        let Some(e) = self.ids.get_mut(id) else {
+            return;
+        };
+        let before = e.bytes();
+        let snap = stored.snapshot.len() as u64;
+        e.snapshot_bytes = small(snap);
+        e.log_bytes = small(stored.size.saturating_sub(snap));
+        let after = e.bytes();
+        if before != after
+            && let Some(s) = self.spaces.get_mut(space)
+        {
+            s.bytes = (s.bytes + after).saturating_sub(before);
+            s.dirty = true;
+        }
+    }
+
+    /// A document listed by a space but not known to have files: the files are looked
+    /// for (an index written before a crash may not know them yet).
+    fn probe(&mut self, id: &str) -> bool {
+        let Some(space) = self.listed_by(id).map(str::to_owned) else {
+            return false;
+        };
+        if self.space_of(id).is_some() || self.quarantined.contains_key(id) {
+            return false;
+        }
+        let Some(source) = self.source.clone() else {
+            return false;
+        };
+        let Ok(Some(stored)) = source.read_doc(&space, id) else {
+            return false;
+        };
+        let Some(ix) = self.spaces.get(&space).map(|s| s.ix) else {
+            return false;
+        };
+        self.stats.loads += 1;
+        let snap = stored.snapshot.len() as u64;
+        self.add_doc(ix, id, [snap, stored.size.saturating_sub(snap)], 0, false);
+        match load_doc(&stored) {
+            Ok(am) => {
+                self.hold(id, am);
+                true
+            }
+            Err(why) => {
+                self.problems
+                    .push(format!("{space}/{id}: {why} (quarantined)"));
+                self.set_quarantined(id, &space, &why);
+                false
+            }
+        }
+    }
+
+    /// Lets go of the least recently used documents until those in memory fit
+    /// `cache_bytes` again (to three quarters of it, so this runs seldom). The driver calls
+    /// it after a batch's writes are durable: a document dropped then reads back with every
+    /// acknowledged change.
+    pub fn evict(&mut self) {
+        if self.source.is_none() || self.cached <= self.limits.cache_bytes {
+            return;
+        }
+        let target = self.limits.cache_bytes / 4 * 3;
+        let mut by_age: Vec<(u64, Box<str>)> = self
+            .loaded
+            .iter()
+            .map(|(k, l)| (l.used, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age {
+            if self.cached <= target {
+                break;
+            }
+            if let Some(l) = self.loaded.remove(&id) {
+                self.cached -= l.mem;
+                self.stats.evictions += 1;
+            }
+        }
+    }
+
+    /// Documents in memory, and their estimated bytes.
+    pub fn cache(&self) -> (usize, usize) {
+        (self.loaded.len(), self.cached)
+    }
+
+    /// Problems found since the last call (documents quarantined when first read).
+    pub fn take_problems(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.problems)
+    }
+
+    /// The indexes of spaces changed since they were last taken, to be written after the
+    /// batch that changed them is durable.
+    pub fn take_indexes(&mut self) -> Vec<SpaceIndex> {
+        let dirty: HashMap<SpaceIx, usize> = self
+            .spaces
+            .values()
+            .filter(|s| s.dirty)
+            .enumerate()
+            .map(|(n, s)| (s.ix, n))
+            .collect();
+        if dirty.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<SpaceIndex> = self
+            .spaces
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(name, s)| {
+                let (root_files, root_last_change) = self
+                    .ids
+                    .get(s.root.as_str())
+                    .filter(|e| e.flags & PRESENT != 0 && e.space == s.ix)
+                    .map_or(([0, 0], 0), |e| {
+                        (
+                            [u64::from(e.snapshot_bytes), u64::from(e.log_bytes)],
+                            u64::from(e.last_change),
+                        )
+                    });
+                SpaceIndex {
+                    format: crate::store::INDEX_FORMAT.to_owned(),
+                    space: name.clone(),
+                    root: s.root.clone(),
+                    root_files,
+                    root_last_change,
+                    credentials: s
+                        .credentials
+                        .iter()
+                        .map(|c| {
+                            let k = serde_json::to_string(c).unwrap_or_default();
+                            (c.clone(), s.proven.contains(&k))
+                        })
+                        .collect(),
+                    docs: Vec::new(),
+                }
+            })
+            .collect();
+        for (id, e) in &self.ids {
+            let Some(n) = dirty.get(&e.space) else {
+                continue;
+            };
+            if e.flags & ROOT != 0 {
+                continue;
+            }
+            let listing = self.spaces.get(self.name(e.space)).map_or(0, |s| s.listing);
+            let listed = e.listing != 0 && e.listing == listing;
+            let present = e.flags & PRESENT != 0;
+            if !listed && !present {
+                continue;
+            }
+            out[*n].docs.push(IndexedDoc(
+                id.to_string(),
+                self.kinds.get(e.kind as usize).cloned().unwrap_or_default(),
+                listed,
+                present,
+                u64::from(e.snapshot_bytes),
+                u64::from(e.log_bytes),
+                u64::from(e.last_change),
+            ));
+        }
+        for s in self.spaces.values_mut() {
+            s.dirty = false;
+        }
+        for i in &mut out {
+            i.docs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        out
+    }
     /// A connection that proved its key.
     pub fn connect(&mut self, conn: ConnId, peer: auth::Peer, now_ms: u64) {
         self.conns.insert(
@@ -461,17 +982,10 @@ impl Echo {
     /// memory cannot be trusted, and nothing of it may be written or sent. A restart loads
     /// it from disk again.
     pub fn quarantine(&mut self, doc: &str, why: &str) {
-        let Some(d) = self.docs.remove(doc) else {
+        let Some(space) = self.space_of(doc).map(str::to_owned) else {
             return;
         };
-        if let Some(s) = self.spaces.get_mut(&d.space) {
-            s.docs.remove(doc);
-        }
-        for c in self.conns.values_mut() {
-            c.syncs.remove(doc);
-        }
-        self.quarantined
-            .insert(doc.to_owned(), (d.space, why.to_owned()));
+        self.set_quarantined(doc, &space, why);
     }
 
     /// Documents whose files do not load: (space, documentId, why).
@@ -486,8 +1000,9 @@ impl Echo {
         self.quarantined.len()
     }
 
+    /// Documents ECHO serves (in memory or not).
     pub fn doc_count(&self) -> usize {
-        self.docs.len()
+        self.present
     }
 
     fn send(&mut self, conn: ConnId, msg: &Outgoing<'_>, out: &mut Vec<Action>) {
@@ -621,7 +1136,14 @@ impl Echo {
                             self.strike(conn, "too-large", &m, &mut out);
                         }
                         Ok(()) => {
-                            if self.docs.contains_key(&doc) {
+                            if self.space_of(&doc).is_some()
+                                // Files an index written before a crash did not know
+                                // of are looked for, for a member only.
+                                || (self
+                                    .listed_by(&doc)
+                                    .is_some_and(|s| self.role(conn, s).is_some())
+                                    && self.probe(&doc))
+                            {
                                 self.sync_known(conn, &doc, m, now_ms, &mut out);
                             } else {
                                 self.sync_unknown(conn, &doc, m, request, now_ms, &mut out);
@@ -669,6 +1191,32 @@ impl Echo {
         s.membership.role_of(&c.did)
     }
 
+    /// Tells a peer a document cannot be had now, and why.
+    fn missing(&mut self, conn: ConnId, doc_id: &str, m: Missing, out: &mut Vec<Action>) {
+        let message = match m {
+            Missing::NotHere => None,
+            Missing::Quarantined => {
+                *self.stats.refused.entry("quarantined").or_default() += 1;
+                Some(format!(
+                    "refused: {doc_id} is quarantined (its files on this KUBE do not load); an operator must restore it"
+                ))
+            }
+            Missing::Io(e) => {
+                tracing::error!(doc = doc_id, error = %e, "reading an ECHO document");
+                Some(format!(
+                    "refused: {doc_id} cannot be read on this KUBE now; try again later"
+                ))
+            }
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.syncs.remove(doc_id);
+        }
+        if let Some(message) = message {
+            self.send(conn, &Outgoing::Error { message: &message }, out);
+        }
+        self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
+    }
+
     fn sync_known(
         &mut self,
         conn: ConnId,
@@ -677,10 +1225,11 @@ impl Echo {
         now_ms: u64,
         out: &mut Vec<Action>,
     ) {
-        let Some(space_id) = self.docs.get(doc_id).map(|d| d.space.clone()) else {
+        let Some(space_id) = self.space_of(doc_id).map(str::to_owned) else {
             return;
         };
         let is_root = self.spaces.get(&space_id).map(|s| s.root.as_str()) == Some(doc_id);
+        // Access is decided before the document is read: a refusal costs no load.
         let Some(role) = self.role(conn, &space_id).or_else(|| {
             is_root
                 .then(|| self.admin_of_refused(conn, &space_id))
@@ -712,12 +1261,16 @@ impl Echo {
             self.strike(conn, "quota", &m, out);
             msg.changes = sync::ChunkList::empty();
         }
-        let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.docs.get_mut(doc_id)) else {
-            return;
-        };
-        if c.closed {
+        if self.conns.get(&conn).is_none_or(|c| c.closed) {
             return;
         }
+        if let Err(m) = self.ensure(doc_id) {
+            self.missing(conn, doc_id, m, out);
+            return;
+        }
+        let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.loaded.get_mut(doc_id)) else {
+            return;
+        };
         let state = c.syncs.entry(doc_id.to_owned()).or_default();
         let before = doc.am.get_heads();
         let result = if is_root && !msg.changes.is_empty() {
@@ -734,10 +1287,11 @@ impl Echo {
                     let old = space::read_root(&doc.am).unwrap_or_default();
                     let verdict = space::read_root(&copy)
                         .ok_or_else(|| "a root must stay a space root".to_owned())
-                        .and_then(|new| space::root_change(&old, &new));
-                    verdict.map(|_| {
+                        .and_then(|new| space::root_change(&old, &new).map(|_| new));
+                    verdict.map(|new| {
                         doc.am = copy;
                         *state = st;
+                        Some(new)
                     })
                 }
                 Err(e) => Err(e.to_string()),
@@ -745,21 +1299,22 @@ impl Echo {
         } else {
             doc.am
                 .receive_sync_message(state, msg)
+                .map(|()| None)
                 .map_err(|e| e.to_string())
         };
-        if let Err(e) = result {
-            let m = format!("refused: changes to {doc_id}: {e}");
-            self.strike(conn, "invalid", &m, out);
-            return;
-        }
+        let new_root = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let m = format!("refused: changes to {doc_id}: {e}");
+                self.strike(conn, "invalid", &m, out);
+                return;
+            }
+        };
         let changed = doc.am.get_heads() != before;
         if changed {
-            let grown = persist_since(doc, doc_id, &before, now_ms, self.limits.compact_bytes, out);
-            if let Some(s) = self.spaces.get_mut(&space_id) {
-                s.bytes = s.bytes.saturating_add_signed(grown);
-            }
+            self.persist_since(doc_id, &space_id, &before, now_ms, out);
             if is_root {
-                self.membership_changed(&space_id, now_ms, out);
+                self.membership_changed(&space_id, new_root, now_ms, out);
             }
             self.broadcast(doc_id, Some(conn), out);
         }
@@ -768,7 +1323,7 @@ impl Echo {
 
     /// Sends `conn` what it lacks of `doc_id`, if anything.
     fn reply(&mut self, conn: ConnId, doc_id: &str, out: &mut Vec<Action>) {
-        let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.docs.get(doc_id)) else {
+        let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.loaded.get(doc_id)) else {
             return;
         };
         if c.closed {
@@ -877,7 +1432,11 @@ impl Echo {
         };
         let did = c.did.clone();
         if let Some(root) = space::read_root(&p.am) {
-            let verdict = match self.listed.get(doc_id) {
+            let taken = self
+                .listed_by(doc_id)
+                .or_else(|| self.space_of(doc_id))
+                .map(str::to_owned);
+            let verdict = match taken {
                 Some(other) => Err((
                     "invalid",
                     format!("refused: {doc_id} is listed as an object of space {other}"),
@@ -885,12 +1444,12 @@ impl Echo {
                 None => self.judge_root(&did, &root, now_ms),
             };
             match verdict {
-                Ok(()) => self.promote(conn, doc_id, Some(root.space), now_ms, out),
+                Ok(()) => self.promote(conn, doc_id, Some(root), now_ms, out),
                 Err((reason, m)) => self.refuse_pending(conn, doc_id, reason, &m, out),
             }
             return;
         }
-        let Some(space_id) = self.listed.get(doc_id).cloned() else {
+        let Some(space_id) = self.listed_by(doc_id).map(str::to_owned) else {
             return; // not listed (yet): wait for the root, up to pending_secs
         };
         // The object names its space itself; one that names another is not this space's.
@@ -906,7 +1465,7 @@ impl Echo {
                 let (count, used) = self
                     .spaces
                     .get(&space_id)
-                    .map_or((0, 0), |s| (s.docs.len(), s.bytes));
+                    .map_or((0, 0), |s| (s.doc_count, s.bytes));
                 if used >= self.limits.max_space_bytes {
                     let m = format!(
                         "refused: space {space_id} holds {used} bytes, its quota (echo.max_space_bytes)"
@@ -931,7 +1490,6 @@ impl Echo {
             }
         }
     }
-
     /// Whether `did` may create the space `root` describes here.
     fn judge_root(
         &self,
@@ -982,12 +1540,13 @@ impl Echo {
         self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
     }
 
-    /// Makes a held document part of a space (a new one when `new_space`), durable first.
+    /// Makes a held document part of a space (a new one when `new_space` is its root),
+    /// durable first.
     fn promote(
         &mut self,
         conn: ConnId,
         doc_id: &str,
-        new_space: Option<String>,
+        new_space: Option<Root>,
         now_ms: u64,
         out: &mut Vec<Action>,
     ) {
@@ -999,9 +1558,9 @@ impl Echo {
             return;
         };
         let space_id = match &new_space {
-            Some(s) => s.clone(),
-            None => match self.listed.get(doc_id) {
-                Some(s) => s.clone(),
+            Some(r) => r.space.clone(),
+            None => match self.listed_by(doc_id) {
+                Some(s) => s.to_owned(),
                 None => return,
             },
         };
@@ -1009,18 +1568,19 @@ impl Echo {
         // its author and from a peer it already synced with); the first promoted is the
         // document, later ones merge into it. Replacing it would drop changes KUBE has
         // already acknowledged (the later copy may still be empty).
-        if new_space.is_none()
-            && let Some(doc) = self.docs.get_mut(doc_id)
-        {
+        if new_space.is_none() && self.space_of(doc_id).is_some() {
+            if let Err(m) = self.ensure(doc_id) {
+                self.missing(conn, doc_id, m, out);
+                return;
+            }
+            let Some(doc) = self.loaded.get_mut(doc_id) else {
+                return;
+            };
             let mut am = p.am;
             let before = doc.am.get_heads();
             let changed = doc.am.merge(&mut am).is_ok() && doc.am.get_heads() != before;
             if changed {
-                let grown =
-                    persist_since(doc, doc_id, &before, now_ms, self.limits.compact_bytes, out);
-                if let Some(s) = self.spaces.get_mut(&space_id) {
-                    s.bytes = s.bytes.saturating_add_signed(grown);
-                }
+                self.persist_since(doc_id, &space_id, &before, now_ms, out);
                 self.broadcast(doc_id, Some(conn), out);
             }
             if let Some(c) = self.conns.get_mut(&conn) {
@@ -1030,54 +1590,55 @@ impl Echo {
             self.reply(conn, doc_id, out);
             return;
         }
-        if let Some(s) = &new_space {
+        if new_space.is_some() {
             out.push(Action::Store(Write::NewSpace {
-                space: s.clone(),
+                space: space_id.clone(),
                 root: doc_id.to_owned(),
             }));
-            self.roots.insert(doc_id.to_owned(), s.clone());
-            self.spaces.insert(s.clone(), Space::new(doc_id.to_owned()));
+            self.add_space(&space_id, doc_id);
         }
+        let Some(ix) = self.spaces.get(&space_id).map(|s| s.ix) else {
+            return;
+        };
+        // A new document's first save starts its log: one file per document until the log
+        // outgrows `compact_bytes` and becomes a snapshot.
         let bytes = p.am.save();
-        let snapshot_bytes = bytes.len() as u64;
-        out.push(Action::Store(Write::Snapshot {
+        let len = bytes.len() as u64 + FRAME;
+        out.push(Action::Store(Write::Append {
             space: space_id.clone(),
             doc: doc_id.to_owned(),
-            bytes,
+            chunk: bytes,
         }));
-        self.docs.insert(
-            doc_id.to_owned(),
-            Doc {
-                space: space_id.clone(),
-                am: p.am,
-                snapshot_bytes,
-                log_bytes: 0,
-                last_change: now_ms / 1000,
-            },
-        );
-        if let Some(s) = self.spaces.get_mut(&space_id) {
-            s.docs.insert(doc_id.to_owned());
-            s.bytes += snapshot_bytes;
-        }
+        self.add_doc(ix, doc_id, [0, len], now_ms / 1000, new_space.is_some());
+        self.hold(doc_id, p.am);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.syncs.insert(doc_id.to_owned(), p.state);
         }
         if new_space.is_some() {
-            self.membership_changed(&space_id, now_ms, out);
+            self.membership_changed(&space_id, new_space, now_ms, out);
         }
         self.reply(conn, doc_id, out);
     }
 
-    /// After a root changed, a credential's time came or the policy changed: the space is
-    /// judged again, new members and revocations take effect on open connections, and held
-    /// documents the index now lists are decided.
-    fn membership_changed(&mut self, space_id: &str, now_ms: u64, out: &mut Vec<Action>) {
+    /// After a root changed (`root`: what it says now), a credential's time came or the
+    /// policy changed: the space is judged again, new members and revocations take effect
+    /// on open connections, and held documents the index now lists are decided.
+    fn membership_changed(
+        &mut self,
+        space_id: &str,
+        root: Option<Root>,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
         let before: HashMap<ConnId, bool> = self
             .conns
             .keys()
             .map(|id| (*id, self.role(*id, space_id).is_some()))
             .collect();
-        self.refresh_root(space_id, now_ms);
+        match root {
+            Some(r) => self.set_root(space_id, Some(r), now_ms),
+            None => self.judge(space_id, now_ms),
+        }
         let Some(space) = self.spaces.get(space_id) else {
             return;
         };
@@ -1087,10 +1648,7 @@ impl Echo {
             if c.closed {
                 continue;
             }
-            let uses_space = c
-                .syncs
-                .keys()
-                .any(|d| d == &space.root || space.docs.contains(d));
+            let uses_space = c.syncs.keys().any(|d| self.space_of(d) == Some(space_id));
             if before.get(id) == Some(&true)
                 && uses_space
                 && (space.refusal.is_some() || space.membership.role_of(&c.did).is_none())
@@ -1099,7 +1657,7 @@ impl Echo {
                 continue;
             }
             for d in c.pending.keys() {
-                if space.objects.contains_key(d) {
+                if self.listed_by(d) == Some(space_id) {
                     held.push((*id, d.clone()));
                 }
             }
@@ -1138,7 +1696,7 @@ impl Echo {
         else {
             return;
         };
-        let Some(space_id) = self.docs.get(doc_id).map(|d| d.space.clone()) else {
+        let Some(space_id) = self.space_of(doc_id).map(str::to_owned) else {
             return;
         };
         if self.role(conn, &space_id).is_none() {
@@ -1176,7 +1734,7 @@ impl Echo {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.membership_changed(&id, now_ms, &mut out);
+            self.membership_changed(&id, None, now_ms, &mut out);
         }
         let mut silent: Vec<ConnId> = self
             .conns
@@ -1215,22 +1773,61 @@ impl Echo {
         out
     }
 
+    /// Stores what document `id` (in memory) gained since `before`: appended to its log, or
+    /// folded into a new snapshot once the log outgrows `compact_bytes` and the snapshot.
+    fn persist_since(
+        &mut self,
+        id: &str,
+        space_id: &str,
+        before: &[automerge::ChangeHash],
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let (Some(doc), Some(e)) = (self.loaded.get_mut(id), self.ids.get_mut(id)) else {
+            return;
+        };
+        let chunk = doc.am.save_after(before);
+        let len = chunk.len() as u64;
+        let size = e.bytes();
+        e.last_change = small(now_ms / 1000);
+        if u64::from(e.log_bytes) + len >= self.limits.compact_bytes.max(e.snapshot_bytes.into()) {
+            let bytes = doc.am.save();
+            e.snapshot_bytes = small(bytes.len() as u64);
+            e.log_bytes = 0;
+            out.push(Action::Store(Write::Snapshot {
+                space: space_id.to_owned(),
+                doc: id.to_owned(),
+                bytes,
+            }));
+        } else {
+            e.log_bytes = small(u64::from(e.log_bytes) + len + FRAME);
+            out.push(Action::Store(Write::Append {
+                space: space_id.to_owned(),
+                doc: id.to_owned(),
+                chunk,
+            }));
+        }
+        let after = e.bytes();
+        let mem = estimate(after);
+        self.cached = self.cached - doc.mem + mem;
+        doc.mem = mem;
+        if let Some(s) = self.spaces.get_mut(space_id) {
+            s.bytes = (s.bytes + after).saturating_sub(size);
+            s.last_change = s.last_change.max(now_ms / 1000);
+            s.dirty = true;
+        }
+    }
+
     // ---- operators ----
 
     fn summary(&self, id: &str, s: &Space) -> SpaceSummary {
-        let docs = s.docs.iter().filter_map(|d| self.docs.get(d));
-        let (mut bytes, mut last) = (0, 0);
-        for d in docs {
-            bytes += d.snapshot_bytes + d.log_bytes;
-            last = last.max(d.last_change);
-        }
         SpaceSummary {
             space: id.to_owned(),
             root: s.root.clone(),
-            documents: s.docs.len(),
+            documents: s.doc_count,
             members: s.membership.roles.len(),
-            bytes,
-            last_change: last,
+            bytes: s.bytes,
+            last_change: s.last_change,
         }
     }
 
@@ -1239,6 +1836,39 @@ impl Echo {
             .iter()
             .map(|(id, s)| self.summary(id, s))
             .collect()
+    }
+
+    /// The documents with files in a space, in documentId order (a walk of every entry:
+    /// for operators, not for peers).
+    fn docs_of(&self, s: &Space) -> Vec<(&str, &Entry)> {
+        let mut docs: Vec<(&str, &Entry)> = self
+            .ids
+            .iter()
+            .filter(|(_, e)| e.space == s.ix && e.flags & PRESENT != 0)
+            .map(|(id, e)| (&**id, e))
+            .collect();
+        docs.sort_unstable_by_key(|(id, _)| *id);
+        docs
+    }
+
+    /// Runs `f` on a document, reading it for the occasion when it is not in memory (an
+    /// operator's walk does not displace the peers' documents).
+    fn with_doc<R>(&mut self, id: &str, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
+        if let Some(l) = self.loaded.get(id) {
+            return Some(f(&l.am));
+        }
+        let space = self.space_of(id)?.to_owned();
+        let stored = self.source.as_ref()?.read_doc(&space, id).ok()??;
+        self.stats.loads += 1;
+        match load_doc(&stored) {
+            Ok(am) => Some(f(&am)),
+            Err(why) => {
+                self.problems
+                    .push(format!("{space}/{id}: {why} (quarantined)"));
+                self.set_quarantined(id, &space, &why);
+                None
+            }
+        }
     }
 
     pub fn show(&self, space_id: &str) -> Option<SpaceDetail> {
@@ -1264,22 +1894,24 @@ impl Echo {
                 });
             }
         }
-        let documents = s
-            .docs
-            .iter()
-            .filter_map(|id| {
-                let d = self.docs.get(id)?;
-                let kind = if *id == s.root {
+        let documents = self
+            .docs_of(s)
+            .into_iter()
+            .filter(|(_, e)| e.flags & QUARANTINED == 0)
+            .map(|(id, e)| {
+                let kind = if e.flags & ROOT != 0 {
                     "space-root".to_owned()
+                } else if e.listing != 0 && e.listing == s.listing {
+                    self.kinds.get(e.kind as usize).cloned().unwrap_or_default()
                 } else {
-                    s.objects.get(id).cloned().unwrap_or_default()
+                    String::new()
                 };
-                Some(DocSummary {
-                    id: id.clone(),
+                DocSummary {
+                    id: id.to_owned(),
                     kind,
-                    bytes: d.snapshot_bytes + d.log_bytes,
-                    last_change: d.last_change,
-                })
+                    bytes: e.bytes(),
+                    last_change: e.last_change.into(),
+                }
             })
             .collect();
         let summary = self.summary(space_id, s);
@@ -1297,24 +1929,26 @@ impl Echo {
     /// The objects of a space of type `ty` whose props match every `prop=value`, as JSON
     /// (with their documentId under `id`).
     pub fn query(
-        &self,
+        &mut self,
         space_id: &str,
         ty: &str,
         wheres: &[(String, String)],
     ) -> Option<Vec<serde_json::Value>> {
         let s = self.spaces.get(space_id)?;
+        let ids: Vec<String> = self
+            .docs_of(s)
+            .into_iter()
+            .filter(|(_, e)| e.flags & (ROOT | QUARANTINED) == 0)
+            .map(|(id, _)| id.to_owned())
+            .collect();
         let mut found = Vec::new();
-        for id in &s.docs {
-            if *id == s.root {
-                continue;
-            }
-            let Some(d) = self.docs.get(id) else {
+        for id in ids {
+            let Some(mut v) = self.with_doc(&id, space::to_json) else {
                 continue;
             };
-            let mut v = space::to_json(&d.am);
             if space::matches(&v, ty, wheres) {
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("id".into(), id.clone().into());
+                    o.insert("id".into(), id.into());
                 }
                 found.push(v);
             }
@@ -1322,24 +1956,26 @@ impl Echo {
         Some(found)
     }
 
-    pub fn export(&self, space_id: &str) -> Option<Export> {
+    pub fn export(&mut self, space_id: &str) -> Option<Export> {
         use base64::Engine;
         let s = self.spaces.get(space_id)?;
-        let documents = s
-            .docs
-            .iter()
-            .filter_map(|id| {
-                let d = self.docs.get(id)?;
-                Some((
-                    id.clone(),
-                    base64::engine::general_purpose::STANDARD.encode(d.am.save()),
-                ))
-            })
+        let root = s.root.clone();
+        let ids: Vec<String> = self
+            .docs_of(s)
+            .into_iter()
+            .filter(|(_, e)| e.flags & QUARANTINED == 0)
+            .map(|(id, _)| id.to_owned())
             .collect();
+        let mut documents = BTreeMap::new();
+        for id in ids {
+            if let Some(bytes) = self.with_doc(&id, Automerge::save) {
+                documents.insert(id, base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+        }
         Some(Export {
             format: EXPORT_FORMAT.to_owned(),
             space: space_id.to_owned(),
-            root: s.root.clone(),
+            root,
             documents,
         })
     }
@@ -1351,11 +1987,23 @@ impl Echo {
         let Some(space) = self.spaces.remove(space_id) else {
             return;
         };
-        for d in &space.docs {
-            self.docs.remove(d);
+        let mut gone = 0;
+        self.ids.retain(|_, e| {
+            let keep = e.space != space.ix;
+            if !keep && e.flags & PRESENT != 0 && e.flags & QUARANTINED == 0 {
+                gone += 1;
+            }
+            keep
+        });
+        self.present -= gone;
+        let ids: Vec<Box<str>> = self.loaded.keys().cloned().collect();
+        for id in ids {
+            if !self.ids.contains_key(&id)
+                && let Some(l) = self.loaded.remove(&id)
+            {
+                self.cached -= l.mem;
+            }
         }
-        self.listed.retain(|_, s| s != space_id);
-        self.roots.remove(&space.root);
     }
 
     /// Brings an exported space in after checking it: the root is that space's, its
@@ -1382,7 +2030,11 @@ impl Echo {
                 .map_err(|err| ImportError::Document(id.clone(), err.to_string()))?;
             let am = Automerge::load(&bytes)
                 .map_err(|err| ImportError::Document(id.clone(), err.to_string()))?;
-            if self.docs.contains_key(id) || self.quarantined.contains_key(id) {
+            let here = self
+                .ids
+                .get(id.as_str())
+                .is_some_and(|e| e.flags & PRESENT != 0);
+            if here || self.quarantined.contains_key(id) {
                 return Err(ImportError::Document(id.clone(), "already here".into()));
             }
             docs.insert(id.clone(), am);
@@ -1397,43 +2049,50 @@ impl Echo {
                 return Err(ImportError::Unlisted(id.clone()));
             }
         }
-        let creds = root.credentials;
-        if let Decision::Refuse(r) =
-            halo::admission::decide(&self.policy, &self.kube, &e.space, &creds, clock(now_ms))
-        {
+        if let Decision::Refuse(r) = halo::admission::decide(
+            &self.policy,
+            &self.kube,
+            &e.space,
+            &root.credentials,
+            clock(now_ms),
+        ) {
             return Err(ImportError::NotAdmitted(r.to_string()));
         }
         let mut out = vec![Write::NewSpace {
             space: e.space.clone(),
             root: e.root.clone(),
         }];
-        let mut space = Space::new(e.root.clone());
+        let ix = self.add_space(&e.space, &e.root);
         for (id, am) in docs {
             let bytes = am.save();
-            space.docs.insert(id.clone());
-            space.bytes += bytes.len() as u64;
-            self.docs.insert(
-                id.clone(),
-                Doc {
-                    space: e.space.clone(),
-                    am,
-                    snapshot_bytes: bytes.len() as u64,
-                    log_bytes: 0,
-                    last_change: now_ms / 1000,
-                },
+            self.add_doc(
+                ix,
+                &id,
+                [bytes.len() as u64, 0],
+                now_ms / 1000,
+                id == e.root,
             );
+            self.hold(&id, am);
             out.push(Write::Snapshot {
                 space: e.space.clone(),
                 doc: id,
                 bytes,
             });
         }
-        self.roots.insert(e.root.clone(), e.space.clone());
-        self.spaces.insert(e.space.clone(), space);
-        self.refresh_root(&e.space, now_ms);
+        self.set_root(&e.space, Some(root), now_ms);
         Ok(out)
     }
+
+    /// A document in memory, read if it is not (tests).
+    #[cfg(test)]
+    fn am(&mut self, id: &str) -> &Automerge {
+        assert!(self.ensure(id).is_ok(), "{id} loads");
+        &self.loaded[id].am
+    }
 }
+
+/// Bytes a log frame adds to its chunk.
+const FRAME: u64 = 8;
 
 /// A document from its files: the snapshot, then every log chunk. Any failure (a damaged
 /// log, a snapshot or chunk Automerge refuses) is returned, for the document to be
@@ -1452,46 +2111,6 @@ fn load_doc(d: &crate::store::StoredDoc) -> Result<Automerge, String> {
             .map_err(|e| format!("log chunk {i}: {e}"))?;
     }
     Ok(am)
-}
-
-/// Stores what `doc` gained since `before` (see [`persist`]); returns how many bytes the
-/// document's files grew by (negative after a compaction).
-fn persist_since(
-    doc: &mut Doc,
-    id: &str,
-    before: &[automerge::ChangeHash],
-    now_ms: u64,
-    compact_bytes: u64,
-    out: &mut Vec<Action>,
-) -> i64 {
-    let chunk = doc.am.save_after(before);
-    doc.last_change = now_ms / 1000;
-    let size = doc.snapshot_bytes + doc.log_bytes;
-    persist(doc, id, chunk, compact_bytes, out);
-    (doc.snapshot_bytes + doc.log_bytes) as i64 - size as i64
-}
-
-/// Records new changes of `doc`: appended to its log, or folded into a new snapshot once
-/// the log outgrows `compact_bytes` and the snapshot.
-fn persist(doc: &mut Doc, id: &str, chunk: Vec<u8>, compact_bytes: u64, out: &mut Vec<Action>) {
-    let len = chunk.len() as u64;
-    if doc.log_bytes + len >= compact_bytes.max(doc.snapshot_bytes) {
-        let bytes = doc.am.save();
-        doc.snapshot_bytes = bytes.len() as u64;
-        doc.log_bytes = 0;
-        out.push(Action::Store(Write::Snapshot {
-            space: doc.space.clone(),
-            doc: id.to_owned(),
-            bytes,
-        }));
-    } else {
-        doc.log_bytes += len + 8;
-        out.push(Action::Store(Write::Append {
-            space: doc.space.clone(),
-            doc: id.to_owned(),
-            chunk,
-        }));
-    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,71 @@ pub struct StoredSpace {
     pub docs: BTreeMap<String, StoredDoc>,
 }
 
+/// The file of a space's index, beside its documents.
+pub const INDEX: &str = "index";
+pub const INDEX_FORMAT: &str = "kube-echo-index-1";
+
+/// What a space's root says and which documents it has, so that start, access control and
+/// `kube space list` need no document read (a cache: rebuilt from the root and the
+/// directory when it is missing or older than the root).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpaceIndex {
+    pub format: String,
+    pub space: String,
+    pub root: String,
+    /// Sizes of the root's snapshot and log when the index was written; an index whose
+    /// root has changed since is not used.
+    pub root_files: [u64; 2],
+    pub root_last_change: u64,
+    /// The root's credentials, each with whether its proof verified.
+    pub credentials: Vec<(halo::credential::Credential, bool)>,
+    /// Every object the root lists or the space holds.
+    pub docs: Vec<IndexedDoc>,
+}
+
+/// One document of a [`SpaceIndex`]: (documentId, type, listed by the root, has files,
+/// snapshot bytes, log bytes, last change in Unix seconds).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IndexedDoc(
+    pub String,
+    pub String,
+    pub bool,
+    pub bool,
+    pub u64,
+    pub u64,
+    pub u64,
+);
+
+/// A space as [`FileStore::scan`] finds it.
+#[derive(Clone, Debug)]
+pub struct ScannedSpace {
+    pub space: String,
+    pub root: String,
+    pub found: Scanned,
+}
+
+#[derive(Clone, Debug)]
+pub enum Scanned {
+    /// A current index.
+    Indexed(SpaceIndex),
+    /// No usable index: the root's files, and documentId → [snapshot, log] file sizes.
+    Rebuild {
+        root: StoredDoc,
+        docs: BTreeMap<String, [u64; 2]>,
+    },
+}
+
+/// Where ECHO reads a document it does not hold in memory.
+pub trait Source: Send + Sync {
+    fn read_doc(&self, space: &str, doc: &str) -> Result<Option<StoredDoc>, StoreError>;
+}
+
+impl Source for FileStore {
+    fn read_doc(&self, space: &str, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
+        FileStore::read_doc(self, space, doc)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
@@ -136,6 +201,121 @@ impl FileStore {
             out.push(StoredSpace { space, root, docs });
         }
         Ok(out)
+    }
+
+    /// One document's files (a torn last log frame cut off, as in [`FileStore::load`]);
+    /// `None` when it has none.
+    pub fn read_doc(&self, space: &str, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
+        let dir = self.space_dir(space);
+        let mut d = StoredDoc::default();
+        let snap = dir.join(format!("{doc}.snapshot"));
+        let mut found = false;
+        match fs::read(&snap) {
+            Ok(bytes) => {
+                found = true;
+                d.size += bytes.len() as u64;
+                d.snapshot = bytes;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&snap)(e)),
+        }
+        let log = dir.join(format!("{doc}.log"));
+        if log.exists() {
+            found = true;
+            let read = read_log(&log)?;
+            d.size += read.size;
+            d.log = read.chunks;
+            d.corrupt = read.corrupt;
+        }
+        Ok(found.then_some(d))
+    }
+
+    /// What start needs of every space, without reading its documents: the space's index
+    /// when it is current (written by [`FileStore::write_index`] and its root's files have
+    /// not changed since), or else its root's files and the sizes of its documents' files
+    /// for ECHO to rebuild the index from (after a crash, or from a data dir older than
+    /// indexes). Stale `.tmp` files are removed on the way.
+    pub fn scan(&self) -> Result<Vec<ScannedSpace>, StoreError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.spaces).map_err(io(&self.spaces))?;
+        for entry in entries {
+            let entry = entry.map_err(io(&self.spaces))?;
+            let dir = entry.path();
+            let Some(space) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let root_file = dir.join("root");
+            let root = match fs::read_to_string(&root_file) {
+                Ok(r) => r.trim().to_owned(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(io(&root_file)(e)),
+            };
+            let size = |name: String| -> Result<u64, StoreError> {
+                let p = dir.join(name);
+                match fs::metadata(&p) {
+                    Ok(m) => Ok(m.len()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(io(&p)(e)),
+                }
+            };
+            let root_files = [
+                size(format!("{root}.snapshot"))?,
+                size(format!("{root}.log"))?,
+            ];
+            let index = fs::read(dir.join(INDEX))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SpaceIndex>(&b).ok())
+                .filter(|i| {
+                    i.format == INDEX_FORMAT
+                        && i.space == space
+                        && i.root == root
+                        && i.root_files == root_files
+                });
+            let found = match index {
+                Some(index) => Scanned::Indexed(index),
+                None => {
+                    let root_doc = self.read_doc(&space, &root)?.unwrap_or_default();
+                    let mut docs: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+                    for f in fs::read_dir(&dir).map_err(io(&dir))? {
+                        let f = f.map_err(io(&dir))?;
+                        let path = f.path();
+                        let name = f.file_name().to_string_lossy().into_owned();
+                        let (doc, i) = if name.ends_with(".tmp") {
+                            fs::remove_file(&path).map_err(io(&path))?;
+                            continue;
+                        } else if let Some(doc) = name.strip_suffix(".snapshot") {
+                            (doc, 0)
+                        } else if let Some(doc) = name.strip_suffix(".log") {
+                            (doc, 1)
+                        } else {
+                            continue;
+                        };
+                        let len = f.metadata().map_err(io(&path))?.len();
+                        docs.entry(doc.to_owned()).or_default()[i] = len;
+                    }
+                    Scanned::Rebuild {
+                        root: root_doc,
+                        docs,
+                    }
+                }
+            };
+            out.push(ScannedSpace { space, root, found });
+        }
+        Ok(out)
+    }
+
+    /// Replaces a space's index (a cache of what its root and its documents' files say:
+    /// not fsynced, since [`FileStore::scan`] rebuilds an index that is missing, torn or
+    /// older than its root).
+    pub fn write_index(&self, index: &SpaceIndex) -> Result<(), StoreError> {
+        let dir = self.space_dir(&index.space);
+        let tmp = dir.join(format!("{INDEX}.tmp"));
+        let bytes = serde_json::to_vec(index)
+            .map_err(|e| io(&tmp)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        let path = dir.join(INDEX);
+        fs::rename(&tmp, &path).map_err(io(&path))
     }
 
     /// Makes a batch durable: when this returns `Ok`, every write survives a crash.

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub echo_refused: IntCounterVec,
     pub echo_storage_bytes: IntGauge,
     pub echo_quarantined: IntGauge,
+    pub echo_cache_bytes: IntGauge,
+    pub echo_cache_documents: IntGauge,
+    pub echo_loads: IntCounter,
+    pub echo_evictions: IntCounter,
     pub echo_sync_lag: prometheus::Histogram,
 }
 
@@ -194,7 +198,7 @@ impl Metrics {
             IntGauge::new("kube_echo_spaces", "Spaces ECHO replicates.").expect("valid metric");
         let echo_documents = IntGauge::new(
             "kube_echo_documents",
-            "Documents ECHO holds (roots and objects).",
+            "Documents ECHO holds (roots and objects), in memory or not.",
         )
         .expect("valid metric");
         let echo_peers = IntGauge::new("kube_echo_peers", "Authenticated ECHO connections.")
@@ -231,6 +235,26 @@ impl Metrics {
         let echo_quarantined = IntGauge::new(
             "kube_echo_quarantined_documents",
             "ECHO documents whose files do not load: served and written by nobody until restored.",
+        )
+        .expect("valid metric");
+        let echo_cache_bytes = IntGauge::new(
+            "kube_echo_cache_bytes",
+            "Estimated memory of the ECHO documents held in memory (kept under echo.cache_bytes).",
+        )
+        .expect("valid metric");
+        let echo_cache_documents = IntGauge::new(
+            "kube_echo_cache_documents",
+            "ECHO documents held in memory.",
+        )
+        .expect("valid metric");
+        let echo_loads = IntCounter::new(
+            "kube_echo_document_loads_total",
+            "ECHO documents read from disk (on demand).",
+        )
+        .expect("valid metric");
+        let echo_evictions = IntCounter::new(
+            "kube_echo_document_evictions_total",
+            "ECHO documents let go from memory under echo.cache_bytes.",
         )
         .expect("valid metric");
         let echo_sync_lag = prometheus::Histogram::with_opts(
@@ -332,6 +356,10 @@ impl Metrics {
             Box::new(echo_refused.clone()),
             Box::new(echo_storage_bytes.clone()),
             Box::new(echo_quarantined.clone()),
+            Box::new(echo_cache_bytes.clone()),
+            Box::new(echo_cache_documents.clone()),
+            Box::new(echo_loads.clone()),
+            Box::new(echo_evictions.clone()),
             Box::new(echo_sync_lag.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -408,6 +436,10 @@ impl Metrics {
             echo_refused,
             echo_storage_bytes,
             echo_quarantined,
+            echo_cache_bytes,
+            echo_cache_documents,
+            echo_loads,
+            echo_evictions,
             echo_sync_lag,
         }
     }

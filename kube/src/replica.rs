@@ -30,6 +30,8 @@ const BATCH: usize = 512;
 /// Frames queued to one connection before it counts as not reading (and is closed).
 const QUEUE: usize = 4096;
 const PING: Duration = Duration::from_secs(20);
+/// How often changed spaces' indexes are written (and at stop).
+const INDEX_EVERY: Duration = Duration::from_secs(5);
 
 enum Event {
     Connect {
@@ -74,6 +76,9 @@ pub struct EchoStatus {
     pub documents: usize,
     pub peers: usize,
     pub storage_bytes: u64,
+    /// Documents held in memory, and their estimated bytes (`echo.cache_bytes`).
+    pub cached_documents: usize,
+    pub cache_bytes: usize,
     pub quarantined: Vec<Quarantined>,
 }
 
@@ -304,6 +309,7 @@ fn limits(e: &config::Echo) -> Limits {
         max_pending_docs: e.max_pending_docs,
         pending_secs: e.pending_secs,
         strikes: e.strikes,
+        cache_bytes: e.cache_bytes,
         ..Limits::default()
     }
 }
@@ -364,11 +370,18 @@ impl Service for EchoService {
             let policy = crate::identity::admission_policy(&e.admit);
             let limits = limits(&e);
             tokio::task::spawn_blocking(move || -> Result<_, echo::store::StoreError> {
-                let store = FileStore::open(&dir)?;
+                // Start reads each space's index (or, when it is missing or behind its
+                // root, the root and the directory), never the documents: they are read
+                // when a peer asks for them.
+                let store = Arc::new(FileStore::open(&dir)?);
                 let mut echo = Echo::new(did, policy, limits);
+                echo.set_source(store.clone());
                 let mut problems = Vec::new();
-                for space in store.load()? {
-                    problems.extend(echo.load(space, echo::unix_now_ms()));
+                for space in store.scan()? {
+                    problems.extend(echo.open(space, echo::unix_now_ms()));
+                }
+                for index in echo.take_indexes() {
+                    store.write_index(&index)?;
                 }
                 Ok((store, echo, problems))
             })
@@ -385,7 +398,6 @@ impl Service for EchoService {
         let (events, rx) = mpsc::channel(8192);
         let cancel = CancellationToken::new();
         let mut tasks = Tasks::new("echo", cancel.clone());
-        let store = Arc::new(store);
         // The peer runs on a thread of its own: parsing and merging a peer's Automerge data
         // costs CPU, and must not take a worker from HTTPS, DNS or TURN.
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -438,12 +450,16 @@ async fn run(
     let mut failed = false;
     update_gauges(&echo, &store, &metrics, true).await;
     let mut disk_at = Instant::now();
+    let mut indexed_at = Instant::now();
     loop {
         let mut batch = Vec::new();
         tokio::select! {
             _ = cancel.cancelled() => {
                 for outbox in conns.values() {
                     outbox.close();
+                }
+                if !failed {
+                    write_indexes(&mut echo, &store);
                 }
                 // KUBE is stopping, and everything acknowledged is on disk. Freeing every
                 // document one allocation at a time cost 2 s of a stop at 100,000 documents
@@ -562,6 +578,15 @@ async fn run(
         if let (true, Some(at)) = (wrote, oldest) {
             metrics.echo_sync_lag.observe(at.elapsed().as_secs_f64());
         }
+        // Every write of the batch is durable: documents let go now read back with them.
+        echo.evict();
+        for p in echo.take_problems() {
+            tracing::error!(problem = %p, "an ECHO document on disk does not load; it is left as it is");
+        }
+        if indexed_at.elapsed() > INDEX_EVERY {
+            indexed_at = Instant::now();
+            write_indexes(&mut echo, &store);
+        }
         publish(&echo, &mut published, &metrics);
         let disk = wrote && disk_at.elapsed() > Duration::from_secs(5);
         if disk {
@@ -571,10 +596,23 @@ async fn run(
     }
 }
 
+/// Writes the indexes of the spaces changed since the last time (a cache: a failure is
+/// logged, and the next start rebuilds what is missing).
+fn write_indexes(echo: &mut Echo, store: &FileStore) {
+    for index in echo.take_indexes() {
+        if let Err(e) = store.write_index(&index) {
+            tracing::warn!(error = %e, "writing an ECHO space index");
+        }
+    }
+}
+
 async fn update_gauges(echo: &Echo, store: &Arc<FileStore>, metrics: &Metrics, disk: bool) {
     metrics.echo_spaces.set(echo.space_count() as i64);
     metrics.echo_documents.set(echo.doc_count() as i64);
     metrics.echo_peers.set(echo.peers() as i64);
+    let (held, bytes) = echo.cache();
+    metrics.echo_cache_documents.set(held as i64);
+    metrics.echo_cache_bytes.set(bytes as i64);
     metrics
         .echo_quarantined
         .set(echo.quarantined_count() as i64);
@@ -599,6 +637,8 @@ fn publish(echo: &Echo, last: &mut echo::repo::Stats, metrics: &Metrics) {
         .inc_by(s.bytes_in - last.bytes_in);
     b.with_label_values(&["out"])
         .inc_by(s.bytes_out - last.bytes_out);
+    metrics.echo_loads.inc_by(s.loads - last.loads);
+    metrics.echo_evictions.inc_by(s.evictions - last.evictions);
     for (reason, n) in &s.refused {
         let before = last.refused.get(reason).copied().unwrap_or(0);
         metrics
@@ -656,6 +696,8 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
                 documents: echo.doc_count(),
                 peers: echo.peers(),
                 storage_bytes: store.disk_bytes(),
+                cached_documents: echo.cache().0,
+                cache_bytes: echo.cache().1,
                 quarantined: echo
                     .quarantined()
                     .into_iter()

@@ -453,41 +453,57 @@ async fn spaces_sync_with_access_control_and_operator_commands() {
     assert_eq!(status["echo"]["spaces"], 1);
 }
 
-/// 100 rounds of: a change acknowledged by KUBE, `kill -9`, restart on the same data dir,
-/// and a fresh peer finding every acknowledged change (across log appends and compactions).
+/// 100 rounds of: two changes acknowledged by KUBE, `kill -9`, restart on the same data
+/// dir, and a fresh peer finding every acknowledged change (across log appends and
+/// compactions). `echo.cache_bytes` is 1, so KUBE lets the document go after every batch:
+/// the second change of each round lands on a document read back from disk after the
+/// first, and no index is ever current after a `kill -9`.
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_changes_survive_kill_9() {
     const ROUNDS: usize = 100;
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    let mut kube = Kube::start_with(Opts {
+    let opts = || Opts {
         data_dir: Some(data_dir.clone()),
+        env: vec![("KUBE_ECHO_CACHE_BYTES".into(), "1".into())],
         ..Opts::default()
-    })
-    .unwrap();
+    };
+    let mut kube = Kube::start_with(opts()).unwrap();
     let did = kube_did(&kube).await;
     let (_space, mut root) = space_root(&did);
     let started = Instant::now();
     for round in 0..ROUNDS {
         let mut alice = Peer::connect(&kube, &did, &key(1), &format!("alice-{round}")).await;
         // About 2 KiB a round, so the log is compacted into snapshots several times.
+        let mut state = sync::State::new();
         set(&mut root, &format!("k{round}"), &format!("v{round}"));
-        set(&mut root, &format!("pad{round}"), &"x".repeat(2048));
         assert!(
-            alice
-                .sync(ROOT_ID, &mut root, &mut sync::State::new())
-                .await,
+            alice.sync(ROOT_ID, &mut root, &mut state).await,
             "round {round}: not acknowledged: {:?}",
             alice.errors
         );
+        set(&mut root, &format!("pad{round}"), &"x".repeat(2048));
+        assert!(
+            alice.sync(ROOT_ID, &mut root, &mut state).await,
+            "round {round}: second change not acknowledged: {:?}",
+            alice.errors
+        );
+        if round == 0 {
+            let m = kube.metrics().await;
+            let loads = m
+                .lines()
+                .find_map(|l| l.strip_prefix("kube_echo_document_loads_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            assert!(
+                loads.is_some_and(|n| n >= 1),
+                "read back from disk: {loads:?}"
+            );
+        }
         // Killed right after the acknowledgement, with the socket still open.
         kube.kill();
         drop(alice);
-        kube = Kube::start_with(Opts {
-            data_dir: Some(data_dir.clone()),
-            ..Opts::default()
-        })
-        .unwrap_or_else(|log| panic!("round {round}: restart failed:\n{log}"));
+        kube = Kube::start_with(opts())
+            .unwrap_or_else(|log| panic!("round {round}: restart failed:\n{log}"));
         let mut check = Peer::connect(&kube, &did, &key(1), &format!("check-{round}")).await;
         let mut copy = Automerge::new();
         check

@@ -304,7 +304,8 @@ fn an_admin_brings_a_space_and_kube_keeps_it_durable_first() {
     assert_durable_first(&a);
     assert!(
         a.iter()
-            .any(|a| matches!(a, Action::Store(Write::Snapshot { doc, .. }) if doc == OBJ_ID))
+            .any(|a| matches!(a, Action::Store(Write::Append { doc, .. }) if doc == OBJ_ID)),
+        "a new document's first save starts its log"
     );
     assert_eq!(e.doc_count(), 2);
     let show = e.show(&w.space).unwrap();
@@ -355,7 +356,7 @@ fn a_document_held_by_two_connections_keeps_what_either_brought() {
     list_object(alice.doc(ROOT_ID), OBJ_ID);
     alice.sync(&mut e, ROOT_ID);
     let heads = alice.doc(OBJ_ID).get_heads();
-    assert_eq!(e.docs[OBJ_ID].am.get_heads(), heads, "the content stays");
+    assert_eq!(e.am(OBJ_ID).get_heads(), heads, "the content stays");
     // And Bob, syncing on, ends level with it.
     bob.sync(&mut e, OBJ_ID);
     assert_eq!(bob.doc(OBJ_ID).get_heads(), heads);
@@ -395,7 +396,7 @@ fn members_read_non_members_see_nothing_readers_cannot_write() {
     let mut d = Client::join(&mut e, 4, &dave);
     d.sync(&mut e, ROOT_ID);
     assert_eq!(get(d.doc(ROOT_ID), "kube").as_deref(), Some("space"));
-    let heads = e.docs[ROOT_ID].am.get_heads();
+    let heads = e.am(ROOT_ID).get_heads();
     set(d.doc(ROOT_ID), "graffiti", "x");
     let a = d.sync(&mut e, ROOT_ID);
     assert!(
@@ -407,7 +408,7 @@ fn members_read_non_members_see_nothing_readers_cannot_write() {
         !a.iter().any(|a| matches!(a, Action::Store(_))),
         "never stored"
     );
-    assert_eq!(e.docs[ROOT_ID].am.get_heads(), heads, "never applied");
+    assert_eq!(e.am(ROOT_ID).get_heads(), heads, "never applied");
     deliver(&a, &mut [&mut b]);
     assert_eq!(get(b.doc(ROOT_ID), "graffiti"), None, "never forwarded");
 
@@ -454,7 +455,7 @@ fn a_revocation_cuts_the_member_off_on_the_open_connection() {
 fn a_root_cannot_lose_credentials_or_be_replaced() {
     let (mut e, w, mut alice) = set_up();
     let id = w.creds[0].id.clone();
-    let before = e.docs[ROOT_ID].am.get_heads();
+    let before = e.am(ROOT_ID).get_heads();
     {
         let doc = alice.doc(ROOT_ID);
         let mut tx = doc.transaction();
@@ -469,7 +470,7 @@ fn a_root_cannot_lose_credentials_or_be_replaced() {
             .iter()
             .any(|m| m.contains("may not be removed"))
     );
-    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+    assert_eq!(e.am(ROOT_ID).get_heads(), before);
     // A second root for the same space is refused.
     let mut other = Client::join(&mut e, 8, &w.admin);
     *other.doc("SecondRootSecondRoot") = root_doc(&w, &w.creds);
@@ -490,7 +491,7 @@ fn a_root_cannot_lose_credentials_or_be_replaced() {
 fn a_root_change_held_for_a_missing_dependency_is_judged_when_it_applies() {
     let (mut e, w, mut alice) = set_up();
     let id = w.creds[0].id.clone();
-    let before = e.docs[ROOT_ID].am.get_heads();
+    let before = e.am(ROOT_ID).get_heads();
     let doc = alice.doc(ROOT_ID);
     let mut tx = doc.transaction();
     let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
@@ -513,7 +514,7 @@ fn a_root_change_held_for_a_missing_dependency_is_judged_when_it_applies() {
     };
     // c2 alone (it drops a credential, but waits for c1): nothing changes.
     send(&mut alice, &mut e, c2);
-    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+    assert_eq!(e.am(ROOT_ID).get_heads(), before);
     // c1 alone, harmless, releases c2: the message is judged with c2 and refused.
     send(&mut alice, &mut e, c1);
     assert!(
@@ -524,8 +525,8 @@ fn a_root_change_held_for_a_missing_dependency_is_judged_when_it_applies() {
         "{:?}",
         alice.errors
     );
-    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
-    let root = space::read_root(&e.docs[ROOT_ID].am).unwrap();
+    assert_eq!(e.am(ROOT_ID).get_heads(), before);
+    let root = space::read_root(e.am(ROOT_ID)).unwrap();
     assert!(root.entries.contains_key(&id));
 }
 
@@ -653,10 +654,10 @@ proptest! {
         let got_content = !p.doc(ROOT_ID).get_heads().is_empty();
         prop_assert_eq!(got_content, role.is_some());
         if role.is_some() {
-            let before = e.docs[ROOT_ID].am.get_heads();
+            let before = e.am(ROOT_ID).get_heads();
             set(p.doc(ROOT_ID), "note", "hello");
             p.sync(&mut e, ROOT_ID);
-            let kept = e.docs[ROOT_ID].am.get_heads() != before;
+            let kept = e.am(ROOT_ID).get_heads() != before;
             prop_assert_eq!(kept, role >= Some(Role::Replicator));
         }
     }
@@ -780,8 +781,8 @@ fn logs_are_compacted_into_snapshots_that_load_back() {
     for s in store.load().unwrap() {
         assert!(fresh.load(s, NOW).is_empty());
     }
-    let reloaded = &fresh.docs[ROOT_ID].am;
-    assert_eq!(reloaded.get_heads(), e.docs[ROOT_ID].am.get_heads());
+    let reloaded = fresh.am(ROOT_ID);
+    assert_eq!(reloaded.get_heads(), e.am(ROOT_ID).get_heads());
     assert_eq!(get(reloaded, "k199").map(|v| v.len()), Some(1024));
 }
 
@@ -811,18 +812,14 @@ fn an_editor_cannot_brick_a_space_with_a_forged_copy_of_the_genesis() {
     alice.sync(&mut e, ROOT_ID);
     let mut b = Client::join(&mut e, 2, &bob);
     b.sync(&mut e, ROOT_ID);
-    let before = e.docs[ROOT_ID].am.get_heads();
+    let before = e.am(ROOT_ID).get_heads();
     // Under a key that sorts after the real entry, and under one that sorts before it.
     for k in [format!("{}z", w.creds[0].id), "0".to_owned()] {
         let mut doc = b.doc(ROOT_ID).clone();
         put_entry(&mut doc, &k, &forged(&w.creds[0]));
         *b.doc(ROOT_ID) = doc;
         b.sync(&mut e, ROOT_ID);
-        assert_eq!(
-            e.docs[ROOT_ID].am.get_heads(),
-            before,
-            "refused at the door"
-        );
+        assert_eq!(e.am(ROOT_ID).get_heads(), before, "refused at the door");
         assert!(
             b.errors.iter().any(|m| m.starts_with("refused:")),
             "{:?}",
@@ -842,7 +839,7 @@ fn an_editor_cannot_brick_a_space_with_a_forged_copy_of_the_genesis() {
     alice.errors.clear();
     alice.sync(&mut e, ROOT_ID);
     assert!(alice.errors.iter().any(|m| m.starts_with("refused:")));
-    assert_eq!(e.docs[ROOT_ID].am.get_heads(), before);
+    assert_eq!(e.am(ROOT_ID).get_heads(), before);
 }
 
 #[test]
@@ -881,7 +878,7 @@ fn a_forged_copy_cannot_hide_a_revocation() {
 
     // A root that already holds such an entry (written before this rule, or imported)
     // still counts the real revocation and the real genesis.
-    let mut json = space::to_json(&e.docs[ROOT_ID].am);
+    let mut json = space::to_json(e.am(ROOT_ID));
     let creds = json["credentials"].as_object_mut().unwrap();
     creds.insert(format!("{}~", revoke.id), forged(&revoke).into());
     creds.insert(format!("{}~", w.creds[0].id), forged(&w.creds[0]).into());
@@ -1047,8 +1044,8 @@ fn an_id_another_space_listed_first_cannot_be_taken_over() {
     );
     set(alice.doc(OBJ_ID), "title", "alice's");
     alice.sync(&mut e, OBJ_ID);
-    assert_eq!(e.docs[OBJ_ID].space, w.space);
-    assert_eq!(get(&e.docs[OBJ_ID].am, "title").as_deref(), Some("alice's"));
+    assert_eq!(e.space_of(OBJ_ID).unwrap(), w.space);
+    assert_eq!(get(e.am(OBJ_ID), "title").as_deref(), Some("alice's"));
 }
 
 #[test]
@@ -1056,7 +1053,7 @@ fn a_space_root_cannot_be_listed_as_another_spaces_object() {
     let (mut e, _w, _alice) = set_up();
     let mroot = "MxyRootMxyRootMxyRoot123";
     let _m = mallorys_space(&mut e, 2, mroot, &[ROOT_ID]);
-    assert_eq!(e.listed.get(ROOT_ID), None, "a root is nobody's object");
+    assert_eq!(e.listed_by(ROOT_ID), None, "a root is nobody's object");
     // Nor can an id another space lists become a new space's root.
     let mut e = echo();
     let w = world();
@@ -1080,7 +1077,7 @@ fn a_document_that_does_not_load_is_quarantined_and_never_overwritten() {
     list_object(alice.doc(ROOT_ID), OBJ_ID);
     alice.sync(&mut e, OBJ_ID);
     alice.sync(&mut e, ROOT_ID);
-    assert!(e.docs.contains_key(OBJ_ID));
+    assert!(e.space_of(OBJ_ID).is_some());
     for damage in ["snapshot", "log"] {
         let mut stored = StoredSpace {
             space: w.space.clone(),
@@ -1090,7 +1087,7 @@ fn a_document_that_does_not_load_is_quarantined_and_never_overwritten() {
         stored.docs.insert(
             ROOT_ID.into(),
             StoredDoc {
-                snapshot: e.docs[ROOT_ID].am.save(),
+                snapshot: e.am(ROOT_ID).save(),
                 ..StoredDoc::default()
             },
         );
@@ -1101,7 +1098,7 @@ fn a_document_that_does_not_load_is_quarantined_and_never_overwritten() {
             }
         } else {
             StoredDoc {
-                snapshot: e.docs[OBJ_ID].am.save(),
+                snapshot: e.am(OBJ_ID).save(),
                 corrupt: Some("the log frame at byte 13 is damaged".into()),
                 ..StoredDoc::default()
             }
@@ -1265,4 +1262,214 @@ fn a_document_taken_out_of_service_after_a_panic_is_never_written() {
     assert!(!a.iter().any(|a| matches!(a, Action::Store(_))));
     assert!(alice.errors.iter().any(|m| m.contains("quarantined")));
     assert_eq!(e.show(&w.space).unwrap().documents.len(), 1);
+}
+
+// ---- documents on demand (issue 19) ----
+
+fn obj(i: usize) -> String {
+    format!("Doc{}", i.to_string().replace('0', "z"))
+}
+
+fn apply(store: &crate::store::FileStore, actions: &[Action]) {
+    let writes: Vec<Write> = actions.iter().filter_map(Action::store).cloned().collect();
+    store.apply(&writes).unwrap();
+}
+
+fn flush(e: &mut Echo, store: &crate::store::FileStore) {
+    for i in e.take_indexes() {
+        store.write_index(&i).unwrap();
+    }
+}
+
+/// A space of `n` objects written through `alice` to a store, and ECHO over that store.
+fn stored_space(
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<crate::store::FileStore>,
+    World,
+    Echo,
+    Client,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(crate::store::FileStore::open(tmp.path()).unwrap());
+    let mut e = echo();
+    e.set_source(store.clone());
+    let w = world();
+    let mut alice = Client::join(&mut e, 1, &w.admin);
+    *alice.doc(ROOT_ID) = root_doc(&w, &w.creds);
+    let a = alice.sync(&mut e, ROOT_ID);
+    apply(&store, &a);
+    for i in 0..n {
+        let id = obj(i);
+        list_object(alice.doc(ROOT_ID), &id);
+        set(alice.doc(&id), "title", &format!("task {i}"));
+        let a = alice.sync(&mut e, &id);
+        apply(&store, &a);
+        let a = alice.sync(&mut e, ROOT_ID);
+        apply(&store, &a);
+    }
+    assert!(alice.errors.is_empty(), "{:?}", alice.errors);
+    (tmp, store, w, e, alice)
+}
+
+fn reopen(store: &std::sync::Arc<crate::store::FileStore>, limits: Limits) -> (Echo, Vec<String>) {
+    let mut e = Echo::new(halo::did(&key(9)), Admit::Any, limits);
+    e.set_source(store.clone());
+    let mut problems = Vec::new();
+    for s in store.scan().unwrap() {
+        problems.extend(e.open(s, NOW));
+    }
+    (e, problems)
+}
+
+/// Fetches `id` as a fresh client would (a request, then the exchange).
+fn fetch(e: &mut Echo, c: &mut Client, id: &str) -> Option<String> {
+    c.docs.remove(id);
+    c.sync(e, id);
+    c.docs.get(id).and_then(|(am, _)| get(am, "title"))
+}
+
+#[test]
+fn documents_are_read_when_asked_for_and_let_go_under_the_budget() {
+    let (_tmp, store, w, mut e, _alice) = stored_space(40);
+    flush(&mut e, &store);
+    let scanned = store.scan().unwrap();
+    assert!(
+        matches!(scanned[0].found, Scanned::Indexed(_)),
+        "a current index is used"
+    );
+    let budget = 6 * estimate(200);
+    let limits = Limits {
+        cache_bytes: budget,
+        ..Limits::default()
+    };
+    let (mut e, problems) = reopen(&store, limits);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(e.cache().0, 0, "nothing read on start");
+    assert_eq!((e.doc_count(), e.stats.loads), (41, 0));
+    let summary = &e.list()[0];
+    assert_eq!(summary.documents, 41);
+    assert!(summary.bytes > 0);
+    assert_eq!(e.show(&w.space).unwrap().documents.len(), 41);
+
+    // A non-member's requests, and a non-member's changes, read nothing.
+    let mut mallory = Client::join(&mut e, 7, &key(7));
+    assert_eq!(fetch(&mut e, &mut mallory, &obj(3)), None);
+    set(mallory.doc(&obj(4)), "title", "mine");
+    mallory.sync(&mut e, &obj(4));
+    assert_eq!(fetch(&mut e, &mut mallory, ROOT_ID), None);
+    assert_eq!(e.stats.loads, 0, "a refusal costs no document read");
+    assert!(mallory.unavailable.contains(&obj(3)));
+
+    // A member's fetch reads that document only.
+    let mut alice = Client::join(&mut e, 2, &w.admin);
+    assert_eq!(
+        fetch(&mut e, &mut alice, &obj(3)).as_deref(),
+        Some("task 3")
+    );
+    assert_eq!(e.stats.loads, 1);
+
+    // A walk of everything stays within the budget after each batch.
+    for i in 0..40 {
+        assert_eq!(
+            fetch(&mut e, &mut alice, &obj(i)).as_deref(),
+            Some(format!("task {i}").as_str())
+        );
+        e.evict();
+        assert!(e.cache().1 <= budget, "{} > {budget}", e.cache().1);
+    }
+    assert!(e.stats.evictions > 20, "{} evictions", e.stats.evictions);
+
+    // A document let go between two acknowledged changes keeps both.
+    let id = obj(5);
+    for title in ["one", "two"] {
+        set(alice.doc(&id), "title", title);
+        let a = alice.sync(&mut e, &id);
+        assert_durable_first(&a);
+        assert!(
+            a.iter().any(|a| a.store().is_some()),
+            "acknowledged after a write"
+        );
+        apply(&store, &a);
+        let others: Vec<String> = (10..30).map(obj).collect();
+        for o in &others {
+            fetch(&mut e, &mut alice, o);
+        }
+        e.evict();
+        assert!(!e.loaded.contains_key(id.as_str()), "let go");
+    }
+    let (mut again, _) = reopen(&store, Limits::default());
+    let mut bob = Client::join(&mut again, 3, &w.admin);
+    assert_eq!(fetch(&mut again, &mut bob, &id).as_deref(), Some("two"));
+}
+
+#[test]
+fn an_index_behind_its_root_is_rebuilt_and_unknown_files_are_found() {
+    let (_tmp, store, w, mut e, mut alice) = stored_space(5);
+    // No index written at all (a crash, or a data dir from before indexes): rebuilt.
+    assert!(matches!(
+        store.scan().unwrap()[0].found,
+        Scanned::Rebuild { .. }
+    ));
+    let (mut e2, problems) = reopen(&store, Limits::default());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(e2.doc_count(), 6);
+    let mut bob = Client::join(&mut e2, 2, &w.admin);
+    assert_eq!(fetch(&mut e2, &mut bob, &obj(2)).as_deref(), Some("task 2"));
+
+    // An index written after a new object was listed, before its document came: the
+    // document's files are found when it is asked for.
+    flush(&mut e, &store);
+    let late = obj(99);
+    list_object(alice.doc(ROOT_ID), &late);
+    let a = alice.sync(&mut e, ROOT_ID);
+    apply(&store, &a);
+    flush(&mut e, &store);
+    set(alice.doc(&late), "title", "late");
+    let a = alice.sync(&mut e, &late);
+    apply(&store, &a);
+    let (mut e3, _) = reopen(&store, Limits::default());
+    assert!(matches!(
+        store.scan().unwrap()[0].found,
+        Scanned::Indexed(_)
+    ));
+    assert_eq!(e3.doc_count(), 6, "the index does not know it");
+    let mut carol = Client::join(&mut e3, 3, &w.admin);
+    assert_eq!(fetch(&mut e3, &mut carol, &late).as_deref(), Some("late"));
+    assert_eq!(e3.doc_count(), 7);
+    // A non-member's request for it does not look for it.
+    let (mut e4, _) = reopen(&store, Limits::default());
+    let mut mallory = Client::join(&mut e4, 7, &key(7));
+    assert_eq!(fetch(&mut e4, &mut mallory, &late), None);
+    assert_eq!(e4.stats.loads, 0);
+}
+
+#[test]
+fn a_document_that_does_not_load_is_quarantined_when_first_read() {
+    let (tmp, store, w, mut e, _alice) = stored_space(3);
+    flush(&mut e, &store);
+    let log = tmp
+        .path()
+        .join(format!("spaces/{}/{}.log", w.space, obj(1)));
+    let mut bytes = std::fs::read(&log).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+    let (mut e, problems) = reopen(&store, Limits::default());
+    assert!(problems.is_empty(), "not read on start");
+    let mut alice = Client::join(&mut e, 2, &w.admin);
+    assert_eq!(fetch(&mut e, &mut alice, &obj(1)), None);
+    assert!(
+        alice.errors.iter().any(|m| m.contains("quarantined")),
+        "{:?}",
+        alice.errors
+    );
+    assert_eq!(e.quarantined().len(), 1);
+    assert_eq!(e.take_problems().len(), 1);
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "never rewritten");
+    assert_eq!(
+        fetch(&mut e, &mut alice, &obj(2)).as_deref(),
+        Some("task 2")
+    );
 }
