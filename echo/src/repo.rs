@@ -7,6 +7,7 @@
 //! may read and write them by the space's HALO credentials, and when a new space or object
 //! is accepted.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::Automerge;
@@ -240,6 +241,13 @@ fn estimate(file_bytes: u64) -> usize {
     usize::try_from(file_bytes.saturating_mul(16))
         .unwrap_or(usize::MAX)
         .saturating_add(8 << 10)
+}
+
+/// A space whose index is missing, torn or older than its root: rebuild it.
+#[derive(Debug, PartialEq)]
+pub struct StaleIndex {
+    pub space: String,
+    pub root: String,
 }
 
 /// Why a document could not be had.
@@ -576,58 +584,26 @@ impl Echo {
 
     /// Puts a space found by [`crate::store::FileStore::scan`] in place without reading
     /// its documents (only its root when its index has to be rebuilt). Returns problems
-    /// found (a root that does not load is quarantined, and the space serves nobody).
-    pub fn open(&mut self, scanned: ScannedSpace, now_ms: u64) -> Vec<String> {
+    /// found (a root that does not load is quarantined, and the space serves nobody), or
+    /// [`StaleIndex`] when the space's index is not current: the caller then rebuilds
+    /// ([`crate::store::FileStore::rebuild`]) and opens that.
+    pub fn open(&mut self, scanned: ScannedSpace, now_ms: u64) -> Result<Vec<String>, StaleIndex> {
         let ScannedSpace { space, root, found } = scanned;
-        let ix = self.add_space(&space, &root);
+        if self.spaces.contains_key(&space) {
+            return Ok(vec![format!("{space}: opened twice; the second is ignored")]);
+        }
         match found {
-            Scanned::Indexed(index) => {
-                for IndexedDoc(id, kind, listed, present, snap, log, last) in index.docs {
-                    if !wire::valid_doc_id(&id) || id == root {
-                        continue;
-                    }
-                    if present {
-                        self.add_doc(ix, &id, [snap, log], last, false);
-                    }
-                    if listed {
-                        let k = self.kind(&kind);
-                        let e = self.ids.entry(id.into()).or_insert(Entry {
-                            space: ix,
-                            kind: k,
-                            listing: 0,
-                            flags: 0,
-                            snapshot_bytes: 0,
-                            log_bytes: 0,
-                            last_change: 0,
-                        });
-                        // The first space to claim an id keeps it (as when it was listed).
-                        if e.space == ix {
-                            e.listing = 1;
-                            e.kind = k;
-                        }
-                    }
-                }
-                let [snap, log] = index.root_files;
-                if snap + log > 0 {
-                    self.add_doc(ix, &root, [snap, log], index.root_last_change, true);
-                }
-                let mut credentials = Vec::new();
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    for (c, proven) in index.credentials {
-                        if proven {
-                            s.proven
-                                .insert(serde_json::to_string(&c).unwrap_or_default());
-                        }
-                        credentials.push(c);
-                    }
-                    s.credentials = credentials;
-                    // Written from what is in memory now: it is current.
-                    s.dirty = false;
-                }
-                self.judge(&space, now_ms);
-                Vec::new()
+            Scanned::Indexed { bytes, root_files } => {
+                let Some(index) =
+                    SpaceIndex::parse(&bytes).filter(|i| i.current(&space, &root, root_files))
+                else {
+                    return Err(StaleIndex { space, root });
+                };
+                self.open_indexed(&space, &root, index, now_ms);
+                Ok(Vec::new())
             }
             Scanned::Rebuild { root: stored, docs } => {
+                let ix = self.add_space(&space, &root);
                 let mut problems = Vec::new();
                 for (id, [snap, log]) in docs {
                     if wire::valid_doc_id(&id) {
@@ -645,9 +621,82 @@ impl Echo {
                 }
                 let r = self.read_root_doc(&root);
                 self.set_root(&space, r, now_ms);
-                problems
+                Ok(problems)
             }
         }
+    }
+
+    /// A space from its current index: one entry per document, nothing read.
+    fn open_indexed(&mut self, space: &str, root: &str, index: SpaceIndex<'_>, now_ms: u64) {
+        let ix = self.add_space(space, root);
+        self.ids.reserve(index.docs.len() + 1);
+        let (mut count, mut bytes, mut last_change) = (0, 0, index.root_last_change);
+        let listing = 1; // a new space's first generation
+        let mut last_kind: Option<(Cow<'_, str>, u16)> = None;
+        for IndexedDoc(id, kind, listed, present, snap, log, last) in index.docs {
+            if !wire::valid_doc_id(&id) || id == root || !(listed || present) {
+                continue;
+            }
+            // Objects of a space mostly share a few types: the last one is kept at hand.
+            let kind = match &last_kind {
+                _ if !listed => 0,
+                Some((k, ix)) if *k == kind => *ix,
+                _ => {
+                    let ix = self.kind(&kind);
+                    last_kind = Some((kind, ix));
+                    ix
+                }
+            };
+            let fresh = Entry {
+                space: ix,
+                kind,
+                listing: if listed { listing } else { 0 },
+                flags: if present { PRESENT } else { 0 },
+                snapshot_bytes: small(snap),
+                log_bytes: small(log),
+                last_change: small(last),
+            };
+            match self.ids.entry(Box::from(&*id)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(fresh);
+                }
+                // Another space (opened earlier) has it: the space holding its files keeps
+                // it; between two listings, the first.
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if !present || o.get().flags & PRESENT != 0 {
+                        continue;
+                    }
+                    o.insert(fresh);
+                }
+            }
+            if present {
+                count += 1;
+                bytes += snap + log;
+                last_change = last_change.max(last);
+            }
+        }
+        let [snap, log] = index.root_files;
+        if snap + log > 0 {
+            self.add_doc(ix, root, [snap, log], index.root_last_change, true);
+        }
+        self.present += count;
+        if let Some(s) = self.spaces.get_mut(space) {
+            s.doc_count += count;
+            s.bytes += bytes;
+            s.last_change = s.last_change.max(last_change);
+            let mut credentials = Vec::with_capacity(index.credentials.len());
+            for (c, proven) in index.credentials {
+                if proven {
+                    s.proven
+                        .insert(serde_json::to_string(&c).unwrap_or_default());
+                }
+                credentials.push(c);
+            }
+            s.credentials = credentials;
+            // Read from what is on disk now: it is current.
+            s.dirty = false;
+        }
+        self.judge(space, now_ms);
     }
 
     /// What the root document `id` says, if it is in memory (or can be read) and is one.
@@ -871,7 +920,7 @@ impl Echo {
 
     /// The indexes of spaces changed since they were last taken, to be written after the
     /// batch that changed them is durable.
-    pub fn take_indexes(&mut self) -> Vec<SpaceIndex> {
+    pub fn take_indexes(&mut self) -> Vec<SpaceIndex<'static>> {
         let dirty: HashMap<SpaceIx, usize> = self
             .spaces
             .values()
@@ -882,7 +931,7 @@ impl Echo {
         if dirty.is_empty() {
             return Vec::new();
         }
-        let mut out: Vec<SpaceIndex> = self
+        let mut out: Vec<SpaceIndex<'static>> = self
             .spaces
             .iter()
             .filter(|(_, s)| s.dirty)
@@ -898,9 +947,9 @@ impl Echo {
                         )
                     });
                 SpaceIndex {
-                    format: crate::store::INDEX_FORMAT.to_owned(),
-                    space: name.clone(),
-                    root: s.root.clone(),
+                    format: crate::store::INDEX_FORMAT.into(),
+                    space: name.clone().into(),
+                    root: s.root.clone().into(),
                     root_files,
                     root_last_change,
                     credentials: s
@@ -929,8 +978,12 @@ impl Echo {
                 continue;
             }
             out[*n].docs.push(IndexedDoc(
-                id.to_string(),
-                self.kinds.get(e.kind as usize).cloned().unwrap_or_default(),
+                id.to_string().into(),
+                self.kinds
+                    .get(e.kind as usize)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into(),
                 listed,
                 present,
                 u64::from(e.snapshot_bytes),
@@ -998,6 +1051,12 @@ impl Echo {
 
     pub fn quarantined_count(&self) -> usize {
         self.quarantined.len()
+    }
+
+    /// Bytes of the documents' files, as ECHO accounts them (`kube_echo_storage_bytes`;
+    /// cheaper than walking a hundred thousand files).
+    pub fn bytes(&self) -> u64 {
+        self.spaces.values().map(|s| s.bytes).sum()
     }
 
     /// Documents ECHO serves (in memory or not).

@@ -14,6 +14,7 @@
 //! written, then each is fsynced once (with its directory when the file is new), so many
 //! peers' changes share one round of fsyncs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write as _};
@@ -66,10 +67,13 @@ pub const INDEX_FORMAT: &str = "kube-echo-index-1";
 /// `kube space list` need no document read (a cache: rebuilt from the root and the
 /// directory when it is missing or older than the root).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SpaceIndex {
-    pub format: String,
-    pub space: String,
-    pub root: String,
+pub struct SpaceIndex<'a> {
+    #[serde(borrow)]
+    pub format: Cow<'a, str>,
+    #[serde(borrow)]
+    pub space: Cow<'a, str>,
+    #[serde(borrow)]
+    pub root: Cow<'a, str>,
     /// Sizes of the root's snapshot and log when the index was written; an index whose
     /// root has changed since is not used.
     pub root_files: [u64; 2],
@@ -77,15 +81,32 @@ pub struct SpaceIndex {
     /// The root's credentials, each with whether its proof verified.
     pub credentials: Vec<(halo::credential::Credential, bool)>,
     /// Every object the root lists or the space holds.
-    pub docs: Vec<IndexedDoc>,
+    #[serde(borrow)]
+    pub docs: Vec<IndexedDoc<'a>>,
+}
+
+impl<'a> SpaceIndex<'a> {
+    /// Reads an index (its strings borrowed from `bytes`, so start allocates only what it
+    /// keeps); `None` when it is not one.
+    pub fn parse(bytes: &'a [u8]) -> Option<SpaceIndex<'a>> {
+        serde_json::from_slice::<SpaceIndex<'a>>(bytes)
+            .ok()
+            .filter(|i| i.format == INDEX_FORMAT)
+    }
+
+    /// Whether it describes `space` as its files are now: same root, whose files have
+    /// the sizes they had when the index was written.
+    pub fn current(&self, space: &str, root: &str, root_files: [u64; 2]) -> bool {
+        self.space == space && self.root == root && self.root_files == root_files
+    }
 }
 
 /// One document of a [`SpaceIndex`]: (documentId, type, listed by the root, has files,
 /// snapshot bytes, log bytes, last change in Unix seconds).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct IndexedDoc(
-    pub String,
-    pub String,
+pub struct IndexedDoc<'a>(
+    #[serde(borrow)] pub Cow<'a, str>,
+    #[serde(borrow)] pub Cow<'a, str>,
     pub bool,
     pub bool,
     pub u64,
@@ -103,8 +124,9 @@ pub struct ScannedSpace {
 
 #[derive(Clone, Debug)]
 pub enum Scanned {
-    /// A current index.
-    Indexed(SpaceIndex),
+    /// An index file (checked against the root when parsed, [`SpaceIndex::current`]),
+    /// and the sizes of the root's files now.
+    Indexed { bytes: Vec<u8>, root_files: [u64; 2] },
     /// No usable index: the root's files, and documentId → [snapshot, log] file sizes.
     Rebuild {
         root: StoredDoc,
@@ -160,24 +182,35 @@ impl FileStore {
         self.spaces.join(space)
     }
 
-    /// Reads every space, repairing what a crash can leave: a torn last log frame is cut
-    /// off, a stale `.tmp` removed.
-    pub fn load(&self) -> Result<Vec<StoredSpace>, StoreError> {
+    /// Every space's (name, directory, root documentId). A space without a `root` file did
+    /// not finish being created: nothing in it was acknowledged, and it is skipped.
+    fn spaces(&self) -> Result<Vec<(String, PathBuf, String)>, StoreError> {
         let mut out = Vec::new();
-        let entries = fs::read_dir(&self.spaces).map_err(io(&self.spaces))?;
-        for entry in entries {
+        for entry in fs::read_dir(&self.spaces).map_err(io(&self.spaces))? {
             let entry = entry.map_err(io(&self.spaces))?;
             let dir = entry.path();
             let Some(space) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
             let root_file = dir.join("root");
-            let root = match fs::read_to_string(&root_file) {
-                Ok(r) => r.trim().to_owned(),
-                // A space whose creation did not finish: nothing in it was acknowledged.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            match fs::read_to_string(&root_file) {
+                Ok(r) => out.push((space, dir, r.trim().to_owned())),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) => {}
                 Err(e) => return Err(io(&root_file)(e)),
-            };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads every space, repairing what a crash can leave: a torn last log frame is cut
+    /// off, a stale `.tmp` removed.
+    pub fn load(&self) -> Result<Vec<StoredSpace>, StoreError> {
+        let mut out = Vec::new();
+        for (space, dir, root) in self.spaces()? {
             let mut docs: BTreeMap<String, StoredDoc> = BTreeMap::new();
             for f in fs::read_dir(&dir).map_err(io(&dir))? {
                 let f = f.map_err(io(&dir))?;
@@ -236,79 +269,84 @@ impl FileStore {
     /// for ECHO to rebuild the index from (after a crash, or from a data dir older than
     /// indexes). Stale `.tmp` files are removed on the way.
     pub fn scan(&self) -> Result<Vec<ScannedSpace>, StoreError> {
-        let mut out = Vec::new();
-        let entries = fs::read_dir(&self.spaces).map_err(io(&self.spaces))?;
-        for entry in entries {
-            let entry = entry.map_err(io(&self.spaces))?;
-            let dir = entry.path();
-            let Some(space) = entry.file_name().to_str().map(str::to_owned) else {
+        self.space_roots()?
+            .into_iter()
+            .map(|(space, root)| self.scan_space(space, root))
+            .collect()
+    }
+
+    /// Every space's (name, root documentId).
+    pub fn space_roots(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .spaces()?
+            .into_iter()
+            .map(|(space, _, root)| (space, root))
+            .collect())
+    }
+
+    /// One space as [`FileStore::scan`] finds it.
+    pub fn scan_space(&self, space: String, root: String) -> Result<ScannedSpace, StoreError> {
+        let dir = self.space_dir(&space);
+        let size = |name: String| -> Result<u64, StoreError> {
+            let p = dir.join(name);
+            match fs::metadata(&p) {
+                Ok(m) => Ok(m.len()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+                Err(e) => Err(io(&p)(e)),
+            }
+        };
+        let root_files = [
+            size(format!("{root}.snapshot"))?,
+            size(format!("{root}.log"))?,
+        ];
+        match fs::read(dir.join(INDEX)) {
+            Ok(bytes) => Ok(ScannedSpace {
+                space,
+                root,
+                found: Scanned::Indexed { bytes, root_files },
+            }),
+            Err(_) => self.rebuild(space, root),
+        }
+    }
+
+    /// What ECHO rebuilds a space's index from: its root's files and the sizes of its
+    /// documents' files (the directory listed, no document read). Stale `.tmp` files are
+    /// removed on the way.
+    pub fn rebuild(&self, space: String, root: String) -> Result<ScannedSpace, StoreError> {
+        let dir = self.space_dir(&space);
+        let root_doc = self.read_doc(&space, &root)?.unwrap_or_default();
+        let mut docs: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+        for f in fs::read_dir(&dir).map_err(io(&dir))? {
+            let f = f.map_err(io(&dir))?;
+            let path = f.path();
+            let name = f.file_name().to_string_lossy().into_owned();
+            let (doc, i) = if name.ends_with(".tmp") {
+                fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            } else if let Some(doc) = name.strip_suffix(".snapshot") {
+                (doc, 0)
+            } else if let Some(doc) = name.strip_suffix(".log") {
+                (doc, 1)
+            } else {
                 continue;
             };
-            let root_file = dir.join("root");
-            let root = match fs::read_to_string(&root_file) {
-                Ok(r) => r.trim().to_owned(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => continue,
-                Err(e) => return Err(io(&root_file)(e)),
-            };
-            let size = |name: String| -> Result<u64, StoreError> {
-                let p = dir.join(name);
-                match fs::metadata(&p) {
-                    Ok(m) => Ok(m.len()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-                    Err(e) => Err(io(&p)(e)),
-                }
-            };
-            let root_files = [
-                size(format!("{root}.snapshot"))?,
-                size(format!("{root}.log"))?,
-            ];
-            let index = fs::read(dir.join(INDEX))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<SpaceIndex>(&b).ok())
-                .filter(|i| {
-                    i.format == INDEX_FORMAT
-                        && i.space == space
-                        && i.root == root
-                        && i.root_files == root_files
-                });
-            let found = match index {
-                Some(index) => Scanned::Indexed(index),
-                None => {
-                    let root_doc = self.read_doc(&space, &root)?.unwrap_or_default();
-                    let mut docs: BTreeMap<String, [u64; 2]> = BTreeMap::new();
-                    for f in fs::read_dir(&dir).map_err(io(&dir))? {
-                        let f = f.map_err(io(&dir))?;
-                        let path = f.path();
-                        let name = f.file_name().to_string_lossy().into_owned();
-                        let (doc, i) = if name.ends_with(".tmp") {
-                            fs::remove_file(&path).map_err(io(&path))?;
-                            continue;
-                        } else if let Some(doc) = name.strip_suffix(".snapshot") {
-                            (doc, 0)
-                        } else if let Some(doc) = name.strip_suffix(".log") {
-                            (doc, 1)
-                        } else {
-                            continue;
-                        };
-                        let len = f.metadata().map_err(io(&path))?.len();
-                        docs.entry(doc.to_owned()).or_default()[i] = len;
-                    }
-                    Scanned::Rebuild {
-                        root: root_doc,
-                        docs,
-                    }
-                }
-            };
-            out.push(ScannedSpace { space, root, found });
+            let len = f.metadata().map_err(io(&path))?.len();
+            docs.entry(doc.to_owned()).or_default()[i] = len;
         }
-        Ok(out)
+        Ok(ScannedSpace {
+            space,
+            root,
+            found: Scanned::Rebuild {
+                root: root_doc,
+                docs,
+            },
+        })
     }
 
     /// Replaces a space's index (a cache of what its root and its documents' files say:
     /// not fsynced, since [`FileStore::scan`] rebuilds an index that is missing, torn or
     /// older than its root).
-    pub fn write_index(&self, index: &SpaceIndex) -> Result<(), StoreError> {
+    pub fn write_index(&self, index: &SpaceIndex<'_>) -> Result<(), StoreError> {
         let dir = self.space_dir(&index.space);
         let tmp = dir.join(format!("{INDEX}.tmp"));
         let bytes = serde_json::to_vec(index)
@@ -441,24 +479,6 @@ impl FileStore {
         self.gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Bytes under the store (for status and metrics).
-    pub fn disk_bytes(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            let Ok(entries) = fs::read_dir(p) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.spaces)
     }
 }
 

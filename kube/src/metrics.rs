@@ -229,7 +229,7 @@ impl Metrics {
         .expect("valid metric");
         let echo_storage_bytes = IntGauge::new(
             "kube_echo_storage_bytes",
-            "Bytes of ECHO's files under <data_dir>/echo.",
+            "Bytes of the files of the documents ECHO holds (under <data_dir>/echo).",
         )
         .expect("valid metric");
         let echo_quarantined = IntGauge::new(

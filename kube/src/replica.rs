@@ -377,8 +377,17 @@ impl Service for EchoService {
                 let mut echo = Echo::new(did, policy, limits);
                 echo.set_source(store.clone());
                 let mut problems = Vec::new();
-                for space in store.scan()? {
-                    problems.extend(echo.open(space, echo::unix_now_ms()));
+                for (space, root) in store.space_roots()? {
+                    let now = echo::unix_now_ms();
+                    let found = match echo.open(store.scan_space(space, root)?, now) {
+                        Ok(found) => found,
+                        Err(stale) => {
+                            tracing::info!(space = %stale.space, "rebuilding an ECHO space index");
+                            let rebuilt = store.rebuild(stale.space, stale.root)?;
+                            echo.open(rebuilt, now).unwrap_or_default()
+                        }
+                    };
+                    problems.extend(found);
                 }
                 for index in echo.take_indexes() {
                     store.write_index(&index)?;
@@ -448,8 +457,7 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut published = echo::repo::Stats::default();
     let mut failed = false;
-    update_gauges(&echo, &store, &metrics, true).await;
-    let mut disk_at = Instant::now();
+    update_gauges(&echo, &metrics);
     let mut indexed_at = Instant::now();
     loop {
         let mut batch = Vec::new();
@@ -588,11 +596,7 @@ async fn run(
             write_indexes(&mut echo, &store);
         }
         publish(&echo, &mut published, &metrics);
-        let disk = wrote && disk_at.elapsed() > Duration::from_secs(5);
-        if disk {
-            disk_at = Instant::now();
-        }
-        update_gauges(&echo, &store, &metrics, disk).await;
+        update_gauges(&echo, &metrics);
     }
 }
 
@@ -606,7 +610,7 @@ fn write_indexes(echo: &mut Echo, store: &FileStore) {
     }
 }
 
-async fn update_gauges(echo: &Echo, store: &Arc<FileStore>, metrics: &Metrics, disk: bool) {
+fn update_gauges(echo: &Echo, metrics: &Metrics) {
     metrics.echo_spaces.set(echo.space_count() as i64);
     metrics.echo_documents.set(echo.doc_count() as i64);
     metrics.echo_peers.set(echo.peers() as i64);
@@ -616,12 +620,7 @@ async fn update_gauges(echo: &Echo, store: &Arc<FileStore>, metrics: &Metrics, d
     metrics
         .echo_quarantined
         .set(echo.quarantined_count() as i64);
-    if disk {
-        let st = store.clone();
-        if let Ok(bytes) = tokio::task::spawn_blocking(move || st.disk_bytes()).await {
-            metrics.echo_storage_bytes.set(bytes as i64);
-        }
-    }
+    metrics.echo_storage_bytes.set(echo.bytes() as i64);
 }
 
 /// Moves the peer's counters into the metrics (as increments since the last time).
@@ -695,7 +694,7 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
                 spaces: echo.space_count(),
                 documents: echo.doc_count(),
                 peers: echo.peers(),
-                storage_bytes: store.disk_bytes(),
+                storage_bytes: echo.bytes(),
                 cached_documents: echo.cache().0,
                 cache_bytes: echo.cache().1,
                 quarantined: echo

@@ -21,7 +21,7 @@ pub(crate) fn key(seed: u8) -> halo::SigningKey {
     halo::SigningKey::from_bytes(&[seed; 32])
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -61,9 +61,14 @@ pub(crate) async fn kube_did(kube: &Kube) -> String {
 
 /// A space (key 3) whose genesis makes key 1 admin and that admits `kube` as replicator.
 pub(crate) fn space_root(kube: &str) -> (String, Automerge) {
-    let space = halo::did(&key(3));
+    space_root_with(kube, &key(3))
+}
+
+/// The same for the space of `space_key`.
+pub(crate) fn space_root_with(kube: &str, space_key: &halo::SigningKey) -> (String, Automerge) {
+    let space = halo::did(space_key);
     let genesis = says(
-        &key(3),
+        space_key,
         &halo::did(&key(1)),
         Assertion::SpaceGenesis {
             space: space.clone(),
@@ -236,6 +241,75 @@ impl Peer {
             }
         }
         false
+    }
+}
+
+impl Peer {
+    /// Fetches many documents at once, as a fresh client would (a request for each, then
+    /// the exchanges, interleaved), `window` in flight; returns each document KUBE gave
+    /// (those it did not are absent). Done when every document has `key`, or is refused.
+    pub(crate) async fn fetch_many(
+        &mut self,
+        ids: &[String],
+        key: &str,
+        window: usize,
+    ) -> std::collections::HashMap<String, Automerge> {
+        let mut got = std::collections::HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for chunk in ids.chunks(window.max(1)) {
+            let mut open: std::collections::HashMap<String, (Automerge, sync::State)> =
+                std::collections::HashMap::new();
+            for id in chunk {
+                let (doc, mut st) = (Automerge::new(), sync::State::new());
+                if let Some(m) = doc.generate_sync_message(&mut st) {
+                    self.send(frame(vec![
+                        ("type", t("request")),
+                        ("senderId", t(&self.me)),
+                        ("targetId", t("kube")),
+                        ("documentId", t(id)),
+                        ("data", Value::Bytes(m.encode())),
+                    ]))
+                    .await;
+                }
+                open.insert(id.clone(), (doc, st));
+            }
+            while !open.is_empty() && Instant::now() < deadline && !self.closed {
+                let Some(v) = self.recv(Duration::from_secs(5)).await else {
+                    break;
+                };
+                let id = text_of(&v, "documentId");
+                match text_of(&v, "type").as_str() {
+                    "sync" => {
+                        let Some((doc, st)) = open.get_mut(&id) else {
+                            continue;
+                        };
+                        let data = field(&v, "data").and_then(Value::as_bytes).unwrap();
+                        doc.receive_sync_message(st, sync::Message::decode(data).unwrap())
+                            .unwrap();
+                        if let Some(m) = doc.generate_sync_message(st) {
+                            self.send(frame(vec![
+                                ("type", t("sync")),
+                                ("senderId", t(&self.me)),
+                                ("targetId", t("kube")),
+                                ("documentId", t(&id)),
+                                ("data", Value::Bytes(m.encode())),
+                            ]))
+                            .await;
+                        }
+                        if get(doc, key).is_some()
+                            && let Some((doc, _)) = open.remove(&id)
+                        {
+                            got.insert(id, doc);
+                        }
+                    }
+                    "doc-unavailable" => {
+                        open.remove(&id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        got
     }
 }
 

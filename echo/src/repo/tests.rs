@@ -1318,7 +1318,13 @@ fn reopen(store: &std::sync::Arc<crate::store::FileStore>, limits: Limits) -> (E
     e.set_source(store.clone());
     let mut problems = Vec::new();
     for s in store.scan().unwrap() {
-        problems.extend(e.open(s, NOW));
+        let found = match e.open(s, NOW) {
+            Ok(found) => found,
+            Err(stale) => e
+                .open(store.rebuild(stale.space, stale.root).unwrap(), NOW)
+                .unwrap(),
+        };
+        problems.extend(found);
     }
     (e, problems)
 }
@@ -1336,7 +1342,7 @@ fn documents_are_read_when_asked_for_and_let_go_under_the_budget() {
     flush(&mut e, &store);
     let scanned = store.scan().unwrap();
     assert!(
-        matches!(scanned[0].found, Scanned::Indexed(_)),
+        matches!(scanned[0].found, Scanned::Indexed { .. }),
         "a current index is used"
     );
     let budget = 6 * estimate(200);
@@ -1425,6 +1431,11 @@ fn an_index_behind_its_root_is_rebuilt_and_unknown_files_are_found() {
     list_object(alice.doc(ROOT_ID), &late);
     let a = alice.sync(&mut e, ROOT_ID);
     apply(&store, &a);
+    // The root changed after the index was written (a crash before the next write of it):
+    // the index is not used.
+    let mut fresh = echo();
+    let stale = fresh.open(store.scan().unwrap().remove(0), NOW);
+    assert_eq!(stale.unwrap_err().root, ROOT_ID);
     flush(&mut e, &store);
     set(alice.doc(&late), "title", "late");
     let a = alice.sync(&mut e, &late);
@@ -1432,7 +1443,7 @@ fn an_index_behind_its_root_is_rebuilt_and_unknown_files_are_found() {
     let (mut e3, _) = reopen(&store, Limits::default());
     assert!(matches!(
         store.scan().unwrap()[0].found,
-        Scanned::Indexed(_)
+        Scanned::Indexed { .. }
     ));
     assert_eq!(e3.doc_count(), 6, "the index does not know it");
     let mut carol = Client::join(&mut e3, 3, &w.admin);
