@@ -590,7 +590,9 @@ impl Echo {
     pub fn open(&mut self, scanned: ScannedSpace, now_ms: u64) -> Result<Vec<String>, StaleIndex> {
         let ScannedSpace { space, root, found } = scanned;
         if self.spaces.contains_key(&space) {
-            return Ok(vec![format!("{space}: opened twice; the second is ignored")]);
+            return Ok(vec![format!(
+                "{space}: opened twice; the second is ignored"
+            )]);
         }
         match found {
             Scanned::Indexed { bytes, root_files } => {
@@ -605,9 +607,9 @@ impl Echo {
             Scanned::Rebuild { root: stored, docs } => {
                 let ix = self.add_space(&space, &root);
                 let mut problems = Vec::new();
-                for (id, [snap, log]) in docs {
+                for (id, [snap, log, modified]) in docs {
                     if wire::valid_doc_id(&id) {
-                        self.add_doc(ix, &id, [snap, log], 0, id == root);
+                        self.add_doc(ix, &id, [snap, log], modified, id == root);
                     }
                 }
                 if stored.size > 0 || stored.corrupt.is_some() {

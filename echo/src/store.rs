@@ -126,11 +126,15 @@ pub struct ScannedSpace {
 pub enum Scanned {
     /// An index file (checked against the root when parsed, [`SpaceIndex::current`]),
     /// and the sizes of the root's files now.
-    Indexed { bytes: Vec<u8>, root_files: [u64; 2] },
-    /// No usable index: the root's files, and documentId → [snapshot, log] file sizes.
+    Indexed {
+        bytes: Vec<u8>,
+        root_files: [u64; 2],
+    },
+    /// No usable index: the root's files, and documentId → [snapshot bytes, log bytes,
+    /// last modified (Unix seconds)] of its files.
     Rebuild {
         root: StoredDoc,
-        docs: BTreeMap<String, [u64; 2]>,
+        docs: BTreeMap<String, [u64; 3]>,
     },
 }
 
@@ -315,7 +319,7 @@ impl FileStore {
     pub fn rebuild(&self, space: String, root: String) -> Result<ScannedSpace, StoreError> {
         let dir = self.space_dir(&space);
         let root_doc = self.read_doc(&space, &root)?.unwrap_or_default();
-        let mut docs: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+        let mut docs: BTreeMap<String, [u64; 3]> = BTreeMap::new();
         for f in fs::read_dir(&dir).map_err(io(&dir))? {
             let f = f.map_err(io(&dir))?;
             let path = f.path();
@@ -330,8 +334,15 @@ impl FileStore {
             } else {
                 continue;
             };
-            let len = f.metadata().map_err(io(&path))?.len();
-            docs.entry(doc.to_owned()).or_default()[i] = len;
+            let meta = f.metadata().map_err(io(&path))?;
+            let d = docs.entry(doc.to_owned()).or_default();
+            d[i] = meta.len();
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            d[2] = d[2].max(modified);
         }
         Ok(ScannedSpace {
             space,
@@ -347,6 +358,7 @@ impl FileStore {
     /// not fsynced, since [`FileStore::scan`] rebuilds an index that is missing, torn or
     /// older than its root).
     pub fn write_index(&self, index: &SpaceIndex<'_>) -> Result<(), StoreError> {
+        let _held = self.hold_writes(); // a backup copies whole indexes too
         let dir = self.space_dir(&index.space);
         let tmp = dir.join(format!("{INDEX}.tmp"));
         let bytes = serde_json::to_vec(index)

@@ -389,9 +389,7 @@ impl Service for EchoService {
                     };
                     problems.extend(found);
                 }
-                for index in echo.take_indexes() {
-                    store.write_index(&index)?;
-                }
+                write_indexes(&mut echo, &store);
                 Ok((store, echo, problems))
             })
             .await??
@@ -591,7 +589,8 @@ async fn run(
         for p in echo.take_problems() {
             tracing::error!(problem = %p, "an ECHO document on disk does not load; it is left as it is");
         }
-        if indexed_at.elapsed() > INDEX_EVERY {
+        // (Not after a failed write: memory is then ahead of the disk.)
+        if !failed && indexed_at.elapsed() > INDEX_EVERY {
             indexed_at = Instant::now();
             write_indexes(&mut echo, &store);
         }

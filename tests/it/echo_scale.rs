@@ -30,7 +30,9 @@ fn export(kube: &str, s: usize) -> serde_json::Value {
     let mut tx = root.transaction();
     let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
     for i in 0..PER_SPACE {
-        let o = tx.put_object(&objects, id("Task", s, i), ObjType::Map).unwrap();
+        let o = tx
+            .put_object(&objects, id("Task", s, i), ObjType::Map)
+            .unwrap();
         tx.put(&o, "type", "task").unwrap();
         let mut doc = Automerge::new();
         let mut dtx = doc.transaction();
@@ -87,7 +89,11 @@ async fn documents_are_read_on_demand_within_the_budget() {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "import {s}: {}", r.text().await.unwrap());
+        assert!(
+            r.status().is_success(),
+            "import {s}: {}",
+            r.text().await.unwrap()
+        );
     }
     let total = SPACES * (PER_SPACE + 1);
     assert!(kube.terminate().success());
@@ -128,7 +134,10 @@ async fn documents_are_read_on_demand_within_the_budget() {
         Some("task 0/7")
     );
     let m = kube.metrics().await;
-    assert_eq!(metric(&m, "kube_echo_document_loads_total"), PER_SPACE as u64);
+    assert_eq!(
+        metric(&m, "kube_echo_document_loads_total"),
+        PER_SPACE as u64
+    );
 
     // A walk of everything: the documents in memory stay within the budget.
     let (mut peak, mut first_kib) = (0, 0);
