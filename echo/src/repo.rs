@@ -136,7 +136,7 @@ struct Space {
     /// Listing generation: an entry is listed by this space while its `listing` is this.
     listing: u32,
     membership: Membership,
-    /// Documents with files here (quarantined ones included).
+    /// Documents with files here, quarantined ones not counted.
     doc_count: usize,
     /// Why KUBE does not replicate the space (any more): its credentials no longer admit
     /// KUBE, or `echo.admit` refuses its admin. Nobody is served then; the files stay.
@@ -543,6 +543,10 @@ impl Echo {
             e.flags |= QUARANTINED;
             if e.flags & PRESENT != 0 {
                 self.present -= 1;
+                let name = self.names.get(e.space as usize);
+                if let Some(s) = name.and_then(|n| self.spaces.get_mut(n)) {
+                    s.doc_count = s.doc_count.saturating_sub(1);
+                }
             }
         }
         if let Some(l) = self.loaded.remove(id) {
