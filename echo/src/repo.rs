@@ -890,10 +890,10 @@ impl Echo {
     }
 
     /// Lets go of the least recently used documents until those in memory fit
-    /// `cache_bytes` again (to three quarters of it, so this runs seldom). The driver calls
-    /// it after a batch's writes are durable: a document dropped then reads back with every
-    /// acknowledged change.
-    pub fn evict(&mut self) {
+    /// `cache_bytes` again (to three quarters of it, so this runs seldom), except those
+    /// `keep` names: the driver keeps every document whose writes are not durable yet, so
+    /// a document dropped reads back with every change acknowledged or about to be.
+    pub fn evict(&mut self, keep: impl Fn(&str) -> bool) {
         if self.source.is_none() || self.cached <= self.limits.cache_bytes {
             return;
         }
@@ -901,6 +901,7 @@ impl Echo {
         let mut by_age: Vec<(u64, Box<str>)> = self
             .loaded
             .iter()
+            .filter(|(k, _)| !keep(k))
             .map(|(k, l)| (l.used, k.clone()))
             .collect();
         by_age.sort_unstable();

@@ -7,7 +7,7 @@
 //! then sends the batch's messages. A peer therefore never sees KUBE's heads include a change
 //! that is not on disk, and many peers' changes share one fsync (group commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -443,7 +443,70 @@ impl Service for EchoService {
     }
 }
 
-/// The peer's task: batches of events, made durable, then answered.
+/// A batch whose writes are being made durable on a blocking thread, with what waits for
+/// them.
+struct Flight {
+    handle: tokio::task::JoinHandle<Result<(), echo::store::StoreError>>,
+    /// Its sends and closes, in order: they go once its writes are durable.
+    sends: Vec<Action>,
+    /// The documents it writes: kept in memory until the writes land.
+    docs: HashSet<String>,
+    /// When its oldest frame arrived (for `kube_echo_sync_lag_seconds`).
+    oldest: Option<Instant>,
+}
+
+/// What batches handled while a flight is out produced: their writes go when it lands
+/// (writes are made durable in order, one flight at a time), their sends after that.
+#[derive(Default)]
+struct Waiting {
+    writes: Vec<Write>,
+    sends: Vec<Action>,
+    docs: HashSet<String>,
+    oldest: Option<Instant>,
+    events: usize,
+}
+
+impl Waiting {
+    fn add(&mut self, actions: Vec<Action>, oldest: Option<Instant>, events: usize) {
+        for a in actions {
+            match a {
+                Action::Store(w) => {
+                    self.docs.insert(written_doc(&w).to_owned());
+                    self.writes.push(w);
+                }
+                other => self.sends.push(other),
+            }
+        }
+        self.oldest = match (self.oldest, oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.events += events;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.sends.is_empty()
+    }
+}
+
+fn written_doc(w: &Write) -> &str {
+    match w {
+        Write::NewSpace { root, .. } => root,
+        Write::Append { doc, .. } | Write::Snapshot { doc, .. } => doc,
+    }
+}
+
+enum Wake {
+    Stop,
+    Landed(Result<(), String>),
+    Tick,
+    Event(Option<Event>),
+}
+
+/// The peer's task: batches of events, made durable, then answered. While one batch's
+/// writes are being made durable, the next batches are handled (their writes wait for it,
+/// and their sends for their writes): peers of other documents are not held up by a slow
+/// fsync more than their own durability needs.
 async fn run(
     mut echo: Echo,
     store: Arc<FileStore>,
@@ -455,16 +518,50 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut published = echo::repo::Stats::default();
     let mut failed = false;
+    let mut flight: Option<Flight> = None;
+    let mut waiting = Waiting::default();
     update_gauges(&echo, &metrics);
     let mut indexed_at = Instant::now();
     loop {
+        let wake = tokio::select! {
+            _ = cancel.cancelled() => Wake::Stop,
+            r = async {
+                match flight.as_mut() {
+                    Some(f) => (&mut f.handle).await,
+                    None => std::future::pending().await,
+                }
+            }, if flight.is_some() => {
+                Wake::Landed(match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                })
+            }
+            _ = tick.tick() => Wake::Tick,
+            // While a flight is out, at most a batch's worth of events waits behind it.
+            e = events.recv(), if waiting.events < BATCH => Wake::Event(e),
+        };
         let mut batch = Vec::new();
-        tokio::select! {
-            _ = cancel.cancelled() => {
+        match wake {
+            Wake::Stop => {
                 for outbox in conns.values() {
                     outbox.close();
                 }
-                if !failed {
+                // Nothing more is acknowledged; what was handled is still made durable, so
+                // the indexes written now match the disk.
+                let mut landed = true;
+                if let Some(f) = flight.take() {
+                    landed = matches!(f.handle.await, Ok(Ok(())));
+                }
+                if landed && !failed && !waiting.writes.is_empty() {
+                    let writes = std::mem::take(&mut waiting.writes);
+                    let st = store.clone();
+                    landed = matches!(
+                        tokio::task::spawn_blocking(move || st.apply(&writes)).await,
+                        Ok(Ok(()))
+                    );
+                }
+                if landed && !failed {
                     write_indexes(&mut echo, &store);
                 }
                 // KUBE is stopping, and everything acknowledged is on disk. Freeing every
@@ -473,13 +570,39 @@ async fn run(
                 std::mem::forget(echo);
                 return;
             }
-            _ = tick.tick() => {}
-            e = events.recv() => match e {
-                None => return,
-                Some(e) => batch.push(e),
-            },
+            Wake::Landed(result) => {
+                let Some(f) = flight.take() else {
+                    continue;
+                };
+                if let Err(err) = result {
+                    // Nothing of this batch (or of those waiting) may be acknowledged, and
+                    // the replica in memory is now ahead of the disk: stop serving rather
+                    // than risk acknowledging it.
+                    tracing::error!(error = %err, "ECHO cannot write to its store; closing every connection and refusing new ones until a restart");
+                    failed = true;
+                    waiting = Waiting::default();
+                    for outbox in conns.values() {
+                        outbox.close();
+                    }
+                    conns.clear();
+                    continue;
+                }
+                perform(f.sends, &mut conns, &mut echo);
+                if let Some(at) = f.oldest {
+                    metrics.echo_sync_lag.observe(at.elapsed().as_secs_f64());
+                }
+                let next = std::mem::take(&mut waiting);
+                if !next.writes.is_empty() {
+                    flight = Some(take_off(&store, next));
+                } else {
+                    perform(next.sends, &mut conns, &mut echo);
+                }
+            }
+            Wake::Tick => {}
+            Wake::Event(None) => return,
+            Wake::Event(Some(e)) => batch.push(e),
         }
-        while batch.len() < BATCH {
+        while !batch.is_empty() && batch.len() < BATCH {
             match events.try_recv() {
                 Ok(e) => batch.push(e),
                 Err(_) => break,
@@ -488,6 +611,7 @@ async fn run(
         let now_ms = echo::unix_now_ms();
         let mut actions = echo.tick(now_ms);
         let mut oldest: Option<Instant> = None;
+        let handled = batch.len();
         for e in batch {
             match e {
                 Event::Connect { conn, peer, outbox } => {
@@ -538,64 +662,75 @@ async fn run(
                 Event::Op(op) => actions.extend(operate(&mut echo, op, &store, now_ms)),
             }
         }
-        let writes: Vec<Write> = actions.iter().filter_map(Action::store).cloned().collect();
-        let wrote = !writes.is_empty();
-        if wrote {
-            let st = store.clone();
-            let result = tokio::task::spawn_blocking(move || st.apply(&writes)).await;
-            let err = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(err) = err {
-                // Nothing of this batch may be acknowledged, and the replica in memory is
-                // now ahead of the disk: stop serving rather than risk acknowledging it.
-                tracing::error!(error = %err, "ECHO cannot write to its store; closing every connection and refusing new ones until a restart");
-                failed = true;
-                for outbox in conns.values() {
-                    outbox.close();
+        if failed {
+            // Nothing more is written or acknowledged until a restart.
+            actions.clear();
+        }
+        if !actions.is_empty() {
+            waiting.add(actions, oldest, handled);
+            if flight.is_none() {
+                let next = std::mem::take(&mut waiting);
+                if next.writes.is_empty() {
+                    // Nothing to wait for: no write is out, and none comes with these.
+                    perform(next.sends, &mut conns, &mut echo);
+                } else {
+                    flight = Some(take_off(&store, next));
                 }
-                conns.clear();
-                continue;
             }
         }
-        for a in actions {
-            match a {
-                Action::Send { conn, bytes } => {
-                    if let Some(outbox) = conns.get(&conn)
-                        && !outbox.push(bytes)
-                    {
-                        // A peer that does not read is dropped, not buffered without end.
-                        if let Some(outbox) = conns.remove(&conn) {
-                            outbox.close();
-                        }
-                        echo.disconnect(conn);
-                    }
-                }
-                Action::Close { conn } => {
-                    if let Some(outbox) = conns.remove(&conn) {
-                        outbox.close();
-                    }
-                }
-                Action::Store(_) => {}
-            }
-        }
-        if let (true, Some(at)) = (wrote, oldest) {
-            metrics.echo_sync_lag.observe(at.elapsed().as_secs_f64());
-        }
-        // Every write of the batch is durable: documents let go now read back with them.
-        echo.evict();
+        // Documents whose writes are not durable yet stay in memory; the rest read back
+        // from disk with every acknowledged change.
+        let keep = |id: &str| {
+            waiting.docs.contains(id) || flight.as_ref().is_some_and(|f| f.docs.contains(id))
+        };
+        echo.evict(keep);
         for p in echo.take_problems() {
             tracing::error!(problem = %p, "an ECHO document on disk does not load; it is left as it is");
         }
-        // (Not after a failed write: memory is then ahead of the disk.)
-        if !failed && indexed_at.elapsed() > INDEX_EVERY {
+        // Only while memory matches the disk (nothing out or waiting, no failed write).
+        if !failed && flight.is_none() && waiting.is_empty() && indexed_at.elapsed() > INDEX_EVERY {
             indexed_at = Instant::now();
             write_indexes(&mut echo, &store);
         }
         publish(&echo, &mut published, &metrics);
         update_gauges(&echo, &metrics);
+    }
+}
+
+/// Starts making `batch`'s writes durable.
+fn take_off(store: &Arc<FileStore>, batch: Waiting) -> Flight {
+    let st = store.clone();
+    let writes = batch.writes;
+    Flight {
+        handle: tokio::task::spawn_blocking(move || st.apply(&writes)),
+        sends: batch.sends,
+        docs: batch.docs,
+        oldest: batch.oldest,
+    }
+}
+
+/// Sends and closes, in order.
+fn perform(actions: Vec<Action>, conns: &mut HashMap<ConnId, Outbox>, echo: &mut Echo) {
+    for a in actions {
+        match a {
+            Action::Send { conn, bytes } => {
+                if let Some(outbox) = conns.get(&conn)
+                    && !outbox.push(bytes)
+                {
+                    // A peer that does not read is dropped, not buffered without end.
+                    if let Some(outbox) = conns.remove(&conn) {
+                        outbox.close();
+                    }
+                    echo.disconnect(conn);
+                }
+            }
+            Action::Close { conn } => {
+                if let Some(outbox) = conns.remove(&conn) {
+                    outbox.close();
+                }
+            }
+            Action::Store(_) => {}
+        }
     }
 }
 

@@ -1382,7 +1382,7 @@ fn documents_are_read_when_asked_for_and_let_go_under_the_budget() {
             fetch(&mut e, &mut alice, &obj(i)).as_deref(),
             Some(format!("task {i}").as_str())
         );
-        e.evict();
+        e.evict(|_| false);
         assert!(e.cache().1 <= budget, "{} > {budget}", e.cache().1);
     }
     assert!(e.stats.evictions > 20, "{} evictions", e.stats.evictions);
@@ -1402,7 +1402,7 @@ fn documents_are_read_when_asked_for_and_let_go_under_the_budget() {
         for o in &others {
             fetch(&mut e, &mut alice, o);
         }
-        e.evict();
+        e.evict(|_| false);
         assert!(!e.loaded.contains_key(id.as_str()), "let go");
     }
     let (mut again, _) = reopen(&store, Limits::default());
