@@ -152,6 +152,39 @@ pub struct Dns {
     pub tcp_idle_timeout_secs: u64,
     /// Most queries on one TCP connection.
     pub tcp_max_queries: u32,
+    /// TSIG keys (RFC 8945) that zone transfers and NOTIFY are signed with.
+    pub tsig_keys: Vec<TsigKey>,
+    /// Secondary servers of the zone: each may transfer it (AXFR, IXFR over TCP) from its
+    /// address with its key, and gets a NOTIFY there whenever the serial changes.
+    pub secondaries: Vec<Secondary>,
+}
+
+/// `dns.tsig_keys[]`: a shared secret for transfers and NOTIFY.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigKey {
+    /// The key's name, as the secondary knows it (a DNS name).
+    pub name: String,
+    /// `hmac-sha256` (the default), `hmac-sha384` or `hmac-sha512`.
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: String,
+    /// The secret, base64 (at least 16 bytes; `openssl rand -base64 32`): keep kube.yml
+    /// readable by KUBE's user only.
+    pub secret: String,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".into()
+}
+
+/// `dns.secondaries[]`: a secondary server of the zone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secondary {
+    /// Where it answers NOTIFY (UDP), and the address its transfers come from.
+    pub address: SocketAddr,
+    /// The name of its key in `dns.tsig_keys`.
+    pub key: String,
 }
 
 impl Default for Dns {
@@ -171,6 +204,8 @@ impl Default for Dns {
             tcp_max_connections: 256,
             tcp_idle_timeout_secs: 10,
             tcp_max_queries: 100,
+            tsig_keys: Vec::new(),
+            secondaries: Vec::new(),
         }
     }
 }

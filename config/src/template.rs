@@ -104,6 +104,11 @@ dns:
   tcp_max_connections: 256
   tcp_idle_timeout_secs: 10
   tcp_max_queries: 100
+  # Zone transfers: TSIG keys (name, algorithm: hmac-sha256, secret: base64) and the
+  # secondaries that may transfer the zone over TCP and get a NOTIFY on every change
+  # (address: "192.0.2.53:53", key: the key's name).
+  tsig_keys: []
+  secondaries: []
 
 signal:
   # WebRTC signaling over WebSocket at wss://<domain>/.well-known/kube/signal.

@@ -22,6 +22,8 @@ pub struct Answer {
     pub qtype: Option<RecordType>,
     /// Largest encoding allowed on this transport.
     pub limit: usize,
+    /// The TSIG key the query was signed with: the answer must be signed too.
+    pub tsig_key: Option<hickory_proto::rr::Name>,
 }
 
 impl Answer {
@@ -88,6 +90,7 @@ pub fn answer(
                 message: resp,
                 qtype: None,
                 limit,
+                tsig_key: None,
             });
         }
     }
@@ -98,6 +101,7 @@ pub fn answer(
             message: resp,
             qtype,
             limit,
+            tsig_key: None,
         });
     }
     let [query] = req.queries.as_slice() else {
@@ -106,6 +110,7 @@ pub fn answer(
             message: resp,
             qtype,
             limit,
+            tsig_key: None,
         });
     };
     let qname = LowerName::new(query.name());
@@ -115,6 +120,7 @@ pub fn answer(
             message: resp,
             qtype,
             limit,
+            tsig_key: None,
         });
     }
     match query.query_type() {
@@ -125,6 +131,7 @@ pub fn answer(
                 message: resp,
                 qtype,
                 limit,
+                tsig_key: None,
             });
         }
         _ => {}
@@ -153,6 +160,7 @@ pub fn answer(
         message: resp,
         qtype,
         limit,
+        tsig_key: req.signature.as_ref().map(|s| s.name.clone()),
     })
 }
 

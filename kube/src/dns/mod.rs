@@ -12,6 +12,7 @@ pub mod answer;
 pub mod cache;
 pub mod records;
 pub mod rrl;
+pub mod transfer;
 pub mod zone;
 
 use std::net::SocketAddr;
@@ -82,6 +83,44 @@ pub struct DnsHandle {
     state: Arc<Mutex<State>>,
     path: PathBuf,
     metrics: Arc<Metrics>,
+    /// The serial of each zone published, for the NOTIFY task.
+    serials: Arc<tokio::sync::watch::Sender<u32>>,
+}
+
+/// Who may transfer the zone and who is told of changes (`dns.tsig_keys`,
+/// `dns.secondaries`), as the transfer code needs it.
+#[derive(Clone, Default)]
+struct Xfr {
+    keys: transfer::Keys,
+    allowed: Vec<transfer::Allowed>,
+}
+
+impl Xfr {
+    /// From a section `check` accepted (a key that does not parse leaves transfers off).
+    fn new(section: &config::Dns) -> Xfr {
+        let Ok(keys) = transfer::Keys::new(&section.tsig_keys) else {
+            return Xfr::default();
+        };
+        let allowed = section
+            .secondaries
+            .iter()
+            .filter_map(|s| {
+                Some(transfer::Allowed {
+                    ip: s.address.ip(),
+                    key: transfer::key_name(&s.key).ok()?,
+                })
+            })
+            .collect();
+        Xfr { keys, allowed }
+    }
+}
+
+impl std::fmt::Debug for Xfr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xfr")
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The zone as `kube status` shows it.
@@ -222,7 +261,33 @@ impl DnsHandle {
         Ok(())
     }
 
+    /// Keys and secondaries as configured now.
+    fn xfr(&self) -> Xfr {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.section.tsig_keys.is_empty() {
+            Xfr::default()
+        } else {
+            Xfr::new(&state.section)
+        }
+    }
+
+    /// A zone transfer, if `packet` asks for one (see [`transfer::transfer`]).
+    fn transfer(&self, packet: &[u8], peer: std::net::IpAddr) -> transfer::Transfer {
+        if !transfer::asks(packet) {
+            return transfer::Transfer::NotOne;
+        }
+        let zone = self.zone();
+        let xfr = self.xfr();
+        let now = crate::service::unix_now();
+        let t = transfer::transfer(&zone, packet, peer, &xfr.allowed, &xfr.keys, now);
+        if let transfer::Transfer::Zone(m) = &t {
+            tracing::info!(%peer, serial = zone.serial(), messages = m.len(), "dns zone transferred");
+        }
+        t
+    }
+
     fn publish(&self, zone: Zone) {
+        self.serials.send_replace(zone.serial());
         self.metrics.dns_zone_serial.set(i64::from(zone.serial()));
         self.metrics.dns_records.set(zone.record_count() as i64);
         let served = Served {
@@ -323,6 +388,17 @@ impl Service for DnsService {
         }) {
             p.push(Problem::new(e.path, e.reason));
         }
+        if let Err((i, field, why)) = transfer::Keys::new(&section.tsig_keys) {
+            p.push(Problem::new(format!("dns.tsig_keys[{i}].{field}"), why));
+        }
+        for (i, s) in section.secondaries.iter().enumerate() {
+            if !section.tsig_keys.iter().any(|k| k.name == s.key) {
+                p.push(Problem::new(
+                    format!("dns.secondaries[{i}].key"),
+                    format!("{:?} is not the name of a key in dns.tsig_keys", s.key),
+                ));
+            }
+        }
         p
     }
 
@@ -370,6 +446,7 @@ impl Service for DnsService {
             })),
             path,
             metrics: deps.metrics.clone(),
+            serials: Arc::new(tokio::sync::watch::channel(0).0),
         };
         // The first zone of this run: a new serial, so secondaries see restarts as changes.
         handle.commit(&mut state, stored)?;
@@ -398,6 +475,7 @@ impl Service for DnsService {
             section.clone(),
             cancel.clone(),
         ));
+        tasks.spawn(notify_secondaries(handle.clone(), cancel.clone()));
         tracing::info!(%addr, zone = %handle.zone().origin(), serial = handle.zone().serial(), "dns listening");
         Ok(Started {
             handle,
@@ -452,6 +530,13 @@ fn respond(
     };
     let c = counter(&dns.metrics, &a);
     c.inc();
+    if let Some(key) = &a.tsig_key {
+        // Signed queries (a secondary's SOA check) get signed answers, never cached.
+        let xfr = dns.xfr();
+        let now = crate::service::unix_now();
+        let signed = transfer::sign_answer(packet, a.message, key, &xfr.keys, now)?;
+        return Some((signed, None));
+    }
     let full = a.encode()?;
     let truncated = a.encode_truncated();
     if let (Some(p), Some(t)) = (plain, &truncated) {
@@ -575,7 +660,7 @@ async fn serve_tcp(
             let _permit = permit;
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = tcp_connection(stream, &dns, idle, max_queries, max_udp) => {
+                r = tcp_connection(stream, peer.ip(), &dns, idle, max_queries, max_udp) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "dns tcp connection ended");
                     }
@@ -591,6 +676,7 @@ async fn serve_tcp(
 /// taken within `idle` (it sends queries but never reads).
 async fn tcp_connection(
     mut s: TcpStream,
+    peer: std::net::IpAddr,
     dns: &DnsHandle,
     idle: Duration,
     max_queries: u32,
@@ -611,12 +697,24 @@ async fn tcp_connection(
             }
             Err(_) => return Ok(()),
         }
-        let Some((bytes, _)) = respond(dns, &buf, Transport::Tcp, max_udp) else {
-            return Ok(());
+        let messages = match dns.transfer(&buf, peer) {
+            transfer::Transfer::NotOne => {
+                let Some((bytes, _)) = respond(dns, &buf, Transport::Tcp, max_udp) else {
+                    return Ok(());
+                };
+                vec![bytes]
+            }
+            transfer::Transfer::Zone(messages) => messages,
+            transfer::Transfer::Refused(bytes, why) => {
+                tracing::info!(%peer, why, "dns zone transfer refused");
+                vec![bytes]
+            }
         };
-        let mut out = Vec::with_capacity(bytes.len() + 2);
-        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-        out.extend_from_slice(&bytes);
+        let mut out = Vec::new();
+        for bytes in messages {
+            out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            out.extend_from_slice(&bytes);
+        }
         match tokio::time::timeout(idle, s.write_all(&out)).await {
             Ok(r) => r?,
             Err(_) => {
@@ -628,4 +726,87 @@ async fn tcp_connection(
         }
     }
     Ok(())
+}
+
+/// Sends a NOTIFY (RFC 1996) to every secondary whenever the serial changes, each retried
+/// until it is answered (1, 2, 4, 8 and 16 s apart); a newer serial replaces a notify still
+/// being retried.
+async fn notify_secondaries(dns: DnsHandle, cancel: CancellationToken) {
+    let mut serials = dns.serials.subscribe();
+    serials.mark_changed();
+    let mut sending = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = serials.changed() => if changed.is_err() { break },
+        }
+        sending.abort_all();
+        let (section, zone) = {
+            let state = dns.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.section.clone(), dns.zone())
+        };
+        let Ok(keys) = transfer::Keys::new(&section.tsig_keys) else {
+            continue;
+        };
+        for s in section.secondaries {
+            let Some(signer) = transfer::key_name(&s.key)
+                .ok()
+                .and_then(|n| keys.get(&n).cloned())
+            else {
+                continue;
+            };
+            let zone = zone.clone();
+            sending.spawn(async move {
+                let to = s.address;
+                for (attempt, wait) in [1u64, 2, 4, 8, 16].into_iter().enumerate() {
+                    match notify_once(&zone, to, &signer, Duration::from_secs(wait)).await {
+                        Ok(()) => {
+                            tracing::info!(%to, serial = zone.serial(), "dns notify answered");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(%to, attempt, error = %e, "dns notify not answered"),
+                    }
+                }
+                tracing::warn!(%to, serial = zone.serial(), "dns notify never answered; the secondary will see the change at its next refresh");
+            });
+        }
+    }
+    sending.abort_all();
+}
+
+async fn notify_once(
+    zone: &Zone,
+    to: SocketAddr,
+    signer: &hickory_proto::rr::TSigner,
+    wait: Duration,
+) -> std::io::Result<()> {
+    let id: u16 = rand::random();
+    let Some(packet) = transfer::notify(zone, id, signer, crate::service::unix_now()) else {
+        return Err(std::io::Error::other("cannot encode a notify"));
+    };
+    let local: SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.send_to(&packet, to).await?;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let r = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await;
+        match r {
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer",
+                ));
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok((n, from))) if from == to && transfer::notify_acknowledged(&buf[..n], id) => {
+                return Ok(());
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
 }

@@ -243,6 +243,11 @@ impl Zone {
         }
     }
 
+    /// Every record of the zone, the SOA included, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.nodes.values().flatten()
+    }
+
     pub fn record_count(&self) -> usize {
         self.records
     }
