@@ -135,6 +135,8 @@ struct Space {
     credentials: Vec<Credential>,
     /// Listing generation: an entry is listed by this space while its `listing` is this.
     listing: u32,
+    /// Objects its root lists now.
+    objects: usize,
     membership: Membership,
     /// Documents with files here, quarantined ones not counted.
     doc_count: usize,
@@ -162,6 +164,7 @@ impl Space {
             root,
             credentials: Vec::new(),
             listing: 1,
+            objects: 0,
             membership: Membership::default(),
             doc_count: 0,
             refusal: None,
@@ -310,6 +313,8 @@ pub struct Echo {
     problems: Vec<String>,
     /// Present, not quarantined documents.
     present: usize,
+    /// Objects listed by the spaces' roots (the sum of `Space::objects`).
+    listed: usize,
     conns: HashMap<ConnId, Conn>,
     pub stats: Stats,
 }
@@ -416,6 +421,7 @@ impl Echo {
             quarantined: BTreeMap::new(),
             problems: Vec::new(),
             present: 0,
+            listed: 0,
             conns: HashMap::new(),
             stats: Stats::default(),
         }
@@ -535,8 +541,10 @@ impl Echo {
         }
     }
 
-    /// Marks a document quarantined (its files are never touched).
+    /// Marks a document quarantined (its files are never touched). A space whose root is
+    /// quarantined serves nobody: who may do what is read from the root.
     fn set_quarantined(&mut self, id: &str, space: &str, why: &str) {
+        let is_root = self.spaces.get(space).is_some_and(|s| s.root == id);
         if let Some(e) = self.ids.get_mut(id)
             && e.flags & QUARANTINED == 0
         {
@@ -557,6 +565,11 @@ impl Echo {
         }
         self.quarantined
             .insert(id.to_owned(), (space.to_owned(), why.to_owned()));
+        if is_root {
+            // No credentials: no member, and KUBE not admitted (the time does not matter
+            // without credentials).
+            self.set_root(space, None, 0);
+        }
     }
 
     /// Puts a space read whole from disk in place ([`crate::store::FileStore::load`]),
@@ -638,6 +651,7 @@ impl Echo {
         let ix = self.add_space(space, root);
         self.ids.reserve(index.docs.len() + 1);
         let (mut count, mut bytes, mut last_change) = (0, 0, index.root_last_change);
+        let mut objects = 0;
         let listing = 1; // a new space's first generation
         let mut last_kind: Option<(Cow<'_, str>, u16)> = None;
         for IndexedDoc(id, kind, listed, present, snap, log, last) in index.docs {
@@ -681,13 +695,16 @@ impl Echo {
                 bytes += snap + log;
                 last_change = last_change.max(last);
             }
+            objects += usize::from(listed);
         }
         let [snap, log] = index.root_files;
         if snap + log > 0 {
             self.add_doc(ix, root, [snap, log], index.root_last_change, true);
         }
         self.present += count;
+        self.listed += objects;
         if let Some(s) = self.spaces.get_mut(space) {
+            s.objects = objects;
             s.doc_count += count;
             s.bytes += bytes;
             s.last_change = s.last_change.max(last_change);
@@ -729,6 +746,8 @@ impl Echo {
         }
         // A new generation: what this root no longer lists stops being listed by it.
         space.listing = space.listing.wrapping_add(1).max(1);
+        self.listed = (self.listed + root.objects.len()).saturating_sub(space.objects);
+        space.objects = root.objects.len();
         let (ix, listing) = (space.ix, space.listing);
         for (id, kind) in root.objects {
             let k = self.kind(&kind);
@@ -767,7 +786,28 @@ impl Echo {
                 }
             }
         }
+        self.sweep();
         self.judge(space_id, now_ms);
+    }
+
+    /// Forgets the ids no root lists any more and that have no files here, once they
+    /// outnumber what is listed and held (an admin listing and unlisting new ids would
+    /// otherwise grow `ids` until a restart). Amortized: each sweep follows at least as
+    /// many new ids as it keeps.
+    fn sweep(&mut self) {
+        let live = self.present + self.quarantined.len() + self.spaces.len() + self.listed;
+        if self.ids.len() <= 2 * live + 1024 {
+            return;
+        }
+        let listing: Vec<u32> = self
+            .names
+            .iter()
+            .map(|n| self.spaces.get(n).map_or(0, |s| s.listing))
+            .collect();
+        self.ids.retain(|_, e| {
+            e.flags & (PRESENT | ROOT | QUARANTINED) != 0
+                || (e.listing != 0 && listing.get(e.space as usize) == Some(&e.listing))
+        });
     }
 
     /// Judges a space's membership again from its credentials, at `now_ms`.
@@ -855,22 +895,29 @@ impl Echo {
     }
 
     /// A document listed by a space but not known to have files: the files are looked
-    /// for (an index written before a crash may not know them yet).
-    fn probe(&mut self, id: &str) -> bool {
+    /// for (an index written before a crash may not know them yet). `Ok(true)`: found
+    /// and in memory; `Ok(false)`: it has no files here. A read that fails is an error,
+    /// never "no files": taking it for a new document would write over the files.
+    fn probe(&mut self, id: &str) -> Result<bool, Missing> {
         let Some(space) = self.listed_by(id).map(str::to_owned) else {
-            return false;
+            return Ok(false);
         };
-        if self.space_of(id).is_some() || self.quarantined.contains_key(id) {
-            return false;
+        if self.quarantined.contains_key(id) {
+            return Err(Missing::Quarantined);
+        }
+        if self.space_of(id).is_some() {
+            return Ok(false);
         }
         let Some(source) = self.source.clone() else {
-            return false;
+            return Ok(false);
         };
-        let Ok(Some(stored)) = source.read_doc(&space, id) else {
-            return false;
+        let stored = match source.read_doc(&space, id) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(Missing::Io(e.to_string())),
         };
         let Some(ix) = self.spaces.get(&space).map(|s| s.ix) else {
-            return false;
+            return Ok(false);
         };
         self.stats.loads += 1;
         let snap = stored.snapshot.len() as u64;
@@ -878,13 +925,68 @@ impl Echo {
         match load_doc(&stored) {
             Ok(am) => {
                 self.hold(id, am);
-                true
+                Ok(true)
             }
             Err(why) => {
                 self.problems
                     .push(format!("{space}/{id}: {why} (quarantined)"));
                 self.set_quarantined(id, &space, &why);
-                false
+                Err(Missing::Quarantined)
+            }
+        }
+    }
+
+    /// The document `frame` from `conn` needs read from disk before it can be handled, if
+    /// any: a sync or request of a member (so a refusal still reads nothing) for a
+    /// document with files here that is not in memory. The driver reads it off ECHO's
+    /// thread ([`preload`]) and holds the frame, and later ones for that document, until
+    /// [`Echo::preloaded`] has put it in place; everyone else goes on meanwhile.
+    pub fn wants(&self, conn: ConnId, frame: &[u8]) -> Option<(String, String)> {
+        self.source.as_ref()?;
+        let c = self.conns.get(&conn)?;
+        if c.closed || !c.joined || frame.len() > self.limits.max_message_bytes {
+            return None;
+        }
+        let doc = wire::sync_doc(frame)?;
+        if self.loaded.contains_key(doc.as_str()) {
+            return None;
+        }
+        let space = self.space_of(&doc)?;
+        let is_root = self.spaces.get(space).is_some_and(|s| s.root == doc);
+        self.role(conn, space).or_else(|| {
+            is_root
+                .then(|| self.admin_of_refused(conn, space))
+                .flatten()
+        })?;
+        Some((space.to_owned(), doc))
+    }
+
+    /// Puts a document read by [`preload`] in place, unless what ECHO knows of it changed
+    /// since the read began: it is in memory already (read by someone else, perhaps
+    /// changed since), no longer has files in that space, or its files are not the sizes
+    /// ECHO last wrote (an index rebuilt after a crash may be behind). Then the read is
+    /// dropped, and the frames waiting for it read the document as any other frame does.
+    pub fn preloaded(&mut self, p: Preload) {
+        let Preload { space, id, read } = p;
+        if self.loaded.contains_key(id.as_str()) || self.space_of(&id) != Some(space.as_str()) {
+            return;
+        }
+        let Ok((sizes, loaded)) = read else {
+            return;
+        };
+        let Some(e) = self.ids.get(id.as_str()) else {
+            return;
+        };
+        if [e.snapshot_bytes, e.log_bytes] != [small(sizes[0]), small(sizes[1])] {
+            return;
+        }
+        self.stats.loads += 1;
+        match loaded {
+            Ok(am) => self.hold(&id, am),
+            Err(why) => {
+                self.problems
+                    .push(format!("{space}/{id}: {why} (quarantined)"));
+                self.set_quarantined(&id, &space, &why);
             }
         }
     }
@@ -1203,17 +1305,24 @@ impl Echo {
                             self.strike(conn, "too-large", &m, &mut out);
                         }
                         Ok(()) => {
-                            if self.space_of(&doc).is_some()
+                            let known = if self.space_of(&doc).is_some() {
+                                Ok(true)
+                            } else if self
+                                .listed_by(&doc)
+                                .is_some_and(|s| self.role(conn, s).is_some())
+                            {
                                 // Files an index written before a crash did not know
                                 // of are looked for, for a member only.
-                                || (self
-                                    .listed_by(&doc)
-                                    .is_some_and(|s| self.role(conn, s).is_some())
-                                    && self.probe(&doc))
-                            {
-                                self.sync_known(conn, &doc, m, now_ms, &mut out);
+                                self.probe(&doc)
                             } else {
-                                self.sync_unknown(conn, &doc, m, request, now_ms, &mut out);
+                                Ok(false)
+                            };
+                            match known {
+                                Ok(true) => self.sync_known(conn, &doc, m, now_ms, &mut out),
+                                Ok(false) => {
+                                    self.sync_unknown(conn, &doc, m, request, now_ms, &mut out)
+                                }
+                                Err(missing) => self.missing(conn, &doc, missing, &mut out),
                             }
                         }
                     }
@@ -1436,11 +1545,14 @@ impl Echo {
     ) {
         let max_pending = self.limits.max_pending_docs;
         if let Some((space, _)) = self.quarantined.get(doc_id) {
-            let m = format!(
-                "refused: {doc_id} of {space} is quarantined (its files on this KUBE do not load); an operator must restore it"
-            );
-            *self.stats.refused.entry("quarantined").or_default() += 1;
-            self.send(conn, &Outgoing::Error { message: &m }, out);
+            // Only a member learns that it exists, and why it is not served.
+            if self.role(conn, space).is_some() {
+                let m = format!(
+                    "refused: {doc_id} of {space} is quarantined (its files on this KUBE do not load); an operator must restore it"
+                );
+                *self.stats.refused.entry("quarantined").or_default() += 1;
+                self.send(conn, &Outgoing::Error { message: &m }, out);
+            }
             self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
             return;
         }
@@ -1497,6 +1609,12 @@ impl Echo {
         let Some(p) = c.pending.get(doc_id) else {
             return;
         };
+        if self.quarantined.contains_key(doc_id) {
+            // Its files are never touched, nor written to.
+            let m = format!("refused: {doc_id} is quarantined on this KUBE");
+            self.refuse_pending(conn, doc_id, "quarantined", &m, out);
+            return;
+        }
         let did = c.did.clone();
         if let Some(root) = space::read_root(&p.am) {
             let taken = self
@@ -1631,6 +1749,16 @@ impl Echo {
                 None => return,
             },
         };
+        // Files an index written before a crash did not know of are looked for: a
+        // document with files merges into them, and one whose files cannot be read now
+        // waits (taking it for new would write over them).
+        if new_space.is_none()
+            && self.space_of(doc_id).is_none()
+            && let Err(m) = self.probe(doc_id)
+        {
+            self.missing(conn, doc_id, m, out);
+            return;
+        }
         // Several connections may hold the same document (a new object reaches KUBE from
         // its author and from a peer it already synced with); the first promoted is the
         // document, later ones merge into it. Replacing it would drop changes KUBE has
@@ -1920,22 +2048,62 @@ impl Echo {
 
     /// Runs `f` on a document, reading it for the occasion when it is not in memory (an
     /// operator's walk does not displace the peers' documents).
-    fn with_doc<R>(&mut self, id: &str, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
+    /// `Ok(None)`: it is not here (or does not load, and is quarantined now); `Err`: its
+    /// files could not be read.
+    fn with_doc<R>(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&Automerge) -> R,
+    ) -> Result<Option<R>, String> {
         if let Some(l) = self.loaded.get(id) {
-            return Some(f(&l.am));
+            return Ok(Some(f(&l.am)));
         }
-        let space = self.space_of(id)?.to_owned();
-        let stored = self.source.as_ref()?.read_doc(&space, id).ok()??;
+        let Some(space) = self.space_of(id).map(str::to_owned) else {
+            return Ok(None);
+        };
+        let Some(source) = self.source.clone() else {
+            return Ok(None);
+        };
+        let stored = match source.read_doc(&space, id) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("{space}/{id}: {e}")),
+        };
         self.stats.loads += 1;
         match load_doc(&stored) {
-            Ok(am) => Some(f(&am)),
+            Ok(am) => Ok(Some(f(&am))),
             Err(why) => {
                 self.problems
                     .push(format!("{space}/{id}: {why} (quarantined)"));
                 self.set_quarantined(id, &space, &why);
-                None
+                Ok(None)
             }
         }
+    }
+
+    /// Looks for the files of the objects `space` lists that ECHO does not know to have
+    /// files (an index written before a crash may not know them), so an operator's walk
+    /// of the space sees every document.
+    fn probe_listed(&mut self, space_id: &str) -> Result<(), String> {
+        let Some(s) = self.spaces.get(space_id) else {
+            return Ok(());
+        };
+        let (ix, listing) = (s.ix, s.listing);
+        let absent: Vec<String> = self
+            .ids
+            .iter()
+            .filter(|(_, e)| {
+                e.space == ix && e.listing == listing && e.flags & (PRESENT | ROOT) == 0
+            })
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in absent {
+            match self.probe(&id) {
+                Ok(_) | Err(Missing::Quarantined | Missing::NotHere) => {}
+                Err(Missing::Io(e)) => return Err(format!("{space_id}/{id}: {e}")),
+            }
+        }
+        Ok(())
     }
 
     pub fn show(&self, space_id: &str) -> Option<SpaceDetail> {
@@ -2001,6 +2169,10 @@ impl Echo {
         ty: &str,
         wheres: &[(String, String)],
     ) -> Option<Vec<serde_json::Value>> {
+        // (A document that cannot be read now is left out of the answer and logged.)
+        if let Err(e) = self.probe_listed(space_id) {
+            self.problems.push(format!("{e} (not read for a query)"));
+        }
         let s = self.spaces.get(space_id)?;
         let ids: Vec<String> = self
             .docs_of(s)
@@ -2010,8 +2182,13 @@ impl Echo {
             .collect();
         let mut found = Vec::new();
         for id in ids {
-            let Some(mut v) = self.with_doc(&id, space::to_json) else {
-                continue;
+            let mut v = match self.with_doc(&id, space::to_json) {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.problems.push(format!("{e} (not read for a query)"));
+                    continue;
+                }
             };
             if space::matches(&v, ty, wheres) {
                 if let Some(o) = v.as_object_mut() {
@@ -2023,8 +2200,14 @@ impl Echo {
         Some(found)
     }
 
-    pub fn export(&mut self, space_id: &str) -> Option<Export> {
+    /// A space whole, for `kube space export` and backups: `None` when it is not here,
+    /// an error when one of its documents cannot be read now (an export is never short of
+    /// a document silently).
+    pub fn export(&mut self, space_id: &str) -> Option<Result<Export, String>> {
         use base64::Engine;
+        if let Err(e) = self.probe_listed(space_id) {
+            return Some(Err(e));
+        }
         let s = self.spaces.get(space_id)?;
         let root = s.root.clone();
         let ids: Vec<String> = self
@@ -2035,16 +2218,20 @@ impl Echo {
             .collect();
         let mut documents = BTreeMap::new();
         for id in ids {
-            if let Some(bytes) = self.with_doc(&id, Automerge::save) {
-                documents.insert(id, base64::engine::general_purpose::STANDARD.encode(bytes));
+            match self.with_doc(&id, Automerge::save) {
+                Ok(Some(bytes)) => {
+                    documents.insert(id, base64::engine::general_purpose::STANDARD.encode(bytes));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
             }
         }
-        Some(Export {
+        Some(Ok(Export {
             format: EXPORT_FORMAT.to_owned(),
             space: space_id.to_owned(),
             root,
             documents,
-        })
+        }))
     }
 
     /// Undoes an [`Echo::import`] whose writes failed, so ECHO is as it was before it: the
@@ -2063,6 +2250,7 @@ impl Echo {
             keep
         });
         self.present -= gone;
+        self.listed = self.listed.saturating_sub(space.objects);
         let ids: Vec<Box<str>> = self.loaded.keys().cloned().collect();
         for id in ids {
             if !self.ids.contains_key(&id)
@@ -2158,6 +2346,30 @@ impl Echo {
     }
 }
 
+/// A document read and loaded off ECHO's thread, for [`Echo::preloaded`].
+pub struct Preload {
+    pub space: String,
+    pub id: String,
+    /// The sizes of its files (snapshot, log) and the document, or why it does not load;
+    /// or why it could not be read.
+    read: Result<([u64; 2], Result<Automerge, String>), String>,
+}
+
+/// Reads document `id` of `space` from `source` and loads it (on a blocking thread: this
+/// is the slow part of a document's first use). A panic in Automerge on the files counts
+/// as a document that does not load.
+pub fn preload(source: &dyn Source, space: String, id: String) -> Preload {
+    let read = match source.read_doc(&space, &id) {
+        Err(e) => Err(e.to_string()),
+        Ok(None) => Err("no files".into()),
+        Ok(Some(stored)) => {
+            let snap = stored.snapshot.len() as u64;
+            Ok(([snap, stored.size.saturating_sub(snap)], load_doc(&stored)))
+        }
+    };
+    Preload { space, id, read }
+}
+
 /// Bytes a log frame adds to its chunk.
 const FRAME: u64 = 8;
 
@@ -2165,6 +2377,13 @@ const FRAME: u64 = 8;
 /// log, a snapshot or chunk Automerge refuses) is returned, for the document to be
 /// quarantined rather than served short of acknowledged changes.
 fn load_doc(d: &crate::store::StoredDoc) -> Result<Automerge, String> {
+    // Files that make Automerge panic are a document that does not load, not the end of
+    // ECHO's thread.
+    std::panic::catch_unwind(|| load_files(d))
+        .unwrap_or_else(|_| Err("Automerge panicked while loading it".into()))
+}
+
+fn load_files(d: &crate::store::StoredDoc) -> Result<Automerge, String> {
     if let Some(why) = &d.corrupt {
         return Err(why.clone());
     }

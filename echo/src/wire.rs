@@ -104,6 +104,14 @@ fn doc_id(map: &[(Value, Value)]) -> Result<String, DecodeError> {
     }
 }
 
+/// The documentId of a `sync` or `request` frame (one that may need the document read).
+pub fn sync_doc(frame: &[u8]) -> Option<String> {
+    match decode(frame) {
+        Ok(Incoming::Sync { doc, .. }) => Some(doc),
+        _ => None,
+    }
+}
+
 /// Decodes one frame.
 pub fn decode(frame: &[u8]) -> Result<Incoming, DecodeError> {
     let value: Value =

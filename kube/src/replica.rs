@@ -32,6 +32,11 @@ const QUEUE: usize = 4096;
 const PING: Duration = Duration::from_secs(20);
 /// How often changed spaces' indexes are written (and at stop).
 const INDEX_EVERY: Duration = Duration::from_secs(5);
+/// Documents read from disk at once, off ECHO's thread.
+const READERS: usize = 4;
+/// Bytes of frames held while the documents they need are read; beyond it, no new event is
+/// taken until reads land.
+const HELD_BYTES: usize = 64 << 20;
 
 enum Event {
     Connect {
@@ -64,7 +69,8 @@ pub enum Op {
         wheres: Vec<(String, String)>,
         reply: oneshot::Sender<Option<Vec<serde_json::Value>>>,
     },
-    Export(String, oneshot::Sender<Option<Export>>),
+    /// `None`: no such space; an error: a document could not be read now.
+    Export(String, oneshot::Sender<Option<Result<Export, String>>>),
     Import(Box<Export>, oneshot::Sender<Result<String, String>>),
     Status(oneshot::Sender<EchoStatus>),
 }
@@ -489,6 +495,138 @@ impl Waiting {
     }
 }
 
+/// Documents being read from disk off ECHO's thread (reading and loading a large document
+/// is the slow part of its first use), and the frames that wait for them. Frames of one
+/// document are handled in the order they came; frames of other documents, and other
+/// peers, go on meanwhile.
+#[derive(Default)]
+struct Reads {
+    /// Frames waiting for a document, by documentId, in arrival order.
+    held: HashMap<String, Vec<(ConnId, Vec<u8>, Instant)>>,
+    /// Documents to read once a reader is free (each has frames in `held`).
+    queue: std::collections::VecDeque<(String, String)>,
+    running: tokio::task::JoinSet<echo::repo::Preload>,
+    ids: HashMap<tokio::task::Id, String>,
+    /// Frames each connection has held; one that closes meanwhile closes once they are
+    /// handled (what a peer sent before it left is kept, as without a read).
+    per_conn: HashMap<ConnId, usize>,
+    closing: HashSet<ConnId>,
+    bytes: usize,
+}
+
+impl Reads {
+    /// Holds `bytes` if its document is being read, or needs to be; gives it back if not.
+    fn hold(
+        &mut self,
+        echo: &Echo,
+        store: &Arc<FileStore>,
+        conn: ConnId,
+        bytes: Vec<u8>,
+        at: Instant,
+    ) -> Option<Vec<u8>> {
+        let waiting = if self.held.is_empty() {
+            None
+        } else {
+            echo::wire::sync_doc(&bytes).filter(|d| self.held.contains_key(d))
+        };
+        let doc = match waiting {
+            Some(doc) => doc,
+            None => {
+                let Some((space, doc)) = echo.wants(conn, &bytes) else {
+                    return Some(bytes);
+                };
+                self.held.insert(doc.clone(), Vec::new());
+                self.queue.push_back((space, doc.clone()));
+                self.start(store);
+                doc
+            }
+        };
+        self.bytes += bytes.len();
+        *self.per_conn.entry(conn).or_default() += 1;
+        if let Some(frames) = self.held.get_mut(&doc) {
+            frames.push((conn, bytes, at));
+        }
+        None
+    }
+
+    /// Starts reads while readers are free.
+    fn start(&mut self, store: &Arc<FileStore>) {
+        while self.running.len() < READERS {
+            let Some((space, id)) = self.queue.pop_front() else {
+                break;
+            };
+            let st = store.clone();
+            let doc = id.clone();
+            let h = self
+                .running
+                .spawn_blocking(move || echo::repo::preload(&*st, space, doc));
+            self.ids.insert(h.id(), id);
+        }
+    }
+
+    /// The frames that waited for `id`, now to be handled; the connection of each.
+    fn release(&mut self, id: &str) -> Vec<(ConnId, Vec<u8>, Instant)> {
+        let frames = self.held.remove(id).unwrap_or_default();
+        for (_, b, _) in &frames {
+            self.bytes -= b.len();
+        }
+        frames
+    }
+
+    /// One of `conn`'s held frames has been handled: whether it closed meanwhile and
+    /// this was its last.
+    fn handled(&mut self, conn: ConnId) -> bool {
+        let Some(n) = self.per_conn.get_mut(&conn) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.per_conn.remove(&conn);
+        self.closing.remove(&conn)
+    }
+
+    /// Whether `conn` has frames held (so its close waits for them).
+    fn holds(&self, conn: ConnId) -> bool {
+        self.per_conn.contains_key(&conn)
+    }
+}
+
+/// Handles one frame of a peer. A panic in Automerge on a peer's bytes costs that peer its
+/// connection, not ECHO.
+fn receive(
+    echo: &mut Echo,
+    conns: &mut HashMap<ConnId, Outbox>,
+    conn: ConnId,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Vec<Action> {
+    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        echo.receive(conn, bytes, now_ms)
+    }));
+    match step {
+        Ok(a) => a,
+        Err(_) => {
+            tracing::error!(
+                conn,
+                "ECHO panicked on a peer's message; closing that connection"
+            );
+            *echo.stats.refused.entry("invalid").or_default() += 1;
+            // The document it touched may be half-changed in memory: out of service (its
+            // files are as acknowledged) until a restart.
+            if let Ok(echo::wire::Incoming::Sync { doc, .. }) = echo::wire::decode(bytes) {
+                echo.quarantine(&doc, "ECHO panicked while applying a peer's changes; restart KUBE to load it from disk again");
+            }
+            if let Some(outbox) = conns.remove(&conn) {
+                outbox.close();
+            }
+            echo.disconnect(conn);
+            Vec::new()
+        }
+    }
+}
+
 fn written_doc(w: &Write) -> &str {
     match w {
         Write::NewSpace { root, .. } => root,
@@ -499,6 +637,8 @@ fn written_doc(w: &Write) -> &str {
 enum Wake {
     Stop,
     Landed(Result<(), String>),
+    /// A document read off ECHO's thread (or the id of one whose read failed).
+    Read(Result<Box<echo::repo::Preload>, String>),
     Tick,
     Event(Option<Event>),
 }
@@ -520,6 +660,7 @@ async fn run(
     let mut failed = false;
     let mut flight: Option<Flight> = None;
     let mut waiting = Waiting::default();
+    let mut reads = Reads::default();
     update_gauges(&echo, &metrics);
     let mut indexed_at = Instant::now();
     loop {
@@ -537,11 +678,21 @@ async fn run(
                     Err(e) => Err(e.to_string()),
                 })
             }
+            Some(r) = reads.running.join_next_with_id(), if !reads.running.is_empty() => {
+                Wake::Read(match r {
+                    Ok((id, p)) => {
+                        reads.ids.remove(&id);
+                        Ok(Box::new(p))
+                    }
+                    Err(e) => Err(reads.ids.remove(&e.id()).unwrap_or_default()),
+                })
+            }
             _ = tick.tick() => Wake::Tick,
             // While a flight is out, at most a batch's worth of events waits behind it.
-            e = events.recv(), if waiting.events < BATCH => Wake::Event(e),
+            e = events.recv(), if waiting.events < BATCH && reads.bytes < HELD_BYTES => Wake::Event(e),
         };
         let mut batch = Vec::new();
+        let mut released = Vec::new();
         match wake {
             Wake::Stop => {
                 for outbox in conns.values() {
@@ -581,6 +732,7 @@ async fn run(
                     tracing::error!(error = %err, "ECHO cannot write to its store; closing every connection and refusing new ones until a restart");
                     failed = true;
                     waiting = Waiting::default();
+                    reads = Reads::default();
                     for outbox in conns.values() {
                         outbox.close();
                     }
@@ -598,6 +750,20 @@ async fn run(
                     perform(next.sends, &mut conns, &mut echo);
                 }
             }
+            Wake::Read(r) => {
+                let id = match r {
+                    Ok(p) => {
+                        let id = p.id.clone();
+                        echo.preloaded(*p);
+                        id
+                    }
+                    Err(id) => id,
+                };
+                // Handled below; when the read was not taken (or failed), they read the
+                // document as any frame does.
+                released = reads.release(&id);
+                reads.start(&store);
+            }
             Wake::Tick => {}
             Wake::Event(None) => return,
             Wake::Event(Some(e)) => batch.push(e),
@@ -612,6 +778,14 @@ async fn run(
         let mut actions = echo.tick(now_ms);
         let mut oldest: Option<Instant> = None;
         let handled = batch.len();
+        for (conn, bytes, at) in released {
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            actions.extend(receive(&mut echo, &mut conns, conn, &bytes, now_ms));
+            if reads.handled(conn) {
+                conns.remove(&conn);
+                echo.disconnect(conn);
+            }
+        }
         for e in batch {
             match e {
                 Event::Connect { conn, peer, outbox } => {
@@ -623,35 +797,21 @@ async fn run(
                     echo.connect(conn, peer, now_ms);
                 }
                 Event::Frame { conn, bytes, at } => {
-                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                    // A panic in Automerge on a peer's bytes costs that peer its
-                    // connection, not ECHO.
-                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        echo.receive(conn, &bytes, now_ms)
-                    }));
-                    match step {
-                        Ok(a) => actions.extend(a),
-                        Err(_) => {
-                            tracing::error!(
-                                conn,
-                                "ECHO panicked on a peer's message; closing that connection"
-                            );
-                            *echo.stats.refused.entry("invalid").or_default() += 1;
-                            // The document it touched may be half-changed in memory: out of
-                            // service (its files are as acknowledged) until a restart.
-                            if let Ok(echo::wire::Incoming::Sync { doc, .. }) =
-                                echo::wire::decode(&bytes)
-                            {
-                                echo.quarantine(&doc, "ECHO panicked while applying a peer's changes; restart KUBE to load it from disk again");
-                            }
-                            if let Some(outbox) = conns.remove(&conn) {
-                                outbox.close();
-                            }
-                            echo.disconnect(conn);
-                        }
+                    // Frames whose document is being read wait for it, off this thread.
+                    if failed {
+                        continue;
                     }
+                    let Some(bytes) = reads.hold(&echo, &store, conn, bytes, at) else {
+                        continue;
+                    };
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                    actions.extend(receive(&mut echo, &mut conns, conn, &bytes, now_ms));
                 }
                 Event::Closed { conn } => {
+                    if reads.holds(conn) {
+                        reads.closing.insert(conn);
+                        continue;
+                    }
                     conns.remove(&conn);
                     echo.disconnect(conn);
                 }

@@ -172,11 +172,11 @@ impl Peer {
         p
     }
 
-    async fn send(&mut self, bytes: Vec<u8>) {
+    pub(crate) async fn send(&mut self, bytes: Vec<u8>) {
         let _ = self.ws.send(Message::Binary(bytes.into())).await;
     }
 
-    async fn recv(&mut self, wait: Duration) -> Option<Value> {
+    pub(crate) async fn recv(&mut self, wait: Duration) -> Option<Value> {
         loop {
             match tokio::time::timeout(wait, self.ws.next()).await {
                 Ok(Some(Ok(Message::Binary(b)))) => {
@@ -245,6 +245,29 @@ impl Peer {
 }
 
 impl Peer {
+    /// Asks KUBE for `id` as a client without it does, and waits for KUBE's first message
+    /// about it (its first sync message, or doc-unavailable); bounded by `wait`.
+    pub(crate) async fn first_answer(&mut self, id: &str, wait: Duration) -> Option<String> {
+        let (doc, mut st) = (Automerge::new(), sync::State::new());
+        let m = doc.generate_sync_message(&mut st)?;
+        self.send(frame(vec![
+            ("type", t("request")),
+            ("senderId", t(&self.me)),
+            ("targetId", t("kube")),
+            ("documentId", t(id)),
+            ("data", Value::Bytes(m.encode())),
+        ]))
+        .await;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let v = self.recv(deadline - Instant::now()).await?;
+            if text_of(&v, "documentId") == id {
+                return Some(text_of(&v, "type"));
+            }
+        }
+        None
+    }
+
     /// Fetches many documents at once, as a fresh client would (a request for each, then
     /// the exchanges, interleaved), `window` in flight; returns each document KUBE gave
     /// (those it did not are absent). Done when every document has `key`, or is refused.

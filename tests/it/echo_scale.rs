@@ -164,3 +164,87 @@ async fn documents_are_read_on_demand_within_the_budget() {
         "RSS {walked_kib} KiB after walking {total} documents"
     );
 }
+
+/// Issue 19: a document that is slow to read (here: one with 150,000 operations, about a
+/// second to load in a debug build) holds up nobody but the peers that asked for it. It is
+/// read off ECHO's thread; another member fetching twenty documents of another space
+/// meanwhile is done long before it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_document_holds_up_no_other_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let opts = || Opts {
+        data_dir: Some(data_dir.clone()),
+        ..Opts::default()
+    };
+    let mut kube = Kube::start_with(opts()).unwrap();
+    let did = kube_did(&kube).await;
+    let heavy = id("Heavy", 0, 0);
+    let mut space0 = export(&did, 0);
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "title", "heavy").unwrap();
+    let text = tx.put_object(ROOT, "text", ObjType::Text).unwrap();
+    tx.splice_text(&text, 0, 0, &"x".repeat(150_000)).unwrap();
+    tx.commit();
+    space0["documents"][&heavy] = base64::engine::general_purpose::STANDARD
+        .encode(doc.save())
+        .into();
+    // The heavy document is listed by space 0's root as an object.
+    let root_id = id("Root", 0, 0);
+    let root_b64 = space0["documents"][&root_id].as_str().unwrap().to_owned();
+    let mut root = Automerge::load(
+        &base64::engine::general_purpose::STANDARD
+            .decode(root_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let mut tx = root.transaction();
+    let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
+    let o = tx.put_object(&objects, &heavy, ObjType::Map).unwrap();
+    tx.put(&o, "type", "blob").unwrap();
+    tx.commit();
+    space0["documents"][&root_id] = base64::engine::general_purpose::STANDARD
+        .encode(root.save())
+        .into();
+    let http = reqwest::Client::new();
+    for export in [space0, export(&did, 1)] {
+        let r = http
+            .post(kube.admin_url("/api/echo/import"))
+            .bearer_auth(kube.token())
+            .json(&export)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    assert!(kube.terminate().success());
+    let kube = Kube::start_with(opts()).unwrap();
+
+    let mut alice = Peer::connect(&kube, &did, &key(1), "alice").await;
+    let mut bob = Peer::connect(&kube, &did, &key(1), "bob").await;
+    let asked = std::time::Instant::now();
+    let heavy_answer = tokio::spawn(async move {
+        let answer = alice.first_answer(&heavy, Duration::from_secs(60)).await;
+        (answer, asked.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ids: Vec<String> = (0..20).map(|i| id("Task", 1, i)).collect();
+    let started = std::time::Instant::now();
+    let got = bob.fetch_many(&ids, "title", 20).await;
+    let bob_took = started.elapsed();
+    assert_eq!(got.len(), 20, "{:?}", bob.errors);
+    let (answer, heavy_took) = heavy_answer.await.unwrap();
+    assert_eq!(answer.as_deref(), Some("sync"));
+    eprintln!(
+        "the heavy document's first answer took {heavy_took:?}; another space's 20 documents {bob_took:?} meanwhile"
+    );
+    assert!(
+        heavy_took > Duration::from_millis(300),
+        "the heavy document loads in {heavy_took:?}: too fast to show anything"
+    );
+    assert!(
+        bob_took < heavy_took / 2,
+        "another space's fetch took {bob_took:?}, held up behind a read of {heavy_took:?}"
+    );
+}

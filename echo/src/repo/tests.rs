@@ -605,7 +605,7 @@ fn export_and_import_round_trip_and_are_verified() {
     list_object(alice.doc(ROOT_ID), OBJ_ID);
     alice.sync(&mut e, OBJ_ID);
     alice.sync(&mut e, ROOT_ID);
-    let exp = e.export(&w.space).unwrap();
+    let exp = e.export(&w.space).unwrap().unwrap();
     assert_eq!(exp.documents.len(), 2);
 
     let mut fresh = echo();
@@ -1136,7 +1136,7 @@ fn a_failed_import_is_undone_in_memory_and_on_disk() {
     list_object(alice.doc(ROOT_ID), OBJ_ID);
     alice.sync(&mut e, OBJ_ID);
     alice.sync(&mut e, ROOT_ID);
-    let exp = e.export(&w.space).unwrap();
+    let exp = e.export(&w.space).unwrap().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let store = crate::store::FileStore::open(tmp.path()).unwrap();
     // The store cannot make the space's directory: a file is in the way.
@@ -1159,7 +1159,9 @@ fn a_failed_import_is_undone_in_memory_and_on_disk() {
     let writes = fresh.import(exp, NOW).unwrap();
     store.apply(&writes).unwrap();
     std::fs::write(&other, b"not the import's").unwrap();
-    let again_writes = echo().import(fresh.export(&w.space).unwrap(), NOW).unwrap();
+    let again_writes = echo()
+        .import(fresh.export(&w.space).unwrap().unwrap(), NOW)
+        .unwrap();
     store.remove_written(&again_writes).unwrap();
     assert!(other.exists(), "only the import's own files are removed");
     std::fs::remove_file(&other).unwrap();
@@ -1482,5 +1484,215 @@ fn a_document_that_does_not_load_is_quarantined_when_first_read() {
     assert_eq!(
         fetch(&mut e, &mut alice, &obj(2)).as_deref(),
         Some("task 2")
+    );
+}
+
+/// A request frame for `id` from `c`, as `Client::send` makes it.
+fn request_frame(e: &Echo, c: &Client, id: &str) -> Vec<u8> {
+    let m = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .unwrap();
+    frame(vec![
+        ("type", t("request")),
+        ("senderId", t(&c.peer)),
+        ("targetId", t(e.peer_id())),
+        ("documentId", t(id)),
+        ("data", Value::Bytes(m.encode())),
+    ])
+}
+
+#[test]
+fn documents_read_off_the_thread_are_taken_only_while_still_current() {
+    let (_tmp, store, w, mut e, _alice) = stored_space(5);
+    flush(&mut e, &store);
+    let (mut e, _) = reopen(&store, Limits::default());
+    let mallory = Client::join(&mut e, 7, &key(7));
+    let mut alice = Client::join(&mut e, 2, &w.admin);
+
+    // A non-member's frame needs no read; a member's does, of a document not in memory.
+    assert_eq!(
+        e.wants(mallory.conn, &request_frame(&e, &mallory, &obj(1))),
+        None
+    );
+    let wanted = e.wants(alice.conn, &request_frame(&e, &alice, &obj(1)));
+    assert_eq!(wanted, Some((w.space.clone(), obj(1))));
+    assert_eq!(
+        e.wants(alice.conn, &request_frame(&e, &alice, "unknown")),
+        None
+    );
+
+    // Read off the thread and put in place: served with no read of its own.
+    let p = preload(&*store, w.space.clone(), obj(1));
+    e.preloaded(p);
+    assert_eq!(e.stats.loads, 1);
+    assert_eq!(
+        e.wants(alice.conn, &request_frame(&e, &alice, &obj(1))),
+        None
+    );
+    assert_eq!(
+        fetch(&mut e, &mut alice, &obj(1)).as_deref(),
+        Some("task 1")
+    );
+    assert_eq!(e.stats.loads, 1);
+
+    // A read that began before the document changed is dropped: the change stays.
+    let stale = preload(&*store, w.space.clone(), obj(1));
+    set(alice.doc(&obj(1)), "title", "changed");
+    let a = alice.sync(&mut e, &obj(1));
+    apply(&store, &a);
+    e.loaded.clear();
+    e.cached = 0;
+    e.preloaded(stale);
+    assert!(
+        !e.loaded.contains_key(obj(1).as_str()),
+        "a stale read is not taken"
+    );
+    let mut bob = Client::join(&mut e, 3, &w.admin);
+    assert_eq!(fetch(&mut e, &mut bob, &obj(1)).as_deref(), Some("changed"));
+
+    // A read of a document already in memory is dropped too (memory may be ahead).
+    let again = preload(&*store, w.space.clone(), obj(1));
+    let held = e.cache();
+    e.preloaded(again);
+    assert_eq!(e.cache(), held);
+
+    // Files that do not load are quarantined, as on a read on the thread.
+    let (mut e2, _) = reopen(&store, Limits::default());
+    let bad = Preload {
+        space: w.space.clone(),
+        id: obj(2),
+        read: Ok((
+            {
+                let en = &e2.ids[obj(2).as_str()];
+                [u64::from(en.snapshot_bytes), u64::from(en.log_bytes)]
+            },
+            Err("damaged".into()),
+        )),
+    };
+    e2.preloaded(bad);
+    assert_eq!(e2.quarantined_count(), 1);
+    assert_eq!(e2.take_problems().len(), 1);
+}
+
+/// A disk that fails every read (EIO, a full file table).
+struct Failing;
+
+impl Source for Failing {
+    fn read_doc(
+        &self,
+        space: &str,
+        _doc: &str,
+    ) -> Result<Option<crate::store::StoredDoc>, crate::store::StoreError> {
+        Err(crate::store::StoreError::Io {
+            path: space.into(),
+            source: std::io::Error::other("injected read failure"),
+        })
+    }
+}
+
+#[test]
+fn a_read_that_fails_is_never_taken_for_a_new_document() {
+    let (tmp, store, w, mut e, mut alice) = stored_space(2);
+    // The root lists X and the index is written; X's files come after it (and a crash
+    // follows before the next index): the index does not know X has files.
+    let x = obj(7);
+    list_object(alice.doc(ROOT_ID), &x);
+    apply(&store, &alice.sync(&mut e, ROOT_ID));
+    flush(&mut e, &store);
+    set(alice.doc(&x), "title", "acknowledged");
+    apply(&store, &alice.sync(&mut e, &x));
+    let log = tmp.path().join(format!("spaces/{}/{x}.log", w.space));
+    let on_disk = std::fs::read(&log).unwrap();
+
+    // After the restart the disk fails: a member's own copy of X is not taken for new.
+    let (mut e, _) = reopen(&store, Limits::default());
+    e.set_source(std::sync::Arc::new(Failing));
+    let mut bob = Client::join(&mut e, 2, &w.admin);
+    set(bob.doc(&x), "title", "bob's");
+    set(bob.doc(&x), "other", "bob's");
+    let a = bob.sync(&mut e, &x);
+    assert!(
+        a.iter().all(|a| a.store().is_none()),
+        "nothing written: {a:?}"
+    );
+    assert!(
+        bob.errors.iter().any(|m| m.contains("cannot be read")),
+        "{:?}",
+        bob.errors
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), on_disk);
+
+    // An export is never short of X: it fails while the disk does, and has X after.
+    let (mut e3, _) = reopen(&store, Limits::default());
+    e3.set_source(std::sync::Arc::new(Failing));
+    assert!(matches!(e3.export(&w.space), Some(Err(_))));
+    e3.set_source(store.clone());
+    let exp = e3.export(&w.space).unwrap().unwrap();
+    assert!(exp.documents.contains_key(&x), "{:?}", exp.documents.keys());
+
+    // The disk is back: bob's copy merges into X's files, nothing acknowledged is lost.
+    e.set_source(store.clone());
+    let mut bob = Client::join(&mut e, 3, &w.admin);
+    set(bob.doc(&x), "other", "bob's");
+    apply(&store, &bob.sync(&mut e, &x));
+    let (mut again, _) = reopen(&store, Limits::default());
+    let mut carol = Client::join(&mut again, 4, &w.admin);
+    fetch(&mut again, &mut carol, &x);
+    let doc = &carol.docs[&x].0;
+    assert_eq!(get(doc, "other").as_deref(), Some("bob's"));
+    assert_eq!(get(doc, "title").as_deref(), Some("acknowledged"));
+}
+
+#[test]
+fn a_space_whose_root_does_not_load_serves_nobody() {
+    let (tmp, store, w, mut e, _alice) = stored_space(2);
+    flush(&mut e, &store);
+    let log = tmp.path().join(format!("spaces/{}/{ROOT_ID}.log", w.space));
+    let mut bytes = std::fs::read(&log).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+    let (mut e, problems) = reopen(&store, Limits::default());
+    let mut alice = Client::join(&mut e, 2, &w.admin);
+    if problems.is_empty() {
+        // The index is current: the root is read when first asked for.
+        assert_eq!(
+            fetch(&mut e, &mut alice, &obj(1)).as_deref(),
+            Some("task 1"),
+            "served on the indexed credentials until the root is read"
+        );
+        assert_eq!(fetch(&mut e, &mut alice, ROOT_ID), None);
+    }
+    assert_eq!(e.quarantined().len(), 1);
+    assert_eq!(fetch(&mut e, &mut alice, &obj(0)), None, "nobody is served");
+    assert!(alice.unavailable.contains(&obj(0)));
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "never rewritten");
+}
+
+#[test]
+fn ids_nobody_lists_any_more_are_forgotten() {
+    let (mut e, _w, mut alice) = set_up();
+    let mut peak = 0;
+    for round in 0..30 {
+        let ids: Vec<String> = (0..200)
+            .map(|i| format!("Gone{round}x{i}").replace('0', "z"))
+            .collect();
+        for id in &ids {
+            list_object(alice.doc(ROOT_ID), id);
+        }
+        alice.sync(&mut e, ROOT_ID);
+        let mut tx = alice.doc(ROOT_ID).transaction();
+        let (_, objects) = tx.get(automerge::ROOT, "objects").unwrap().unwrap();
+        for id in &ids {
+            tx.delete(&objects, id.as_str()).unwrap();
+        }
+        tx.commit();
+        alice.sync(&mut e, ROOT_ID);
+        peak = peak.max(e.ids.len());
+    }
+    assert!(alice.errors.is_empty(), "{:?}", alice.errors);
+    assert!(
+        peak < 2 * 200 + 1024 + 400,
+        "{peak} ids held for at most 200 listed"
     );
 }

@@ -719,7 +719,12 @@ async fn space_export(State(st): State<Arc<Shared>>, Path(space): Path<String>) 
         .op(|tx| crate::replica::Op::Export(space.clone(), tx))
         .await
     {
-        Some(Some(export)) => Json(export).into_response(),
+        Some(Some(Ok(export))) => Json(export).into_response(),
+        Some(Some(Err(why))) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unreadable",
+            format!("a document of the space cannot be read now: {why}"),
+        ),
         Some(None) => no_space(&space),
         None => gone(),
     }
