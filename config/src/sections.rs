@@ -157,6 +157,20 @@ pub struct Dns {
     /// Secondary servers of the zone: each may transfer it (AXFR, IXFR over TCP) from its
     /// address with its key, and gets a NOTIFY there whenever the serial changes.
     pub secondaries: Vec<Secondary>,
+    /// Another primary of the zone that this KUBE follows as a secondary: it serves what
+    /// that primary transfers (AXFR over TCP, signed with `key`), checks its serial every
+    /// SOA refresh and at once on its NOTIFY, and takes no records of its own.
+    pub primary: Option<Primary>,
+}
+
+/// `dns.primary`: the primary this KUBE is a secondary of.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Primary {
+    /// Where it answers transfers (TCP), and the address its NOTIFY comes from.
+    pub address: SocketAddr,
+    /// The name of the key in `dns.tsig_keys` requests to it are signed with.
+    pub key: String,
 }
 
 /// `dns.tsig_keys[]`: a shared secret for transfers and NOTIFY.
@@ -206,6 +220,7 @@ impl Default for Dns {
             tcp_max_queries: 100,
             tsig_keys: Vec::new(),
             secondaries: Vec::new(),
+            primary: None,
         }
     }
 }

@@ -109,6 +109,9 @@ dns:
   # (address: "192.0.2.53:53", key: the key's name).
   tsig_keys: []
   secondaries: []
+  # Follow another primary as its secondary instead of serving records of this file
+  # (address: "192.0.2.1:53", key: the name of its key); null: KUBE is the primary.
+  primary: null
 
 signal:
   # WebRTC signaling over WebSocket at wss://<domain>/.well-known/kube/signal.

@@ -406,6 +406,31 @@ fn record_errors_name_line_column_and_key() {
     );
 }
 
+#[test]
+fn transfer_key_errors_name_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kube.yml");
+    std::fs::write(
+        &file,
+        "dns:\n  tsig_keys:\n    - { name: xfr, secret: \"c2hvcnQ=\" }\n  secondaries:\n    - { address: \"127.0.0.1:53\", key: other }\n  primary: { address: \"127.0.0.1:54\", key: missing }\n",
+    )
+    .unwrap();
+    let out = Command::new(tests::kube_bin())
+        .args(["config", "check", "-c", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(file.to_str().unwrap(), "kube.yml");
+    assert!(!out.status.success());
+    for key in [
+        "kube.yml:3:",
+        "dns.tsig_keys[0].secret: 5 bytes",
+        "dns.secondaries[0].key: \"other\" is not",
+        "dns.primary.key: \"missing\" is not",
+    ] {
+        assert!(err.contains(key), "{key} in:\n{err}");
+    }
+}
+
 // ---- raw sockets ----
 
 /// A query for `name` A with id `id`, no recursion desired.
@@ -704,7 +729,8 @@ fn free_port() -> u16 {
 
 /// Knot DNS as a secondary of KUBE: it takes the zone by AXFR with TSIG, and after a record
 /// is added through the admin API it serves the new serial within a second of KUBE's
-/// NOTIFY; a transfer without the key, or with a wrong one, is refused.
+/// NOTIFY, taken by IXFR from KUBE's journal; a transfer without the key, or with a wrong
+/// one, is refused.
 #[test]
 fn knot_follows_kube_by_transfer_and_notify() {
     if !have("kdig") || !have_knotd() {
@@ -727,6 +753,7 @@ fn knot_follows_kube_by_transfer_and_notify() {
          log:\n  - target: stderr\n    any: info\n",
         kport = dns.port()
     );
+    std::fs::create_dir_all(dir.path().join("db")).unwrap();
     std::fs::write(dir.path().join("knot.conf"), conf).unwrap();
     let log = std::fs::File::create(dir.path().join("knot.log")).unwrap();
     let knot = Command::new("knotd")
@@ -812,6 +839,10 @@ fn knot_follows_kube_by_transfer_and_notify() {
     assert_eq!(serial_at_knot(), after);
     let log = knot_log();
     assert!(log.contains("notify"), "{log}");
+    // The change came as an IXFR from KUBE's journal, applied as such.
+    assert!(log.contains("IXFR, incoming"), "{log}");
+    assert!(!log.contains("fallback to AXFR"), "{log}");
+    assert!(!log.contains("AXFR-style"), "{log}");
 
     // Transfers without the key, or with a wrong one, are refused.
     let xfr = |extra: &[&str]| {
@@ -854,4 +885,105 @@ fn have_knotd() -> bool {
         eprintln!("knotd not installed: skipped");
     }
     ok
+}
+
+/// A KUBE secondary of a KUBE primary (`dns.primary`): it takes the zone by a signed AXFR
+/// when it starts, follows a change within a second of the primary's NOTIFY, keeps its last
+/// transfer across a restart while the primary is down, refuses records of its own, and
+/// answers SERVFAIL before its first transfer.
+#[test]
+fn a_kube_secondary_follows_a_kube_primary() {
+    if !have("dig") {
+        return;
+    }
+    let (pa, pb) = (free_port(), free_port());
+    let keys = format!(
+        "  tsig_keys:\n    - {{ name: xfr, algorithm: hmac-sha256, secret: \"{TSIG_SECRET}\" }}\n"
+    );
+    let primary = Kube::start_with(Opts {
+        config: Some(format!(
+            "{ZONE}{keys}  secondaries:\n    - {{ address: \"127.0.0.1:{pb}\", key: xfr }}\n"
+        )),
+        env: vec![("KUBE_DNS_LISTEN".into(), format!("127.0.0.1:{pa}"))],
+        ..Default::default()
+    })
+    .unwrap_or_else(|log| panic!("primary did not start:\n{log}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let secondary_opts = |primary_port: u16| Opts {
+        config: Some(format!(
+            "domain: kube.test\ntls:\n  mode: local\ndns:\n  rrl:\n    enabled: false\n{keys}  primary: {{ address: \"127.0.0.1:{primary_port}\", key: xfr }}\n"
+        )),
+        env: vec![("KUBE_DNS_LISTEN".into(), format!("127.0.0.1:{pb}"))],
+        data_dir: Some(tmp.path().join("data")),
+    };
+    let mut secondary = Kube::start_with(secondary_opts(pa))
+        .unwrap_or_else(|log| panic!("secondary did not start:\n{log}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while short(&secondary, &["mail.kube.test", "A"]) != ["192.0.2.25"] {
+        assert!(
+            Instant::now() < deadline,
+            "no transfer:\n{}",
+            secondary.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        short(&secondary, &["kube.test", "SOA"]),
+        short(&primary, &["kube.test", "SOA"])
+    );
+    assert_eq!(
+        short(&secondary, &["kube.test", "MX"]),
+        ["10 mail.kube.test."]
+    );
+
+    // A change at the primary: NOTIFY, and the secondary serves it within a second.
+    let added = Instant::now();
+    let r = api(
+        &primary,
+        reqwest::Method::POST,
+        "/api/dns/records",
+        r#"{"name": "new", "type": "A", "value": "192.0.2.77"}"#,
+    );
+    assert!(r.contains("added"), "{r}");
+    while short(&secondary, &["new.kube.test", "A"]) != ["192.0.2.77"] {
+        assert!(
+            added.elapsed() < Duration::from_secs(1),
+            "the secondary did not follow within a second:\n{}",
+            secondary.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "the KUBE secondary served the change {:?} after it was added",
+        added.elapsed()
+    );
+
+    // Records are the primary's; a transfer from the secondary is refused (it lists no
+    // secondaries of its own).
+    let r = api(
+        &secondary,
+        reqwest::Method::POST,
+        "/api/dns/records",
+        r#"{"name": "mine", "type": "A", "value": "192.0.2.99"}"#,
+    );
+    assert!(r.contains("secondary"), "{r}");
+    let out = ask("dig", &secondary, &["kube.test", "AXFR"]);
+    assert!(!out.contains("192.0.2.25"), "{out}");
+
+    // The primary goes away; the restarted secondary serves its last transfer.
+    drop(primary);
+    assert!(secondary.terminate().success());
+    let secondary = Kube::start_with(secondary_opts(pa))
+        .unwrap_or_else(|log| panic!("secondary did not restart:\n{log}"));
+    assert_eq!(short(&secondary, &["new.kube.test", "A"]), ["192.0.2.77"]);
+    drop(secondary);
+
+    // A secondary that never reached its primary has nothing to vouch for.
+    let lonely = Kube::start_with(Opts {
+        data_dir: None,
+        ..secondary_opts(free_port())
+    })
+    .unwrap_or_else(|log| panic!("secondary did not start:\n{log}"));
+    let out = ask("dig", &lonely, &["kube.test", "SOA"]);
+    assert_eq!(status(&out), "SERVFAIL", "{out}");
 }

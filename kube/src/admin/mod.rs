@@ -1006,6 +1006,9 @@ fn dns_answer<T>(
         Ok(Err(e @ crate::dns::DnsError::Record(_))) => {
             error(StatusCode::BAD_REQUEST, "bad_record", e)
         }
+        Ok(Err(e @ crate::dns::DnsError::Secondary(_))) => {
+            error(StatusCode::CONFLICT, "secondary", e)
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "dns", e),
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -136,6 +136,16 @@ pub fn answer(
         }
         _ => {}
     }
+    if zone.is_pending() && zone.origin().zone_of(&qname) {
+        // A secondary with no transfer yet (or an expired one) has nothing to vouch for.
+        resp.metadata.response_code = ResponseCode::ServFail;
+        return Ok(Answer {
+            message: resp,
+            qtype,
+            limit,
+            tsig_key: None,
+        });
+    }
     match zone.lookup(&qname, query.query_type()) {
         Lookup::Refused => resp.metadata.response_code = ResponseCode::Refused,
         Lookup::Answer {

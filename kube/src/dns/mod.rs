@@ -12,6 +12,7 @@ pub mod answer;
 pub mod cache;
 pub mod records;
 pub mod rrl;
+pub mod secondary;
 pub mod transfer;
 pub mod zone;
 
@@ -52,6 +53,31 @@ pub enum DnsError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{0}")]
     Store(#[from] datadir::DataDirError),
+    #[error("this KUBE is a secondary of {0} (dns.primary): change records at the primary")]
+    Secondary(SocketAddr),
+}
+
+/// What `<data_dir>/dns/secondary.json` holds: the zone last transferred from the primary
+/// (each record in wire form, base64), served at once after a restart.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Transferred {
+    origin: String,
+    records: Vec<String>,
+}
+
+/// A secondary's link to its primary: who it is, and how a NOTIFY wakes the check.
+#[derive(Clone)]
+struct Following {
+    follow: secondary::Follow,
+    kick: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Following")
+            .field("primary", &self.follow.primary)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `<data_dir>/dns/records.json` holds: records added at run time and the last serial.
@@ -85,6 +111,10 @@ pub struct DnsHandle {
     metrics: Arc<Metrics>,
     /// The serial of each zone published, for the NOTIFY task.
     serials: Arc<tokio::sync::watch::Sender<u32>>,
+    /// With `dns.primary`: the primary this KUBE serves the zone of.
+    following: Option<Following>,
+    /// The last serial steps, for IXFR.
+    journal: Arc<Mutex<transfer::Journal>>,
 }
 
 /// Who may transfer the zone and who is told of changes (`dns.tsig_keys`,
@@ -160,6 +190,7 @@ impl DnsHandle {
 
     /// Adds a record (same name, type and value twice is one record).
     pub fn add(&self, spec: RecordSpec) -> Result<(), DnsError> {
+        self.primary_only()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let origin = origin(&state.domain)?;
         let parsed = records::parse(&spec, &origin, state.section.ttl)?;
@@ -180,6 +211,7 @@ impl DnsHandle {
     /// Removes the records of `name` and `kind` (those with `value` only, when given).
     /// Returns how many were removed.
     pub fn remove(&self, name: &str, kind: &str, value: Option<&str>) -> Result<usize, DnsError> {
+        self.primary_only()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let origin = origin(&state.domain)?;
         let owner = records::owner(name, &origin)?;
@@ -217,6 +249,10 @@ impl DnsHandle {
             return Ok(());
         }
         let old = std::mem::replace(&mut state.apps, apps);
+        if self.following.is_some() {
+            // The primary's zone names the apps.
+            return Ok(());
+        }
         let next = state.stored.clone();
         let result = self.commit(&mut state, next);
         if result.is_err() {
@@ -233,6 +269,11 @@ impl DnsHandle {
             return Ok(());
         }
         let old = std::mem::replace(&mut state.section, section);
+        if self.following.is_some() {
+            // A secondary serves what its primary transfers (a new `dns.primary` or key
+            // takes a restart).
+            return Ok(());
+        }
         let next = state.stored.clone();
         let result = self.commit(&mut state, next);
         if result.is_err() {
@@ -261,6 +302,74 @@ impl DnsHandle {
         Ok(())
     }
 
+    /// Changes to records are the primary's, when this KUBE follows one.
+    fn primary_only(&self) -> Result<(), DnsError> {
+        match &self.following {
+            Some(f) => Err(DnsError::Secondary(f.follow.primary)),
+            None => Ok(()),
+        }
+    }
+
+    /// Serves a zone transferred from the primary, on disk first.
+    fn take_transfer(&self, zone: Zone) -> Result<(), DnsError> {
+        use base64::Engine;
+        use hickory_proto::serialize::binary::BinEncodable;
+        let path = self.path.with_file_name("secondary.json");
+        let records = zone
+            .records()
+            .filter(|r| r.record_type() != hickory_proto::rr::RecordType::SOA)
+            .map(|r| r.to_bytes());
+        let records: Result<Vec<String>, _> = std::iter::once(zone.soa().to_bytes())
+            .chain(records)
+            .map(|b| b.map(|b| base64::engine::general_purpose::STANDARD.encode(b)))
+            .collect();
+        let t = Transferred {
+            origin: zone.origin().to_string(),
+            records: records.map_err(|e| DnsError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        };
+        let json = serde_json::to_vec(&t).map_err(|e| DnsError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        datadir::write_atomic(&path, &json)?;
+        self.publish(zone);
+        Ok(())
+    }
+
+    /// Stops serving the zone (a secondary's expired): SERVFAIL until a transfer.
+    fn withdraw(&self, origin: &Name) {
+        self.publish(Zone::pending(origin));
+    }
+
+    /// A NOTIFY for a secondary: the primary's is acknowledged and wakes the check.
+    fn notified(&self, packet: &[u8], peer: std::net::IpAddr) -> Option<Vec<u8>> {
+        let f = self.following.as_ref()?;
+        let now = crate::service::unix_now();
+        let follow = &f.follow;
+        match secondary::notified(
+            packet,
+            peer,
+            follow.primary.ip(),
+            &follow.origin,
+            &follow.signer,
+            now,
+        ) {
+            secondary::Notified::NotOne => None,
+            secondary::Notified::Accept(bytes) => {
+                tracing::debug!(%peer, "dns: NOTIFY from the primary");
+                f.kick.notify_one();
+                Some(bytes)
+            }
+            secondary::Notified::Refuse(bytes, why) => {
+                tracing::info!(%peer, why, "dns: NOTIFY refused");
+                Some(bytes)
+            }
+        }
+    }
+
     /// Keys and secondaries as configured now.
     fn xfr(&self) -> Xfr {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,7 +388,8 @@ impl DnsHandle {
         let zone = self.zone();
         let xfr = self.xfr();
         let now = crate::service::unix_now();
-        let t = transfer::transfer(&zone, packet, peer, &xfr.allowed, &xfr.keys, now);
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let t = transfer::transfer(&zone, &journal, packet, peer, &xfr.allowed, &xfr.keys, now);
         if let transfer::Transfer::Zone(m) = &t {
             tracing::info!(%peer, serial = zone.serial(), messages = m.len(), "dns zone transferred");
         }
@@ -294,7 +404,12 @@ impl DnsHandle {
             zone: Arc::new(zone),
             cache: cache::Cache::default(),
         };
-        *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        let mut slot = self.served.write().unwrap_or_else(|p| p.into_inner());
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(&slot.zone, &served.zone);
+        *slot = Arc::new(served);
     }
 }
 
@@ -391,6 +506,17 @@ impl Service for DnsService {
         if let Err((i, field, why)) = transfer::Keys::new(&section.tsig_keys) {
             p.push(Problem::new(format!("dns.tsig_keys[{i}].{field}"), why));
         }
+        if let Some(primary) = &section.primary
+            && !section.tsig_keys.iter().any(|k| k.name == primary.key)
+        {
+            p.push(Problem::new(
+                "dns.primary.key",
+                format!(
+                    "{:?} is not the name of a key in dns.tsig_keys",
+                    primary.key
+                ),
+            ));
+        }
         for (i, s) in section.secondaries.iter().enumerate() {
             if !section.tsig_keys.iter().any(|k| k.name == s.key) {
                 p.push(Problem::new(
@@ -447,9 +573,22 @@ impl Service for DnsService {
             path,
             metrics: deps.metrics.clone(),
             serials: Arc::new(tokio::sync::watch::channel(0).0),
+            following: following(&section, &cx.domain)?,
+            journal: Arc::default(),
         };
-        // The first zone of this run: a new serial, so secondaries see restarts as changes.
-        handle.commit(&mut state, stored)?;
+        if let Some(f) = &handle.following {
+            // A secondary serves its last transfer until the primary has a newer one.
+            let zone = last_transfer(
+                &handle.path.with_file_name("secondary.json"),
+                &f.follow.origin,
+            )
+            .unwrap_or_else(|| Zone::pending(&f.follow.origin));
+            handle.publish(zone);
+        } else {
+            // The first zone of this run: a new serial, so secondaries see restarts as
+            // changes.
+            handle.commit(&mut state, stored)?;
+        }
         *handle.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
 
         let cancel = CancellationToken::new();
@@ -476,11 +615,66 @@ impl Service for DnsService {
             cancel.clone(),
         ));
         tasks.spawn(notify_secondaries(handle.clone(), cancel.clone()));
+        if let Some(f) = handle.following.clone() {
+            tasks.spawn(secondary::follow(
+                handle.clone(),
+                f.follow,
+                f.kick,
+                cancel.clone(),
+            ));
+        }
         tracing::info!(%addr, zone = %handle.zone().origin(), serial = handle.zone().serial(), "dns listening");
         Ok(Started {
             handle,
             running: Box::new(tasks),
         })
+    }
+}
+
+/// The primary this KUBE follows (`dns.primary`), with the key `check` accepted.
+fn following(section: &config::Dns, domain: &str) -> Result<Option<Following>, DnsError> {
+    let Some(p) = &section.primary else {
+        return Ok(None);
+    };
+    let bad = |reason: String| DnsError::Corrupt {
+        path: "dns.primary".into(),
+        reason,
+    };
+    let keys = transfer::Keys::new(&section.tsig_keys).map_err(|(_, _, why)| bad(why))?;
+    let signer = transfer::key_name(&p.key)
+        .ok()
+        .and_then(|n| keys.get(&n).cloned())
+        .ok_or_else(|| bad(format!("no key {:?} in dns.tsig_keys", p.key)))?;
+    Ok(Some(Following {
+        follow: secondary::Follow {
+            primary: p.address,
+            signer,
+            origin: origin(domain)?,
+        },
+        kick: Arc::new(tokio::sync::Notify::new()),
+    }))
+}
+
+/// The zone in `secondary.json`, if it is there, whole, and of `origin`.
+fn last_transfer(path: &std::path::Path, origin: &Name) -> Option<Zone> {
+    use base64::Engine;
+    use hickory_proto::serialize::binary::BinDecodable;
+    let bytes = std::fs::read(path).ok()?;
+    let t: Transferred = serde_json::from_slice(&bytes).ok()?;
+    let records: Option<Vec<hickory_proto::rr::Record>> = t
+        .records
+        .iter()
+        .map(|r| {
+            let b = base64::engine::general_purpose::STANDARD.decode(r).ok()?;
+            hickory_proto::rr::Record::from_bytes(&b).ok()
+        })
+        .collect();
+    match Zone::transferred(origin, records?) {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "dns: the last transfer is not usable; waiting for the primary");
+            None
+        }
     }
 }
 
@@ -601,6 +795,12 @@ async fn serve_udp(
                 }
             },
         };
+        if let Some(ack) = dns.notified(&buf[..n], peer.ip()) {
+            if let Err(e) = socket.send_to(&ack, peer).await {
+                tracing::debug!(%peer, error = %e, "udp send failed");
+            }
+            continue;
+        }
         let Some((full, truncated)) = respond(&dns, &buf[..n], Transport::Udp, max_udp) else {
             continue;
         };
@@ -698,6 +898,17 @@ async fn tcp_connection(
             Err(_) => return Ok(()),
         }
         let messages = match dns.transfer(&buf, peer) {
+            transfer::Transfer::NotOne if dns.following.is_some() => {
+                match dns.notified(&buf, peer) {
+                    Some(ack) => vec![ack],
+                    None => {
+                        let Some((bytes, _)) = respond(dns, &buf, Transport::Tcp, max_udp) else {
+                            return Ok(());
+                        };
+                        vec![bytes]
+                    }
+                }
+            }
             transfer::Transfer::NotOne => {
                 let Some((bytes, _)) = respond(dns, &buf, Transport::Tcp, max_udp) else {
                     return Ok(());

@@ -1,6 +1,7 @@
 //! Zone transfers to the secondaries in `dns.secondaries` (pure): AXFR (RFC 5936), IXFR
-//! answered with the whole zone (RFC 1995 §4 allows it when no journal covers the asked
-//! serial), and NOTIFY (RFC 1996), every message authenticated with TSIG (RFC 8945).
+//! (RFC 1995) from a journal of the last serial steps (the whole zone when the journal does
+//! not reach the asked serial, as §4 allows), and NOTIFY (RFC 1996), every message
+//! authenticated with TSIG (RFC 8945).
 //!
 //! A transfer is given only to a listed secondary's address, and only when the request is
 //! signed with that secondary's key within the key's time window; anything else is
@@ -124,6 +125,7 @@ pub fn asks(packet: &[u8]) -> bool {
 /// Answers an AXFR or IXFR request `packet` from `peer` for `zone`, at Unix time `now`.
 pub fn transfer(
     zone: &Zone,
+    journal: &Journal,
     packet: &[u8],
     peer: IpAddr,
     allowed: &[Allowed],
@@ -180,7 +182,13 @@ pub fn transfer(
         let ctx = TSigResponseContext::new(id, now, signer.clone(), request_mac, None);
         return refuse(ResponseCode::Refused, Some(ctx), "not a listed secondary");
     }
-    match zone_messages(zone, id, query, signer, request_mac, now) {
+    // An IXFR names the serial the secondary has in its authority section's SOA.
+    let theirs = req.authorities.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::SOA(s) => Some(s.serial),
+        _ => None,
+    });
+    let records = transfer_records(zone, journal, query, theirs);
+    match zone_messages(records, id, query, signer, request_mac, now) {
         Ok(m) => Transfer::Zone(m),
         Err(_) => refuse(ResponseCode::ServFail, None, "encoding"),
     }
@@ -228,7 +236,7 @@ fn strip(m: &mut Message) {
     m.additionals.clear();
 }
 
-fn sign(mut msg: Message, ctx: Option<TSigResponseContext>) -> Option<Vec<u8>> {
+pub(super) fn sign(mut msg: Message, ctx: Option<TSigResponseContext>) -> Option<Vec<u8>> {
     if let Some(ctx) = ctx {
         let unsigned = msg.to_vec().ok()?;
         msg.set_signature(ctx.sign(&unsigned).ok()?);
@@ -236,25 +244,154 @@ fn sign(mut msg: Message, ctx: Option<TSigResponseContext>) -> Option<Vec<u8>> {
     msg.to_vec().ok()
 }
 
-/// The zone as transfer messages: the SOA, every other record, the SOA again (RFC 5936
-/// §2.2), about [`MESSAGE_BYTES`] of records each. The first is signed over the request's
-/// MAC, each later one over the previous message's MAC with the TSIG timers only (RFC 8945
-/// §5.3.1).
+/// Changes between the zones published, for IXFR (RFC 1995): the last [`JOURNAL_STEPS`]
+/// serial steps, each the records it removed and added. Kept in memory: after a restart
+/// (which publishes a new serial) a secondary takes the whole zone once.
+#[derive(Debug, Default)]
+pub struct Journal {
+    steps: std::collections::VecDeque<Step>,
+}
+
+/// One serial step of the journal.
+#[derive(Debug)]
+struct Step {
+    from: Record,
+    to: Record,
+    removed: Vec<Record>,
+    added: Vec<Record>,
+}
+
+/// Steps the journal keeps, and records in all of them (beyond either, the oldest go).
+pub const JOURNAL_STEPS: usize = 64;
+const JOURNAL_RECORDS: usize = 20_000;
+
+fn serial_of(soa: &Record) -> u32 {
+    match &soa.data {
+        hickory_proto::rr::RData::SOA(s) => s.serial,
+        _ => 0,
+    }
+}
+
+impl Journal {
+    /// Notes the step from `old` to `new` (zones of the same origin).
+    pub fn record(&mut self, old: &Zone, new: &Zone) {
+        if old.is_pending() || new.is_pending() || old.origin() != new.origin() {
+            self.steps.clear();
+            return;
+        }
+        let key = |r: &Record| {
+            (
+                r.name.to_lowercase(),
+                r.record_type(),
+                r.ttl,
+                r.data.to_string(),
+            )
+        };
+        let plain = |z: &Zone| -> std::collections::HashMap<_, Record> {
+            z.records()
+                .filter(|r| r.record_type() != RecordType::SOA)
+                .map(|r| (key(r), r.clone()))
+                .collect()
+        };
+        let (before, after) = (plain(old), plain(new));
+        let removed = before
+            .iter()
+            .filter(|(k, _)| !after.contains_key(*k))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let added = after
+            .iter()
+            .filter(|(k, _)| !before.contains_key(*k))
+            .map(|(_, r)| r.clone())
+            .collect();
+        self.steps.push_back(Step {
+            from: old.soa().clone(),
+            to: new.soa().clone(),
+            removed,
+            added,
+        });
+        let size = |j: &Journal| -> usize {
+            j.steps
+                .iter()
+                .map(|s| s.removed.len() + s.added.len())
+                .sum()
+        };
+        while self.steps.len() > JOURNAL_STEPS
+            || (self.steps.len() > 1 && size(self) > JOURNAL_RECORDS)
+        {
+            self.steps.pop_front();
+        }
+    }
+
+    /// The steps from serial `from` to `to`, if the journal holds all of them.
+    fn since(&self, from: u32, to: u32) -> Option<Vec<&Step>> {
+        let start = self.steps.iter().position(|s| serial_of(&s.from) == from)?;
+        let mut out = Vec::new();
+        let mut at = from;
+        for s in self.steps.iter().skip(start) {
+            if serial_of(&s.from) != at {
+                return None;
+            }
+            out.push(s);
+            at = serial_of(&s.to);
+            if at == to {
+                return Some(out);
+            }
+        }
+        None
+    }
+}
+
+/// The records answering a transfer: for an IXFR whose serial the journal reaches, the
+/// differences (RFC 1995 §4: the new SOA, then per step the old SOA, what it removed, the
+/// new SOA, what it added, and the new SOA to close); for an IXFR already current, the
+/// SOA alone; otherwise the whole zone (the SOA, every other record, the SOA again, RFC
+/// 5936 §2.2), which RFC 1995 allows as an IXFR answer too.
+fn transfer_records<'a>(
+    zone: &'a Zone,
+    journal: &'a Journal,
+    query: &Query,
+    theirs: Option<u32>,
+) -> Vec<&'a Record> {
+    let current = zone.serial();
+    if query.query_type() == RecordType::IXFR
+        && let Some(theirs) = theirs
+    {
+        if theirs == current {
+            return vec![zone.soa()];
+        }
+        if let Some(steps) = journal.since(theirs, current) {
+            let mut out = vec![zone.soa()];
+            for s in steps {
+                out.push(&s.from);
+                out.extend(s.removed.iter());
+                out.push(&s.to);
+                out.extend(s.added.iter());
+            }
+            out.push(zone.soa());
+            return out;
+        }
+    }
+    std::iter::once(zone.soa())
+        .chain(
+            zone.records()
+                .filter(|r| r.record_type() != RecordType::SOA),
+        )
+        .chain(std::iter::once(zone.soa()))
+        .collect()
+}
+
+/// `records` as transfer messages of about [`MESSAGE_BYTES`] each. The first is signed
+/// over the request's MAC, each later one over the previous message's MAC with the TSIG
+/// timers only (RFC 8945 §5.3.1).
 fn zone_messages(
-    zone: &Zone,
+    records: Vec<&Record>,
     id: u16,
     query: &Query,
     signer: &TSigner,
     request_mac: Vec<u8>,
     now: u64,
 ) -> Result<Vec<Vec<u8>>, hickory_proto::ProtoError> {
-    let records: Vec<&Record> = std::iter::once(zone.soa())
-        .chain(
-            zone.records()
-                .filter(|r| r.record_type() != RecordType::SOA),
-        )
-        .chain(std::iter::once(zone.soa()))
-        .collect();
     let mut groups: Vec<Vec<&Record>> = vec![Vec::new()];
     let mut size = 0;
     for r in records {
@@ -408,7 +545,9 @@ mod tests {
         let k = keys();
         let signer = k.get(&key_name("xfr").unwrap()).unwrap().clone();
         let req = request(Some(&signer), NOW);
-        let Transfer::Zone(msgs) = transfer(&z, &req, PEER, &allowed(), &k, NOW) else {
+        let Transfer::Zone(msgs) =
+            transfer(&z, &Journal::default(), &req, PEER, &allowed(), &k, NOW)
+        else {
             panic!("refused")
         };
         assert!(msgs.len() > 2, "{} messages", msgs.len());
@@ -440,7 +579,15 @@ mod tests {
         };
         let unsigned = request(None, NOW);
         assert_eq!(
-            refused(transfer(&z, &unsigned, PEER, &allowed(), &k, NOW)),
+            refused(transfer(
+                &z,
+                &Journal::default(),
+                &unsigned,
+                PEER,
+                &allowed(),
+                &k,
+                NOW
+            )),
             (ResponseCode::Refused, "unsigned")
         );
         let other = TSigner::new(
@@ -452,7 +599,16 @@ mod tests {
         .unwrap();
         let unknown = request(Some(&other), NOW);
         assert_eq!(
-            refused(transfer(&z, &unknown, PEER, &allowed(), &k, NOW)).0,
+            refused(transfer(
+                &z,
+                &Journal::default(),
+                &unknown,
+                PEER,
+                &allowed(),
+                &k,
+                NOW
+            ))
+            .0,
             ResponseCode::NotAuth
         );
         let forged = TSigner::new(
@@ -464,23 +620,55 @@ mod tests {
         .unwrap();
         let bad = request(Some(&forged), NOW);
         assert_eq!(
-            refused(transfer(&z, &bad, PEER, &allowed(), &k, NOW)),
+            refused(transfer(
+                &z,
+                &Journal::default(),
+                &bad,
+                PEER,
+                &allowed(),
+                &k,
+                NOW
+            )),
             (ResponseCode::NotAuth, "bad signature")
         );
         let stale = request(Some(&signer), NOW - 1000);
         assert_eq!(
-            refused(transfer(&z, &stale, PEER, &allowed(), &k, NOW)),
+            refused(transfer(
+                &z,
+                &Journal::default(),
+                &stale,
+                PEER,
+                &allowed(),
+                &k,
+                NOW
+            )),
             (ResponseCode::NotAuth, "time outside the window")
         );
         let good = request(Some(&signer), NOW);
         let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(
-            refused(transfer(&z, &good, elsewhere, &allowed(), &k, NOW)),
+            refused(transfer(
+                &z,
+                &Journal::default(),
+                &good,
+                elsewhere,
+                &allowed(),
+                &k,
+                NOW
+            )),
             (ResponseCode::Refused, "not a listed secondary")
         );
         // Garbage and plain queries are not transfers.
         assert_eq!(
-            transfer(&z, b"\x00\x01garbage", PEER, &allowed(), &k, NOW),
+            transfer(
+                &z,
+                &Journal::default(),
+                b"\x00\x01garbage",
+                PEER,
+                &allowed(),
+                &k,
+                NOW
+            ),
             Transfer::NotOne
         );
     }
@@ -499,5 +687,123 @@ mod tests {
         ack.add_query(m.queries[0].clone());
         assert!(notify_acknowledged(&ack.to_vec().unwrap(), 9));
         assert!(!notify_acknowledged(&ack.to_vec().unwrap(), 10));
+    }
+
+    fn versions() -> Vec<Zone> {
+        let build = |records: &[(&str, &str)], serial| {
+            let mut section = config::Dns::default();
+            for (name, value) in records {
+                section.records.push(config::DnsRecord {
+                    name: (*name).into(),
+                    kind: "A".into(),
+                    value: (*value).into(),
+                    ttl: None,
+                });
+            }
+            Zone::build(&ZoneInput {
+                domain: "example.test",
+                section: &section,
+                apps: &[],
+                runtime: &[],
+                serial,
+            })
+            .unwrap()
+        };
+        vec![
+            build(&[("a", "192.0.2.1")], 10),
+            build(&[("a", "192.0.2.1"), ("b", "192.0.2.2")], 11),
+            build(&[("b", "192.0.2.2")], 12),
+        ]
+    }
+
+    fn ixfr(signer: &TSigner, serial: u32) -> Vec<u8> {
+        let mut msg = Message::query();
+        msg.metadata.id = 43;
+        msg.add_query(Query::query(
+            Name::from_ascii("example.test.").unwrap(),
+            RecordType::IXFR,
+        ));
+        let mut soa = versions()[0].soa().clone();
+        if let hickory_proto::rr::RData::SOA(s) = &mut soa.data {
+            s.serial = serial;
+        }
+        msg.add_authority(soa);
+        msg.finalize(signer, NOW).unwrap();
+        msg.to_vec().unwrap()
+    }
+
+    fn answers(msgs: &[Vec<u8>]) -> Vec<String> {
+        msgs.iter()
+            .flat_map(|m| Message::from_vec(m).unwrap().answers)
+            .map(|r| match &r.data {
+                hickory_proto::rr::RData::SOA(s) => format!("SOA {}", s.serial),
+                d => format!("{} {d}", r.name),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_ixfr_gets_the_steps_from_its_serial() {
+        let v = versions();
+        let mut journal = Journal::default();
+        journal.record(&v[0], &v[1]);
+        journal.record(&v[1], &v[2]);
+        let k = keys();
+        let signer = k.get(&key_name("xfr").unwrap()).unwrap().clone();
+        let got = |serial| {
+            let Transfer::Zone(m) = transfer(
+                &v[2],
+                &journal,
+                &ixfr(&signer, serial),
+                PEER,
+                &allowed(),
+                &k,
+                NOW,
+            ) else {
+                panic!("refused")
+            };
+            answers(&m)
+        };
+        assert_eq!(
+            got(10),
+            [
+                "SOA 12",
+                "SOA 10",
+                "SOA 11",
+                "b.example.test. 192.0.2.2",
+                "SOA 11",
+                "a.example.test. 192.0.2.1",
+                "SOA 12",
+                "SOA 12"
+            ]
+        );
+        assert_eq!(
+            got(11),
+            [
+                "SOA 12",
+                "SOA 11",
+                "a.example.test. 192.0.2.1",
+                "SOA 12",
+                "SOA 12"
+            ]
+        );
+        assert_eq!(got(12), ["SOA 12"], "already current: the SOA alone");
+        let whole = got(5);
+        assert_eq!(whole.first().map(String::as_str), Some("SOA 12"));
+        assert_eq!(
+            whole.len(),
+            v[2].record_count() + 1,
+            "not in the journal: the whole zone"
+        );
+    }
+
+    #[test]
+    fn the_journal_keeps_the_last_steps() {
+        let v = versions();
+        let mut journal = Journal::default();
+        for _ in 0..JOURNAL_STEPS + 10 {
+            journal.record(&v[0], &v[1]);
+        }
+        assert_eq!(journal.steps.len(), JOURNAL_STEPS);
     }
 }

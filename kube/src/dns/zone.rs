@@ -39,6 +39,8 @@ pub struct Zone {
     /// Every owner and each of its ancestors inside the zone.
     existing: HashSet<LowerName>,
     records: usize,
+    /// A secondary's zone with nothing transferred (or expired): SERVFAIL.
+    pending: bool,
 }
 
 /// The result of a lookup.
@@ -201,7 +203,56 @@ impl Zone {
             }
         }
 
-        let origin = LowerName::new(&origin_name);
+        Ok(Zone::assemble(&origin_name, soa, recs))
+    }
+
+    /// A zone as a primary transferred it (a secondary's, `dns.primary`): `records` as
+    /// they came, the SOA first (the closing copy of it left out). Every record must be
+    /// inside `origin`.
+    pub fn transferred(origin: &Name, records: Vec<Record>) -> Result<Zone, String> {
+        let origin_name = origin.to_lowercase();
+        let Some(soa) = records.first().cloned() else {
+            return Err("no records".into());
+        };
+        if soa.record_type() != RecordType::SOA || soa.name.to_lowercase() != origin_name {
+            return Err(format!("the first record is not the SOA of {origin_name}"));
+        }
+        if let Some(r) = records.iter().find(|r| !origin_name.zone_of(&r.name)) {
+            return Err(format!("{} is outside the zone", r.name));
+        }
+        let mut zone = Zone::assemble(&origin_name, soa, records);
+        zone.pending = false;
+        Ok(zone)
+    }
+
+    /// A secondary's zone before its first transfer: it answers SERVFAIL for its names.
+    pub fn pending(origin: &Name) -> Zone {
+        let origin_name = origin.to_lowercase();
+        let soa = Record::from_rdata(
+            origin_name.clone(),
+            0,
+            RData::SOA(SOA::new(
+                origin_name.clone(),
+                origin_name.clone(),
+                0,
+                3600,
+                900,
+                1_209_600,
+                0,
+            )),
+        );
+        let mut zone = Zone::assemble(&origin_name, soa, Vec::new());
+        zone.pending = true;
+        zone
+    }
+
+    /// Whether this zone is a secondary's that has nothing to serve yet (or expired).
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    fn assemble(origin_name: &Name, soa: Record, recs: Vec<Record>) -> Zone {
+        let origin = LowerName::new(origin_name);
         let mut nodes: HashMap<LowerName, Vec<Record>> = HashMap::new();
         let mut existing = HashSet::new();
         let records = recs.len();
@@ -219,13 +270,14 @@ impl Zone {
             let mut seen = HashSet::new();
             set.retain(|r| seen.insert((r.record_type(), r.data.to_string())));
         }
-        Ok(Zone {
+        Zone {
             origin,
             soa,
             nodes,
             existing,
             records,
-        })
+            pending: false,
+        }
     }
 
     pub fn origin(&self) -> &LowerName {
