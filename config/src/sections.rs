@@ -417,6 +417,22 @@ pub struct Echo {
     /// Memory, in bytes (estimated), the documents ECHO holds in memory may take; the
     /// least recently used past it are dropped and read from disk again when needed.
     pub cache_bytes: usize,
+    /// The other KUBEs of a cluster: this KUBE links to each with its own key and offers it
+    /// every document of the spaces both replicate (each must admit both KUBEs' keys as
+    /// replicators).
+    pub peers: Vec<EchoPeer>,
+}
+
+/// `echo.peers[]`: another KUBE this one replicates spaces with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoPeer {
+    /// Its HTTPS base URL, `https://host[:port]`.
+    pub url: String,
+    /// A PEM file of the CA its certificate is checked against, beside the web PKI roots
+    /// (a KUBE on its local CA: `kube trust` there).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Echo {
@@ -434,6 +450,7 @@ impl Default for Echo {
             max_connections: 10_000,
             strikes: 10,
             cache_bytes: 64 << 20,
+            peers: Vec::new(),
         }
     }
 }

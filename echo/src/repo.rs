@@ -273,6 +273,12 @@ struct Pending {
 struct Conn {
     did: String,
     peer: String,
+    /// A link this KUBE opened to another KUBE (`echo.peers`): offered every document of
+    /// the spaces both replicate, paced by `budget` (see `Echo::tick`).
+    kube: bool,
+    offer: std::collections::VecDeque<String>,
+    budget: f64,
+    budget_ms: u64,
     joined: bool,
     since_ms: u64,
     closed: bool,
@@ -1116,6 +1122,10 @@ impl Echo {
             Conn {
                 did: peer.did,
                 peer: peer.peer,
+                kube: false,
+                offer: std::collections::VecDeque::new(),
+                budget: 0.0,
+                budget_ms: now_ms,
                 joined: false,
                 since_ms: now_ms,
                 closed: false,
@@ -1126,6 +1136,107 @@ impl Echo {
                 refill_ms: now_ms,
             },
         );
+    }
+
+    /// A link this KUBE opened to another KUBE (`echo.peers`), which answered its `join` as
+    /// `peer` (its did, and the peer id it sends from). The other KUBE's frames are handled
+    /// as any peer's, under the same access rules for its did. Every document of the spaces
+    /// where that did is a replicator (or admin) is offered to it, roots first, at most a
+    /// quarter of `messages_per_second` a second (the other KUBE limits what this one
+    /// sends as it limits anyone); new documents and spaces are offered as they come.
+    pub fn connect_kube(&mut self, conn: ConnId, peer: auth::Peer, now_ms: u64) {
+        self.connect(conn, peer, now_ms);
+        let shared: Vec<(SpaceIx, String)> = self
+            .spaces
+            .iter()
+            .filter(|(id, _)| self.replicates(conn, id))
+            .map(|(_, s)| (s.ix, s.root.clone()))
+            .collect();
+        let ixs: std::collections::HashSet<SpaceIx> = shared.iter().map(|(ix, _)| *ix).collect();
+        let mut objects: Vec<&str> = self
+            .ids
+            .iter()
+            .filter(|(_, e)| {
+                e.flags & PRESENT != 0
+                    && e.flags & (ROOT | QUARANTINED) == 0
+                    && ixs.contains(&e.space)
+            })
+            .map(|(id, _)| &**id)
+            .collect();
+        objects.sort_unstable();
+        let offer = shared
+            .iter()
+            .map(|(_, root)| root.clone())
+            .chain(objects.into_iter().map(str::to_owned))
+            .collect();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.joined = true;
+            c.kube = true;
+            c.offer = offer;
+        }
+    }
+
+    /// Whether `conn`'s did replicates `space` here (a replicator or an admin of it).
+    fn replicates(&self, conn: ConnId, space: &str) -> bool {
+        self.role(conn, space)
+            .is_some_and(|r| r >= Role::Replicator && r != Role::Editor)
+    }
+
+    /// Offers a new document of `space` to the linked KUBEs that replicate it.
+    fn offer_to_kubes(&mut self, doc_id: &str, space: &str) {
+        let links: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.kube && !c.closed && !c.syncs.contains_key(doc_id))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in links {
+            if self.replicates(conn, space)
+                && let Some(c) = self.conns.get_mut(&conn)
+            {
+                c.offer.push_back(doc_id.to_owned());
+            }
+        }
+    }
+
+    /// Offers what linked KUBEs are due (see [`Echo::connect_kube`]): a sync message for
+    /// each document from a fresh state; the exchange that follows brings either side what
+    /// it lacks.
+    fn offer(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let rate = f64::from(self.limits.messages_per_second.max(4)) / 4.0;
+        let links: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.kube && !c.closed && !c.offer.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in links {
+            while let Some(c) = self.conns.get_mut(&conn) {
+                let elapsed = now_ms.saturating_sub(c.budget_ms) as f64 / 1000.0;
+                c.budget = (c.budget + elapsed * rate).min(rate);
+                c.budget_ms = now_ms;
+                if c.budget < 1.0 {
+                    break;
+                }
+                let Some(doc) = c.offer.pop_front() else {
+                    break;
+                };
+                if c.syncs.contains_key(&doc) {
+                    continue;
+                }
+                c.budget -= 1.0;
+                let Some(space) = self.space_of(&doc).map(str::to_owned) else {
+                    continue;
+                };
+                if !self.replicates(conn, &space) || self.ensure(&doc).is_err() {
+                    continue;
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.syncs.insert(doc.clone(), sync::State::new());
+                }
+                self.reply(conn, &doc, out);
+            }
+        }
     }
 
     pub fn disconnect(&mut self, conn: ConnId) {
@@ -1695,11 +1806,16 @@ impl Echo {
         }
         let creds = &root.credentials;
         let membership = halo::space::validate(&root.space, creds, clock(now_ms));
-        if membership.role_of(did) != Some(Role::Admin) {
+        // An admin brings a new space, or a replicator (another KUBE of a cluster, which
+        // the space's admins admitted as this KUBE's admission below also requires).
+        if !matches!(
+            membership.role_of(did),
+            Some(Role::Admin | Role::Replicator)
+        ) {
             return Err((
                 "not-member",
                 format!(
-                    "refused: only an admin of {} may bring its root",
+                    "refused: only an admin or a replicator of {} may bring its root",
                     root.space
                 ),
             ));
@@ -1812,6 +1928,7 @@ impl Echo {
         if new_space.is_some() {
             self.membership_changed(&space_id, new_space, now_ms, out);
         }
+        self.offer_to_kubes(doc_id, &space_id);
         self.reply(conn, doc_id, out);
     }
 
@@ -1965,6 +2082,7 @@ impl Echo {
             );
             self.refuse_pending(id, &doc, "unlisted", &m, &mut out);
         }
+        self.offer(now_ms, &mut out);
         out
     }
 

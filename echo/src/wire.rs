@@ -187,6 +187,36 @@ fn t(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
+/// The `join` a KUBE sends when it links to another KUBE (as any client joins).
+pub fn join(me: &str) -> Vec<u8> {
+    let map = vec![
+        (t("type"), t("join")),
+        (t("senderId"), t(me)),
+        (
+            t("peerMetadata"),
+            Value::Map(vec![(t("isEphemeral"), Value::Bool(false))]),
+        ),
+        (t("supportedProtocolVersions"), Value::Array(vec![t("1")])),
+    ];
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(&Value::Map(map), &mut out);
+    out
+}
+
+/// The sender of a `peer` message addressed to `me` (the answer to [`join`]).
+pub fn peer_answer(frame: &[u8], me: &str) -> Option<String> {
+    let Value::Map(map) = ciborium::from_reader::<Value, _>(frame).ok()? else {
+        return None;
+    };
+    let is_peer = text(&map, "type").ok()? == "peer";
+    let to_me = text(&map, "targetId").ok()? == me;
+    let version = field(&map, "selectedProtocolVersion").and_then(Value::as_text) == Some("1");
+    (is_peer && to_me && version)
+        .then(|| text(&map, "senderId").ok())
+        .flatten()
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+}
+
 /// Encodes `msg` from `me` to `to`.
 pub fn encode(me: &str, to: &str, msg: &Outgoing<'_>) -> Vec<u8> {
     let mut map = vec![];

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::service::{Context, Service, StartError, Started, Tasks};
 
+mod links;
+
 /// Events the peer's task handles, at most this many per durable batch.
 const BATCH: usize = 512;
 /// Frames queued to one connection before it counts as not reading (and is closed).
@@ -51,6 +53,12 @@ enum Event {
     },
     Closed {
         conn: ConnId,
+    },
+    /// A link this KUBE opened to another KUBE of `echo.peers`, joined.
+    Link {
+        conn: ConnId,
+        peer: echo::auth::Peer,
+        outbox: Outbox,
     },
     Reload {
         limits: Limits,
@@ -173,6 +181,8 @@ pub struct EchoHandle {
     max_frame: usize,
     verifier: Arc<Mutex<echo::auth::Verifier>>,
     did: String,
+    /// ECHO's peer id (what its frames are sent from).
+    peer_id: String,
     store: Arc<FileStore>,
 }
 
@@ -351,6 +361,21 @@ impl Service for EchoService {
                 p.push(Problem::new(key, "must be at least 1"));
             }
         }
+        for (i, peer) in e.peers.iter().enumerate() {
+            match links::Target::new(peer) {
+                Ok(_) => {}
+                Err(err @ links::LinkError::Ca { .. }) => {
+                    p.push(Problem::new(
+                        format!("echo.peers[{i}].ca_file"),
+                        err.to_string(),
+                    ));
+                }
+                Err(err) => p.push(Problem::new(
+                    format!("echo.peers[{i}].url"),
+                    err.to_string(),
+                )),
+            }
+        }
         p
     }
 
@@ -415,6 +440,8 @@ impl Service for EchoService {
         // costs CPU, and must not take a worker from HTTPS, DNS or TURN.
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let (st, metrics) = (store.clone(), deps.metrics);
+        let peer_id = echo.peer_id().to_owned();
+        let links_cancel = cancel.clone();
         std::thread::Builder::new()
             .name("echo".into())
             .spawn(move || {
@@ -430,20 +457,37 @@ impl Service for EchoService {
         tasks.spawn(async move {
             let _ = done_rx.await;
         });
+        let handle = EchoHandle {
+            events,
+            next: Arc::new(AtomicU64::new(1)),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_connections: e.max_connections,
+            max_frame: e.max_message_bytes,
+            verifier: Arc::new(Mutex::new(echo::auth::Verifier::new(
+                deps.identity.clone(),
+                e.auth_window_secs,
+            ))),
+            did: deps.identity,
+            peer_id,
+            store,
+        };
+        if !e.peers.is_empty() {
+            // Links sign their tokens with KUBE's own key (created before services start).
+            let key = crate::identity::load(&crate::identity::path(&cx.data_dir))
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+            for peer in &e.peers {
+                let target = links::Target::new(peer)
+                    .map_err(|err| std::io::Error::other(err.to_string()))?;
+                tasks.spawn(links::keep(
+                    handle.clone(),
+                    key.clone(),
+                    target,
+                    links_cancel.clone(),
+                ));
+            }
+        }
         Ok(Started {
-            handle: Some(EchoHandle {
-                events,
-                next: Arc::new(AtomicU64::new(1)),
-                open: Arc::new(AtomicUsize::new(0)),
-                max_connections: e.max_connections,
-                max_frame: e.max_message_bytes,
-                verifier: Arc::new(Mutex::new(echo::auth::Verifier::new(
-                    deps.identity.clone(),
-                    e.auth_window_secs,
-                ))),
-                did: deps.identity,
-                store,
-            }),
+            handle: Some(handle),
             running: Box::new(tasks),
         })
     }
@@ -806,6 +850,14 @@ async fn run(
                     };
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                     actions.extend(receive(&mut echo, &mut conns, conn, &bytes, now_ms));
+                }
+                Event::Link { conn, peer, outbox } => {
+                    if failed {
+                        outbox.close();
+                        continue;
+                    }
+                    conns.insert(conn, outbox);
+                    echo.connect_kube(conn, peer, now_ms);
                 }
                 Event::Closed { conn } => {
                     if reads.holds(conn) {

@@ -66,6 +66,11 @@ pub(crate) fn space_root(kube: &str) -> (String, Automerge) {
 
 /// The same for the space of `space_key`.
 pub(crate) fn space_root_with(kube: &str, space_key: &halo::SigningKey) -> (String, Automerge) {
+    space_root_for(&[kube], space_key)
+}
+
+/// The space of `space_key`, admitting every KUBE of `kubes` as replicator.
+pub(crate) fn space_root_for(kubes: &[&str], space_key: &halo::SigningKey) -> (String, Automerge) {
     let space = halo::did(space_key);
     let genesis = says(
         space_key,
@@ -74,20 +79,22 @@ pub(crate) fn space_root_with(kube: &str, space_key: &halo::SigningKey) -> (Stri
             space: space.clone(),
         },
     );
-    let replicator = says(
-        &key(1),
-        kube,
-        Assertion::SpaceMember {
-            space: space.clone(),
-            role: Role::Replicator,
-        },
-    );
+    let replicators = kubes.iter().map(|kube| {
+        says(
+            &key(1),
+            kube,
+            Assertion::SpaceMember {
+                space: space.clone(),
+                role: Role::Replicator,
+            },
+        )
+    });
     let mut doc = Automerge::new();
     let mut tx = doc.transaction();
     tx.put(ROOT, "kube", "space").unwrap();
     tx.put(ROOT, "space", space.as_str()).unwrap();
     let c = tx.put_object(ROOT, "credentials", ObjType::Map).unwrap();
-    for cred in [genesis, replicator] {
+    for cred in std::iter::once(genesis).chain(replicators) {
         tx.put(&c, cred.id.as_str(), serde_json::to_string(&cred).unwrap())
             .unwrap();
     }

@@ -9,6 +9,7 @@ mod config;
 mod deploy;
 mod dns;
 mod echo;
+mod echo_cluster;
 mod echo_scale;
 mod identity;
 mod invite;

@@ -1696,3 +1696,77 @@ fn ids_nobody_lists_any_more_are_forgotten() {
         "{peak} ids held for at most 200 listed"
     );
 }
+
+/// Sync messages `actions` send to `conn`, by documentId.
+fn synced_to(actions: &[Action], conn: ConnId) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn: c, bytes } if *c == conn => {
+                let v: Value = ciborium::from_reader(&bytes[..]).ok()?;
+                let map = v.as_map()?;
+                let text = |k: &str| {
+                    map.iter()
+                        .find(|(kk, _)| kk.as_text() == Some(k))
+                        .and_then(|(_, v)| v.as_text())
+                        .map(str::to_owned)
+                };
+                (text("type")? == "sync")
+                    .then(|| text("documentId"))
+                    .flatten()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_linked_kube_is_offered_what_it_replicates_roots_first_and_paced() {
+    let (mut e, w, mut alice) = set_up();
+    // Another KUBE (key 8) is a replicator of the space; key 7's KUBE is not.
+    add_credential(
+        alice.doc(ROOT_ID),
+        &says(
+            &w.admin,
+            &halo::did(&key(8)),
+            member(&w.space, Role::Replicator),
+        ),
+    );
+    for i in 0..3 {
+        list_object(alice.doc(ROOT_ID), &obj(i));
+        set(alice.doc(&obj(i)), "title", "t");
+    }
+    alice.sync(&mut e, ROOT_ID);
+    for i in 0..3 {
+        alice.sync(&mut e, &obj(i));
+    }
+    assert!(alice.errors.is_empty(), "{:?}", alice.errors);
+    e.set_limits(Limits {
+        messages_per_second: 8,
+        ..Limits::default()
+    });
+    let link = |did: &halo::SigningKey| auth::Peer {
+        did: halo::did(did),
+        peer: "kube-other".into(),
+    };
+    e.connect_kube(20, link(&key(8)), NOW);
+    e.connect_kube(21, link(&key(7)), NOW);
+    // Two a second (a quarter of messages_per_second): the root first.
+    let first = e.tick(NOW + 1000);
+    // (Objects in documentId order: Doc1, Doc2, Docz.)
+    assert_eq!(synced_to(&first, 20), [ROOT_ID.to_owned(), obj(1)]);
+    assert!(
+        synced_to(&first, 21).is_empty(),
+        "not a replicator: nothing offered"
+    );
+    let next = e.tick(NOW + 2000);
+    assert_eq!(synced_to(&next, 20), [obj(2), obj(0)]);
+    // A new object is offered as it comes.
+    list_object(alice.doc(ROOT_ID), &obj(3));
+    set(alice.doc(&obj(3)), "title", "new");
+    alice.sync(&mut e, ROOT_ID);
+    let a = alice.sync(&mut e, &obj(3));
+    let mut sent = synced_to(&a, 20);
+    sent.extend(synced_to(&e.tick(NOW + 3000), 20));
+    assert!(sent.contains(&obj(3)), "{sent:?}");
+}
