@@ -176,6 +176,72 @@ async fn dns01_gets_the_apex_and_a_wildcard() {
     );
 }
 
+/// DNS-01 with a secondary: Pebble resolves through a Knot secondary of KUBE that does not
+/// take NOTIFY and polls KUBE's serial every 2 s. KUBE tells Pebble to validate only
+/// once the secondary answers the serial with the TXT record, so the order succeeds (asked
+/// at once, Pebble would find no record there and fail the order).
+#[tokio::test]
+async fn dns01_waits_until_every_secondary_has_the_record() {
+    if !have_pebble() || !crate::dns::have_knotd() {
+        return;
+    }
+    let (http, https, dns, knot_port) = (free_port(), free_port(), free_port(), free_port());
+    let pebble = Pebble::start(
+        http,
+        https,
+        SocketAddr::from(([127, 0, 0, 1], knot_port)),
+        3600,
+    );
+    let knot = crate::dns::Knot::start(knot_port, dns, false);
+    let secret = crate::dns::TSIG_SECRET;
+    let config = format!(
+        "domain: kube.test\ntls:\n  mode: acme\nacme:\n  directory: {}\n  ca_root: {}\n  challenges: [dns-01]\ndns:\n  addresses: [127.0.0.1]\n  rrl:\n    enabled: false\n  tsig_keys:\n    - {{ name: xfr, secret: \"{secret}\" }}\n  secondaries:\n    - {{ address: \"127.0.0.1:{knot_port}\", key: xfr }}\n",
+        pebble.directory,
+        pebble.tls_ca.display()
+    );
+    let kube = Kube::start_with(Opts {
+        config: Some(config),
+        env: vec![
+            ("KUBE_HTTP_LISTEN".into(), format!("127.0.0.1:{http}")),
+            (
+                "KUBE_HTTP_HTTPS_LISTEN".into(),
+                format!("127.0.0.1:{https}"),
+            ),
+            ("KUBE_DNS_LISTEN".into(), format!("127.0.0.1:{dns}")),
+        ],
+        ..Default::default()
+    })
+    .unwrap_or_else(|log| panic!("kube did not start:\n{log}\n{}", pebble.log()));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let certs = kube.api(reqwest::Method::GET, "/api/certs").await;
+        let c = &certs["certificates"][0];
+        if c["issuer"].as_str().unwrap_or("").contains("Pebble") {
+            break;
+        }
+        let m = kube.metrics().await;
+        let failed = m
+            .lines()
+            .find_map(|l| l.strip_prefix("kube_acme_orders_total{result=\"failure\"} "))
+            .is_some_and(|v| v.trim() != "0");
+        assert!(
+            !failed,
+            "an order failed:\n{}\n{}\n{}",
+            kube.log(),
+            pebble.log(),
+            knot.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no certificate: {certs}\n{}\n{}",
+            kube.log(),
+            knot.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(knot.log().contains("zone updated"), "{}", knot.log());
+}
+
 #[tokio::test]
 async fn http01_names_each_app() {
     if !have_pebble() {

@@ -714,7 +714,7 @@ fn three_tcp_queries(dns: std::net::SocketAddr) -> usize {
     answered
 }
 
-const TSIG_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==";
+pub(crate) const TSIG_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==";
 
 /// A free loopback port for UDP and TCP (taken, then given back for the caller to bind).
 fn free_port() -> u16 {
@@ -741,35 +741,8 @@ fn knot_follows_kube_by_transfer_and_notify() {
         "  tsig_keys:\n    - {{ name: xfr, algorithm: hmac-sha256, secret: \"{TSIG_SECRET}\" }}\n  secondaries:\n    - {{ address: \"127.0.0.1:{knot_port}\", key: xfr }}\n"
     ));
     let dns = kube.dns.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let conf = format!(
-        "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{knot_port}\n\
-         database:\n    storage: \"{d}/db\"\n\
-         key:\n  - id: xfr\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
-         remote:\n  - id: kube\n    address: 127.0.0.1@{kport}\n    key: xfr\n\
-         acl:\n  - id: from_kube\n    address: 127.0.0.1\n    key: xfr\n    action: notify\n\
-         zone:\n  - domain: kube.test\n    storage: \"{d}/zones\"\n    master: kube\n    acl: from_kube\n\
-         log:\n  - target: stderr\n    any: info\n",
-        kport = dns.port()
-    );
-    std::fs::create_dir_all(dir.path().join("db")).unwrap();
-    std::fs::write(dir.path().join("knot.conf"), conf).unwrap();
-    let log = std::fs::File::create(dir.path().join("knot.log")).unwrap();
-    let knot = Command::new("knotd")
-        .arg("-c")
-        .arg(dir.path().join("knot.conf"))
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _knot = Reap(knot);
+    let knot = Knot::start(knot_port, dns.port(), true);
+    let dir = &knot.dir;
     let knot_log = || std::fs::read_to_string(dir.path().join("knot.log")).unwrap_or_default();
     let at_knot = |args: &[&str]| {
         let out = Command::new("kdig")
@@ -878,7 +851,59 @@ fn knot_follows_kube_by_transfer_and_notify() {
     assert!(!right.contains("WARNING"), "{right}");
 }
 
-fn have_knotd() -> bool {
+/// Knot DNS as a secondary of `kube.test` from KUBE's DNS at `primary` (TSIG key `xfr`),
+/// listening on `port`; `notify`: whether it takes KUBE's NOTIFY, else it only polls (its
+/// refresh held to 2 s). Killed when dropped.
+pub(crate) struct Knot {
+    child: std::process::Child,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Knot {
+    pub(crate) fn start(port: u16, primary: u16, notify: bool) -> Knot {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let acl = if notify {
+            "acl:\n  - id: from_kube\n    address: 127.0.0.1\n    key: xfr\n    action: notify\n"
+        } else {
+            ""
+        };
+        let zone_acl = if notify { "    acl: from_kube\n" } else { "" };
+        let conf = format!(
+            "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
+             database:\n    storage: \"{d}/db\"\n\
+             key:\n  - id: xfr\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
+             remote:\n  - id: kube\n    address: 127.0.0.1@{primary}\n    key: xfr\n\
+             {acl}\
+             zone:\n  - domain: kube.test\n    storage: \"{d}/zones\"\n    master: kube\n{zone_acl}\
+             \x20   refresh-min-interval: 2\n    refresh-max-interval: 2\n    retry-min-interval: 2\n    retry-max-interval: 2\n\
+             log:\n  - target: stderr\n    any: info\n"
+        );
+        std::fs::create_dir_all(dir.path().join("db")).unwrap();
+        std::fs::write(dir.path().join("knot.conf"), conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("knot.log")).unwrap();
+        let child = Command::new("knotd")
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Knot { child, dir }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn have_knotd() -> bool {
     let ok = Command::new("knotd").arg("-V").output().is_ok();
     if !ok {
         assert!(!require_tools(), "knotd is required (Debian knot)");

@@ -370,6 +370,41 @@ impl DnsHandle {
         }
     }
 
+    /// Waits until every secondary in `dns.secondaries` answers the serial being served
+    /// now (or a newer one), asking each for its SOA every 100 ms, for at most `within`;
+    /// returns those that did not. DNS-01 waits on this before the CA is told to look, so
+    /// whichever authoritative server the CA asks has the record.
+    pub async fn propagated(&self, within: Duration) -> Vec<SocketAddr> {
+        let zone = self.zone();
+        let serial = zone.serial();
+        let origin = Name::from(zone.origin().clone());
+        let mut waiting: Vec<SocketAddr> = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .section
+                .secondaries
+                .iter()
+                .map(|s| s.address)
+                .collect()
+        };
+        let deadline = Instant::now() + within;
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for addr in waiting {
+                let theirs = serial_at(addr, &origin).await;
+                if !theirs.is_some_and(|t| t == serial || secondary::newer(t, serial)) {
+                    still.push(addr);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        waiting
+    }
+
     /// Keys and secondaries as configured now.
     fn xfr(&self) -> Xfr {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -628,6 +663,34 @@ impl Service for DnsService {
             handle,
             running: Box::new(tasks),
         })
+    }
+}
+
+/// The serial `addr` answers for `origin`'s SOA (one UDP query, half a second).
+async fn serial_at(addr: SocketAddr, origin: &Name) -> Option<u32> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.ok()?;
+    let id = rand::random::<u16>();
+    socket
+        .send_to(&transfer::soa_query(origin, id)?, addr)
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let (n, from) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if from == addr
+            && let Some(serial) = transfer::soa_serial(&buf[..n], id, origin)
+        {
+            return Some(serial);
+        }
     }
 }
 

@@ -468,6 +468,30 @@ pub fn notify(zone: &Zone, id: u16, signer: &TSigner, now: u64) -> Option<Vec<u8
     msg.to_vec().ok()
 }
 
+/// A plain query for the SOA of `origin` (a secondary's serial, asked before DNS-01).
+pub fn soa_query(origin: &Name, id: u16) -> Option<Vec<u8>> {
+    let mut msg = Message::query();
+    msg.metadata.id = id;
+    let mut q = Query::query(origin.clone(), RecordType::SOA);
+    q.set_query_class(DNSClass::IN);
+    msg.add_query(q);
+    msg.to_vec().ok()
+}
+
+/// The serial in an answer to [`soa_query`] `id` for `origin`.
+pub fn soa_serial(packet: &[u8], id: u16, origin: &Name) -> Option<u32> {
+    let m = Message::from_vec(packet).ok()?;
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    m.answers.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::SOA(s) if r.name.to_lowercase() == origin.to_lowercase() => {
+            Some(s.serial)
+        }
+        _ => None,
+    })
+}
+
 /// Whether `packet` acknowledges the NOTIFY `id`.
 pub fn notify_acknowledged(packet: &[u8], id: u16) -> bool {
     Message::from_vec(packet).is_ok_and(|m| {

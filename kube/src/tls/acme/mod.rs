@@ -388,11 +388,21 @@ async fn answer_and_finish(
                     value: value.clone(),
                     ttl: Some(10),
                 };
-                tokio::task::spawn_blocking(move || dns.add(spec))
+                let adding = dns.clone();
+                tokio::task::spawn_blocking(move || adding.add(spec))
                     .await
                     .map_err(|e| AcmeError::Protocol(e.to_string()))?
                     .map_err(|e| AcmeError::Protocol(format!("cannot publish {name}: {e}")))?;
                 posted.push(Posted::Dns(name, value));
+                // The CA may ask any authoritative server: every secondary must answer the
+                // record before it is told to look.
+                let late = dns.propagated(Duration::from_secs(60)).await;
+                if !late.is_empty() {
+                    tracing::warn!(
+                        ?late,
+                        "dns-01: secondaries still behind after 60 s; asking the CA anyway"
+                    );
+                }
             }
         }
         tracing::debug!(identifier = %shown, challenge = ?kind, "challenge ready");
