@@ -360,6 +360,10 @@ pub struct Turn {
     pub max_lifetime_secs: u64,
     /// TURN connections over TCP and TLS at once (each holds at most one allocation).
     pub max_connections: u32,
+    /// The STUN/TURN servers of the other KUBEs of a cluster (`turn:host:port`,
+    /// `turns:host:port?transport=tcp`, `stun:host:port`), handed out by `ice-servers`
+    /// beside this KUBE's own; they must share `turn.secret` with this KUBE.
+    pub cluster: Vec<String>,
 }
 
 impl Default for Turn {
@@ -381,6 +385,7 @@ impl Default for Turn {
             max_bytes_per_sec: 1_000_000,
             max_lifetime_secs: 3_600,
             max_connections: 1_000,
+            cluster: Vec::new(),
         }
     }
 }

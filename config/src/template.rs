@@ -160,6 +160,9 @@ turn:
   max_lifetime_secs: 3600
   # TURN connections over TCP and TLS at once.
   max_connections: 1000
+  # The other KUBEs' STUN/TURN servers, handed out with this KUBE's own (every KUBE of a
+  # cluster shares turn.secret), e.g. "turn:kube-b.example.org:3478?transport=udp".
+  cluster: []
 
 echo:
   # Serve ECHO (the replica of admitted spaces) at wss://<domain>/.well-known/kube/echo.

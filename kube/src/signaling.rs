@@ -231,7 +231,8 @@ fn limits(s: &config::Signal) -> Limits {
 
 /// ICE servers from KUBE's TURN: clients reach it by the domain's name (loopback on a
 /// local domain) over UDP and TCP on `turn.listen`, over TLS on `turn.tls_listen`, and over
-/// TLS on the HTTPS port, so a browser whose network lets nothing but 443 out still relays.
+/// TLS on the HTTPS port, so a browser whose network lets nothing but 443 out still relays;
+/// then the other KUBEs' servers of `turn.cluster`.
 fn ice(t: &crate::turn::TurnHandle, domain: &str) -> signal::hub::Ice {
     let host = if config::is_local_domain(domain) && t.addr.ip().is_loopback() {
         t.addr.ip().to_string()
@@ -250,8 +251,17 @@ fn ice(t: &crate::turn::TurnHandle, domain: &str) -> signal::hub::Ice {
     if let Some(port) = t.https_port() {
         turn.push(format!("turns:{domain}:{port}?transport=tcp"));
     }
+    let mut stun = vec![format!("stun:{at}")];
+    // The other KUBEs of a cluster (`turn.cluster`): the same credentials work there.
+    for url in t.cluster() {
+        if url.starts_with("stun:") {
+            stun.push(url);
+        } else {
+            turn.push(url);
+        }
+    }
     signal::hub::Ice {
-        stun: vec![format!("stun:{at}")],
+        stun,
         turn,
         secret: t.secret(),
         ttl_secs: t.ttl_secs(),

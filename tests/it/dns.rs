@@ -250,7 +250,7 @@ fn dig_and_kdig_get_authoritative_answers() {
 }
 
 /// A blocking admin API call with the KUBE's token.
-fn api(kube: &Kube, method: reqwest::Method, path: &str, body: &str) -> String {
+pub(crate) fn api(kube: &Kube, method: reqwest::Method, path: &str, body: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -717,7 +717,7 @@ fn three_tcp_queries(dns: std::net::SocketAddr) -> usize {
 pub(crate) const TSIG_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==";
 
 /// A free loopback port for UDP and TCP (taken, then given back for the caller to bind).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let u = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = u.local_addr().unwrap().port();

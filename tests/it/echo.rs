@@ -103,25 +103,25 @@ pub(crate) fn space_root_for(kubes: &[&str], space_key: &halo::SigningKey) -> (S
     (space, doc)
 }
 
-fn t(s: &str) -> Value {
+pub(crate) fn t(s: &str) -> Value {
     Value::Text(s.into())
 }
 
-fn frame(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+pub(crate) fn frame(pairs: Vec<(&str, Value)>) -> Vec<u8> {
     let map = pairs.into_iter().map(|(k, v)| (t(k), v)).collect();
     let mut out = Vec::new();
     ciborium::into_writer(&Value::Map(map), &mut out).unwrap();
     out
 }
 
-fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
     v.as_map()?
         .iter()
         .find(|(kk, _)| kk.as_text() == Some(k))
         .map(|(_, v)| v)
 }
 
-fn text_of(v: &Value, k: &str) -> String {
+pub(crate) fn text_of(v: &Value, k: &str) -> String {
     field(v, k)
         .and_then(Value::as_text)
         .unwrap_or("")
@@ -252,19 +252,55 @@ impl Peer {
 }
 
 impl Peer {
+    /// Asks KUBE for `id`, which `doc` (empty) does not have yet.
+    pub(crate) async fn request(&mut self, id: &str, doc: &Automerge, st: &mut sync::State) {
+        if let Some(m) = doc.generate_sync_message(st) {
+            self.send(frame(vec![
+                ("type", t("request")),
+                ("senderId", t(&self.me)),
+                ("targetId", t("kube")),
+                ("documentId", t(id)),
+                ("data", Value::Bytes(m.encode())),
+            ]))
+            .await;
+        }
+    }
+
+    /// Takes KUBE's next message about `id` (waiting up to `wait`), applies it to `doc` and
+    /// answers as a syncing client does; false when the connection closed or nothing came.
+    pub(crate) async fn step(
+        &mut self,
+        id: &str,
+        doc: &mut Automerge,
+        st: &mut sync::State,
+        wait: Duration,
+    ) -> bool {
+        let Some(v) = self.recv(wait).await else {
+            return false;
+        };
+        if text_of(&v, "type") == "sync" && text_of(&v, "documentId") == id {
+            let data = field(&v, "data").and_then(Value::as_bytes).unwrap();
+            doc.receive_sync_message(st, sync::Message::decode(data).unwrap())
+                .unwrap();
+            if let Some(m) = doc.generate_sync_message(st) {
+                self.send(frame(vec![
+                    ("type", t("sync")),
+                    ("senderId", t(&self.me)),
+                    ("targetId", t("kube")),
+                    ("documentId", t(id)),
+                    ("data", Value::Bytes(m.encode())),
+                ]))
+                .await;
+            }
+        }
+        true
+    }
+
     /// Asks KUBE for `id` as a client without it does, and waits for KUBE's first message
     /// about it (its first sync message, or doc-unavailable); bounded by `wait`.
     pub(crate) async fn first_answer(&mut self, id: &str, wait: Duration) -> Option<String> {
         let (doc, mut st) = (Automerge::new(), sync::State::new());
-        let m = doc.generate_sync_message(&mut st)?;
-        self.send(frame(vec![
-            ("type", t("request")),
-            ("senderId", t(&self.me)),
-            ("targetId", t("kube")),
-            ("documentId", t(id)),
-            ("data", Value::Bytes(m.encode())),
-        ]))
-        .await;
+        self.request(id, &doc, &mut st).await;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             let v = self.recv(deadline - Instant::now()).await?;

@@ -16,7 +16,7 @@ const TASK: &str = "CrewTaskCrewTaskCrewTaskAb";
 const LATER: &str = "CrewLaterCrewLaterCrewAb";
 
 /// A free loopback TCP port.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -24,13 +24,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Node {
-    dir: std::path::PathBuf,
-    port: u16,
+pub(crate) struct Node {
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Node {
-    fn opts(&self, config: Option<String>) -> Opts {
+    pub(crate) fn opts(&self, config: Option<String>) -> Opts {
         Opts {
             config,
             env: vec![(
@@ -69,7 +69,7 @@ async fn converge(at: &[(&Kube, &str, &str)], id: &str, title: &str) -> Duration
     began.elapsed()
 }
 
-fn object(space: &str, title: &str) -> Automerge {
+pub(crate) fn object(space: &str, title: &str) -> Automerge {
     let mut doc = Automerge::new();
     let mut tx = doc.transaction();
     tx.put(ROOT, "space", space).unwrap();
@@ -79,7 +79,7 @@ fn object(space: &str, title: &str) -> Automerge {
     doc
 }
 
-fn list(root: &mut Automerge, id: &str) {
+pub(crate) fn list(root: &mut Automerge, id: &str) {
     let mut tx = root.transaction();
     let (_, objects) = tx.get(ROOT, "objects").unwrap().unwrap();
     let o = tx.put_object(&objects, id, ObjType::Map).unwrap();

@@ -4,6 +4,7 @@ mod acme;
 mod admin;
 mod apps;
 mod backup;
+mod bench_cluster;
 mod bundles;
 mod config;
 mod deploy;

@@ -340,3 +340,30 @@ async fn ice_servers_point_at_kubes_turn_with_rest_credentials() {
         signal::ice::password(secret.trim().as_bytes(), user)
     );
 }
+
+/// Several KUBEs (issue 18): `ice-servers` hands out the other KUBEs' TURN servers of
+/// `turn.cluster` beside KUBE's own, and the credentials it makes relay there too (the
+/// KUBEs share `turn.secret`): coturn's client relays through B on A's credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn ice_servers_name_every_kube_and_their_credentials_relay_through_any() {
+    use crate::turn::{SECRET, Via, have_coturn, received, start, uclient};
+    if !have_coturn() {
+        return;
+    }
+    let (b, b_turn) = start("  allow_peers: [127.0.0.0/8]\n");
+    let other = format!("turn:{b_turn}?transport=udp");
+    let (a, _) = start(&format!("  cluster: [\"{other}\"]\n"));
+    let (mut ws, _) = peer(&a, 1).await;
+    send(&mut ws, json!({"type": "ice-servers"})).await;
+    let ice = recv(&mut ws).await;
+    let urls = ice["servers"][1]["urls"].as_array().unwrap().clone();
+    assert!(urls.contains(&json!(other)), "{ice}");
+    let user = ice["servers"][1]["username"].as_str().unwrap().to_owned();
+    let password = ice["servers"][1]["credential"].as_str().unwrap().to_owned();
+    assert_eq!(password, signal::ice::password(SECRET.as_bytes(), &user));
+    let out =
+        tokio::task::spawn_blocking(move || uclient(&b, Via::Udp, &["-u", &user, "-w", &password]))
+            .await
+            .unwrap();
+    assert!(received(&out) > 0, "nothing relayed through B:\n{out}");
+}

@@ -20,11 +20,11 @@ use stun::textattrs::{Nonce, Realm, Username};
 use tests::pebble::free_port;
 use tests::{Kube, Opts, require_tools};
 
-const SECRET: &str = "s3cret";
+pub(crate) const SECRET: &str = "s3cret";
 /// How long any read from KUBE may take.
 const WAIT: Duration = Duration::from_secs(5);
 
-fn have_coturn() -> bool {
+pub(crate) fn have_coturn() -> bool {
     let ok = Command::new("turnutils_uclient").arg("-h").output().is_ok();
     if !ok {
         assert!(
@@ -36,7 +36,7 @@ fn have_coturn() -> bool {
     ok
 }
 
-fn start(extra: &str) -> (Kube, SocketAddr) {
+pub(crate) fn start(extra: &str) -> (Kube, SocketAddr) {
     let kube = Kube::start_with(Opts {
         config: Some(format!(
             "turn:\n  secret: {SECRET}\n  relay_port_min: 40000\n  relay_port_max: 49000\n{extra}"
@@ -58,7 +58,7 @@ fn start_all(extra: &str) -> Kube {
 
 /// How a client reaches KUBE's TURN server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
+pub(crate) enum Via {
     /// UDP on `turn.listen`.
     Udp,
     /// TCP on `turn.listen`'s port.
@@ -91,7 +91,7 @@ fn addr(kube: &Kube, via: Via) -> SocketAddr {
 
 /// Runs turnutils_uclient against `kube` over `via`, relaying to a turnutils_peer; returns
 /// its output.
-fn uclient(kube: &Kube, via: Via, auth: &[&str]) -> String {
+pub(crate) fn uclient(kube: &Kube, via: Via, auth: &[&str]) -> String {
     let transport: &[&str] = match via {
         Via::Udp => &[],
         Via::Tcp => &["-t"],
@@ -133,7 +133,7 @@ fn uclient(kube: &Kube, via: Via, auth: &[&str]) -> String {
     )
 }
 
-fn received(out: &str) -> u64 {
+pub(crate) fn received(out: &str) -> u64 {
     out.lines()
         .filter_map(|l| l.split("tot_recv_msgs=").nth(1))
         .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next())
@@ -1029,4 +1029,28 @@ fn turn_over_tls_rotates_its_certificate_with_https() {
         leaf(https),
         "TURN over TLS serves the renewed leaf"
     );
+}
+
+#[test]
+fn cluster_urls_are_checked_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kube.yml");
+    std::fs::write(
+        &file,
+        "turn:\n  cluster:\n    - \"turn:kube-b.example.org:3478\"\n    - \"https://kube-c.example.org\"\necho:\n  peers:\n    - { url: \"http://kube-b.example.org\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(tests::kube_bin())
+        .args(["config", "check", "-c", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(file.to_str().unwrap(), "kube.yml");
+    assert!(!out.status.success());
+    assert!(err.contains("kube.yml:4:"), "{err}");
+    assert!(
+        err.contains("turn.cluster[1]: \"https://kube-c.example.org\" is not"),
+        "{err}"
+    );
+    assert!(err.contains("echo.peers[0].url: "), "{err}");
+    assert!(!err.contains("turn.cluster[0]"), "{err}");
 }

@@ -76,9 +76,19 @@ pub struct TurnHandle {
     https_port: Arc<std::sync::atomic::AtomicU16>,
     shared: Arc<Shared>,
     data_dir: std::path::PathBuf,
+    /// The other KUBEs' STUN/TURN URLs (`turn.cluster`).
+    cluster: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl TurnHandle {
+    /// The other KUBEs' STUN/TURN URLs, handed out beside this KUBE's own.
+    pub fn cluster(&self) -> Vec<String> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The secret new credentials are signed with.
     pub fn secret(&self) -> Vec<u8> {
         self.shared.lock().settings().secret.to_vec()
@@ -108,6 +118,12 @@ impl TurnHandle {
         } else {
             s.secret.clone().into_bytes().into()
         };
+        let cluster_changed = {
+            let mut c = self.cluster.write().unwrap_or_else(|p| p.into_inner());
+            let changed = *c != s.cluster;
+            c.clone_from(&s.cluster);
+            changed
+        };
         let mut server = self.shared.lock();
         let old = server.settings().clone();
         let new = Settings {
@@ -118,7 +134,8 @@ impl TurnHandle {
             bytes_per_sec: s.max_bytes_per_sec,
             max_lifetime: Duration::from_secs(s.max_lifetime_secs),
         };
-        let changed = *old.secret != *new.secret
+        let changed = cluster_changed
+            || *old.secret != *new.secret
             || old.max_allocations != new.max_allocations
             || old.max_per_user != new.max_per_user
             || old.bytes_per_sec != new.bytes_per_sec
@@ -441,6 +458,17 @@ impl Service for TurnService {
                 "must differ from turn.listen (TCP is served there)",
             ));
         }
+        for (i, url) in s.cluster.iter().enumerate() {
+            let scheme_ok = ["turn:", "turns:", "stun:"]
+                .iter()
+                .any(|p| url.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+            if !scheme_ok || url.chars().any(char::is_whitespace) {
+                p.push(Problem::new(
+                    format!("turn.cluster[{i}]"),
+                    format!("{url:?} is not a turn:, turns: or stun: URL"),
+                ));
+            }
+        }
         p
     }
 
@@ -554,6 +582,7 @@ impl Service for TurnService {
                 https_port: Arc::default(),
                 shared,
                 data_dir: cx.data_dir.clone(),
+                cluster: Arc::new(std::sync::RwLock::new(s.cluster.clone())),
             }),
             running: Box::new(RunningTurn {
                 addr,
