@@ -1993,6 +1993,37 @@ impl Echo {
         for (id, doc) in held {
             self.try_promote(id, &doc, now_ms, out);
         }
+        // A linked KUBE this space now admits as a replicator is offered all of it.
+        let gained: Vec<ConnId> = before
+            .iter()
+            .filter(|(id, had)| {
+                !**had
+                    && self.conns.get(id).is_some_and(|c| c.kube && !c.closed)
+                    && self.replicates(**id, space_id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !gained.is_empty() {
+            let Some(s) = self.spaces.get(space_id) else {
+                return;
+            };
+            let (ix, root) = (s.ix, s.root.clone());
+            let mut objects: Vec<String> = self
+                .ids
+                .iter()
+                .filter(|(_, e)| {
+                    e.space == ix && e.flags & PRESENT != 0 && e.flags & (ROOT | QUARANTINED) == 0
+                })
+                .map(|(id, _)| id.to_string())
+                .collect();
+            objects.sort_unstable();
+            for conn in gained {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.offer.push_back(root.clone());
+                    c.offer.extend(objects.iter().cloned());
+                }
+            }
+        }
     }
 
     /// Passes an ephemeral message (presence, cursors) on to the other readers of its

@@ -1769,4 +1769,26 @@ fn a_linked_kube_is_offered_what_it_replicates_roots_first_and_paced() {
     let mut sent = synced_to(&a, 20);
     sent.extend(synced_to(&e.tick(NOW + 3000), 20));
     assert!(sent.contains(&obj(3)), "{sent:?}");
+    // Key 7's KUBE is admitted later: the whole space is offered to it then.
+    add_credential(
+        alice.doc(ROOT_ID),
+        &says(
+            &w.admin,
+            &halo::did(&key(7)),
+            member(&w.space, Role::Replicator),
+        ),
+    );
+    alice.sync(&mut e, ROOT_ID);
+    let mut later = Vec::new();
+    for t in 4..8 {
+        later.extend(synced_to(&e.tick(NOW + t * 1000), 21));
+    }
+    assert_eq!(
+        later.first().map(String::as_str),
+        Some(ROOT_ID),
+        "{later:?}"
+    );
+    for i in 0..4 {
+        assert!(later.contains(&obj(i)), "{later:?}");
+    }
 }
