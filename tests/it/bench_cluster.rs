@@ -240,7 +240,7 @@ fn bench_notify_to_serve() {
     let knot_port = crate::dns::free_port();
     let kube = Kube::start_with(Opts {
         config: Some(format!(
-            "domain: kube.test\ntls:\n  mode: local\ndns:\n  rrl:\n    enabled: false\n  tsig_keys:\n    - {{ name: xfr, secret: \"{}\" }}\n  secondaries:\n    - {{ address: \"127.0.0.1:{knot_port}\", key: xfr }}\n",
+            "domain: kube.test\ntls:\n  mode: local\ndns:\n  addresses: [127.0.0.1]\n  rrl:\n    enabled: false\n  tsig_keys:\n    - {{ name: xfr, secret: \"{}\" }}\n  secondaries:\n    - {{ address: \"127.0.0.1:{knot_port}\", key: xfr }}\n",
             crate::dns::TSIG_SECRET
         )),
         ..Default::default()
@@ -268,6 +268,9 @@ fn bench_notify_to_serve() {
         let r = crate::dns::api(&kube, reqwest::Method::POST, "/api/dns/records", &body);
         assert!(r.contains("added"), "{r}");
     });
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprintln!("{}\n{}", kube.log(), knot.log());
+    }
     drop(knot);
     drop(kube);
 
@@ -329,6 +332,9 @@ fn bench_notify_to_serve() {
         knotc(&["zone-set", "kube.test", &format!("r{i}"), "300", "A", &ip]);
         knotc(&["zone-commit", "kube.test"]);
     });
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprintln!("{}", secondary.log());
+    }
     let _ = primary.kill();
     let _ = primary.wait();
     println!("| primary → Knot secondary | records | p50 ms | p99 ms |");

@@ -909,6 +909,10 @@ async fn serve_tcp(
             break;
         };
         while conns.try_join_next().is_some() {}
+        // Each answer is one write; without this, an answer that follows another on the
+        // same connection (a secondary's SOA check, then its IXFR) waits for the peer's
+        // delayed ACK.
+        let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Over the connection limit: close at once rather than queue.
             dns.metrics.dns_tcp_refused.inc();
