@@ -54,7 +54,9 @@ export { SpaceAccess } from './src/access.js';
 export { b64url } from './src/encoding.js';
 export {
   SignalClient,
+  SignalCluster,
   connectSignal,
+  connectSignals,
   serveInvitation,
   redeemInvitation,
   SIGNAL_PATH,

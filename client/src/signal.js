@@ -164,6 +164,149 @@ export function connectSignal({ url, identity, origin = globalThis.location?.ori
 }
 
 /**
+ * Signaling through every KUBE of a cluster at once (SPEC §6: clients get every KUBE in their
+ * signaling list), with the interface of one `SignalClient`, so a `WebRTCAdapter` or an
+ * invitation uses it unchanged. Peers joined at any of the KUBEs are found: `join` answers the
+ * union of the peers each KUBE reports, `peer-joined` fires when a peer appears at its first
+ * KUBE and `peer-left` when it has left its last, `send` goes through a KUBE where the peer is
+ * (the first one otherwise), `ice-servers` merges every KUBE's servers, and `close` fires once
+ * every connection has closed. Signaling ids are dids, so one peer is one id at every KUBE.
+ */
+export class SignalCluster {
+  /** @type {SignalClient[]} */
+  #clients;
+  #listeners = new Map();
+  /** `${swarm} ${peer}` → the clients (indexes) where the peer is present. */
+  #presence = new Map();
+  #open;
+  /** The did the KUBEs welcomed. */
+  id;
+
+  /** @param {SignalClient[]} clients connected with the same identity */
+  constructor(clients) {
+    if (clients.length === 0) throw new Error('SignalCluster needs at least one connection');
+    this.#clients = clients;
+    this.id = clients[0].id;
+    this.#open = clients.length;
+    clients.forEach((c, i) => {
+      c.on('peer-joined', (m) => { if (this.#add(m.swarm, m.peer, i)) this.#emit('peer-joined', m); });
+      c.on('peer-left', (m) => { if (this.#remove(m.swarm, m.peer, i)) this.#emit('peer-left', m); });
+      c.on('signal', (m) => this.#emit('signal', m));
+      c.on('error', (m) => this.#emit('error', m));
+      c.on('close', () => {
+        for (const [key, at] of this.#presence) {
+          if (at.delete(i) && at.size === 0) {
+            this.#presence.delete(key);
+            const [swarm, peer] = key.split(' ');
+            this.#emit('peer-left', { type: 'peer-left', swarm, peer });
+          }
+        }
+        this.#open -= 1;
+        if (this.#open === 0) this.#emit('close', {});
+      });
+    });
+  }
+
+  /** Whether the peer is new to the cluster's view. */
+  #add(swarm, peer, i) {
+    const key = `${String(swarm).toLowerCase()} ${peer}`;
+    const at = this.#presence.get(key) ?? new Set();
+    const fresh = at.size === 0;
+    at.add(i);
+    this.#presence.set(key, at);
+    return fresh;
+  }
+
+  /** Whether the peer has left its last KUBE. */
+  #remove(swarm, peer, i) {
+    const key = `${String(swarm).toLowerCase()} ${peer}`;
+    const at = this.#presence.get(key);
+    if (!at || !at.delete(i)) return false;
+    if (at.size > 0) return false;
+    this.#presence.delete(key);
+    return true;
+  }
+
+  #emit(type, msg) {
+    for (const fn of [...(this.#listeners.get(type) ?? [])]) fn(msg);
+  }
+
+  /** @param {string} type @param {(msg: any) => void} fn @returns {() => void} unsubscribe */
+  on(type, fn) {
+    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
+    this.#listeners.get(type).add(fn);
+    return () => this.#listeners.get(type)?.delete(fn);
+  }
+
+  /** Joins `swarm` at every KUBE; resolves the peers found at any of them (rejects only when
+   * every KUBE refused). @param {string} swarm @returns {Promise<string[]>} */
+  async join(swarm, o = {}) {
+    const results = await Promise.allSettled(this.#clients.map((c) => c.join(swarm, o)));
+    const peers = new Set();
+    results.forEach((r, i) => {
+      if (r.status !== 'fulfilled') return;
+      for (const p of r.value) {
+        this.#add(swarm, p, i);
+        peers.add(p);
+      }
+    });
+    if (results.every((r) => r.status === 'rejected')) throw results[0].reason;
+    return [...peers];
+  }
+
+  /** Every KUBE's STUN/TURN servers (a relay through any of them), the shortest `ttl`. */
+  async iceServers(o = {}) {
+    const results = await Promise.allSettled(this.#clients.map((c) => c.iceServers(o)));
+    const ok = results.filter((r) => r.status === 'fulfilled').map((r) => r.value);
+    if (ok.length === 0) throw results[0].reason;
+    const servers = [];
+    const seen = new Set();
+    for (const { servers: list } of ok) {
+      for (const s of list) {
+        const key = JSON.stringify(s.urls);
+        if (!seen.has(key)) {
+          seen.add(key);
+          servers.push(s);
+        }
+      }
+    }
+    return { servers, ttl: Math.min(...ok.map((r) => r.ttl)) };
+  }
+
+  /** @param {string} swarm */
+  leave(swarm) {
+    for (const c of this.#clients) c.leave(swarm);
+    const prefix = `${swarm.toLowerCase()} `;
+    for (const key of [...this.#presence.keys()]) if (key.startsWith(prefix)) this.#presence.delete(key);
+  }
+
+  /** Sends `payload` to `to` through a KUBE where it is in `swarm`.
+   * @param {string} to @param {string} swarm @param {any} payload */
+  send(to, swarm, payload) {
+    const at = this.#presence.get(`${swarm.toLowerCase()} ${to}`);
+    const i = at && at.size > 0 ? Math.min(...at) : 0;
+    this.#clients[i].send(to, swarm, payload);
+  }
+
+  close() {
+    for (const c of this.#clients) c.close();
+  }
+}
+
+/**
+ * Connects to the signaling of every KUBE in `urls` with `identity` (as `connectSignal`) and
+ * returns one `SignalCluster` over the connections that succeed; rejects when none does.
+ * @param {{urls: string[], identity: Identity, origin?: string, timeoutMs?: number}} o
+ * @returns {Promise<SignalCluster>}
+ */
+export async function connectSignals({ urls, identity, origin, timeoutMs }) {
+  const results = await Promise.allSettled(urls.map((url) => connectSignal({ url, identity, origin, timeoutMs })));
+  const clients = results.filter((r) => r.status === 'fulfilled').map((r) => r.value);
+  if (clients.length === 0) throw results[0]?.reason ?? new Error('no KUBE to signal through');
+  return new SignalCluster(clients);
+}
+
+/**
  * The host's side over signaling: joins the invitation's swarm and answers every guest with
  * `host.handle` until `stop()`. `admitted` resolves with the credential issued (add it to the
  * space root with `addCredential`), or rejects when the invitation is dead or expired.

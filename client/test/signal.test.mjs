@@ -111,3 +111,56 @@ test('an invitation redeemed over signaling: wrong code, then the right one', { 
     guestSig.close();
   }
 });
+
+/** A stand-in for one KUBE's SignalClient: records what is sent, emits what the test says. */
+class FakeSignal {
+  constructor(name, peers = []) {
+    this.id = 'did:me';
+    this.name = name;
+    this.peers = peers;
+    this.sent = [];
+    this.listeners = new Map();
+  }
+  on(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, new Set());
+    this.listeners.get(type).add(fn);
+    return () => this.listeners.get(type).delete(fn);
+  }
+  emit(type, msg) {
+    for (const fn of this.listeners.get(type) ?? []) fn(msg);
+  }
+  async join() { return this.peers; }
+  async iceServers() { return { servers: [{ urls: [`turn:${this.name}`] }, { urls: ['stun:shared'] }], ttl: this.name === 'a' ? 60 : 30 }; }
+  leave() {}
+  send(to, swarm, payload) { this.sent.push({ to, swarm, payload }); }
+  close() { this.emit('close', {}); }
+}
+
+test('SignalCluster: peers of every KUBE once, signals through the KUBE where the peer is', async () => {
+  const { SignalCluster } = await import('../index.js');
+  const swarm = 'cd'.repeat(32);
+  const a = new FakeSignal('a', ['did:y']);
+  const b = new FakeSignal('b', ['did:y', 'did:z']);
+  const cluster = new SignalCluster([a, b]);
+  const events = [];
+  for (const t of ['peer-joined', 'peer-left', 'close']) cluster.on(t, (m) => events.push([t, m.peer]));
+  assert.deepEqual((await cluster.join(swarm)).sort(), ['did:y', 'did:z']);
+  cluster.send('did:z', swarm, 1);
+  cluster.send('did:y', swarm, 2);
+  assert.deepEqual(b.sent, [{ to: 'did:z', swarm, payload: 1 }], 'z is only at b');
+  assert.deepEqual(a.sent, [{ to: 'did:y', swarm, payload: 2 }], 'y is at both: the first');
+  // A peer seen at a second KUBE is not new; it is gone once it left both.
+  a.emit('peer-joined', { type: 'peer-joined', swarm, peer: 'did:z' });
+  b.emit('peer-left', { type: 'peer-left', swarm, peer: 'did:z' });
+  assert.deepEqual(events, []);
+  a.emit('peer-left', { type: 'peer-left', swarm, peer: 'did:z' });
+  assert.deepEqual(events, [['peer-left', 'did:z']]);
+  const { servers, ttl } = await cluster.iceServers();
+  assert.deepEqual(servers.map((s) => s.urls[0]), ['turn:a', 'stun:shared', 'turn:b']);
+  assert.equal(ttl, 30, 'the shortest');
+  // y is at both KUBEs: closing one keeps it; closing the last drops it, then closes.
+  a.close();
+  assert.equal(events.length, 1);
+  b.close();
+  assert.deepEqual(events.slice(1), [['peer-left', 'did:y'], ['close', undefined]]);
+});

@@ -6,7 +6,10 @@
 
 import assert from 'node:assert/strict';
 import { Repo } from '@automerge/automerge-repo';
-import { Identity, connectKube, synced, createSpace, addMember, createObject, asString } from '@kube/client';
+import {
+  Identity, connectKube, synced, createSpace, addMember, createObject, asString,
+  connectSignal, connectSignals,
+} from '@kube/client';
 
 const MS = 15_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -81,5 +84,39 @@ for (const url of [A, B]) {
   await assert.rejects(r.find(task.url, { signal: AbortSignal.timeout(3000) }));
 }
 console.log('ok 4 - a stranger gets nothing from either KUBE');
-console.log('all 4 steps passed');
+
+// 5. Signaling through both KUBEs: a peer listing both finds peers joined at either one, and
+//    its signals reach each through the KUBE where it is.
+const swarm = 'ab'.repeat(32);
+const [yan, zoe, xia] = [Identity.generate(), Identity.generate(), Identity.generate()];
+const y = await connectSignal({ url: B, identity: yan });
+const z = await connectSignal({ url: A, identity: zoe });
+assert.deepEqual(await y.join(swarm), []);
+assert.deepEqual(await z.join(swarm), []);
+const x = await connectSignals({ urls: [A, B], identity: xia });
+const seen = (await x.join(swarm)).sort();
+assert.deepEqual(seen, [yan.did, zoe.did].sort());
+const got = (client, from) => new Promise((resolve) => {
+  const off = client.on('signal', (m) => { if (m.from === from) { off(); resolve(m.payload); } });
+});
+const atY = got(y, xia.did);
+const atZ = got(z, xia.did);
+x.send(yan.did, swarm, { hello: 'yan' });
+x.send(zoe.did, swarm, { hello: 'zoe' });
+assert.deepEqual(await atY, { hello: 'yan' });
+assert.deepEqual(await atZ, { hello: 'zoe' });
+console.log('ok 5 - a peer signalling through both KUBEs reaches peers joined at either');
+
+// 6. Its ICE servers come from both KUBEs; a peer leaving its only KUBE is gone.
+const { servers } = await x.iceServers();
+const urls = servers.flatMap((s) => s.urls);
+assert.ok(urls.length >= 4, JSON.stringify(urls));
+const left = new Promise((resolve) => x.on('peer-left', (m) => { if (m.peer === zoe.did) resolve(); }));
+z.leave(swarm);
+await left;
+x.close();
+y.close();
+z.close();
+console.log('ok 6 - ICE servers of both KUBEs; a peer that left its KUBE is gone');
+console.log('all 6 steps passed');
 process.exit(0);

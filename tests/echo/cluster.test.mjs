@@ -86,6 +86,6 @@ describe('ECHO across two linked KUBEs with @kube/client', { timeout: TIMEOUT_MS
     });
     const logs = kubes.map((k, i) => `--- kube ${nodes[i].name} stderr ---\n${k.stderr.slice(-8192)}`).join('\n');
     assert.equal(exit.code, 0, `the scenario failed (${JSON.stringify(exit)}):\n${out.slice(-8192)}\n${logs}`);
-    assert.match(out, /^all 4 steps passed$/m);
+    assert.match(out, /^all 6 steps passed$/m);
   });
 });
