@@ -30,16 +30,33 @@ function isIceServer(s) {
   return typeof urls === 'string' || (Array.isArray(urls) && urls.length > 0 && urls.every((u) => typeof u === 'string'));
 }
 
+/** Listeners by message type, for the signaling clients below. */
+class Emitter {
+  #listeners = new Map();
+
+  /** @param {string} type @param {any} msg */
+  emit(type, msg) {
+    for (const fn of [...(this.#listeners.get(type) ?? [])]) fn(msg);
+  }
+
+  /** @param {string} type @param {(msg: any) => void} fn @returns {() => void} unsubscribe */
+  on(type, fn) {
+    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
+    this.#listeners.get(type).add(fn);
+    return () => this.#listeners.get(type)?.delete(fn);
+  }
+}
+
 /** An authenticated signaling connection. Events (`on(type, fn)`): `peers`, `peer-joined`,
  * `peer-left`, `signal`, `error` (the server's messages, as objects) and `close`. */
-export class SignalClient {
+export class SignalClient extends Emitter {
   /** @type {WebSocket} */
   #ws;
-  #listeners = new Map();
   /** The did KUBE welcomed. */
   id;
 
   constructor(ws, id) {
+    super();
     this.#ws = ws;
     this.id = id;
     ws.onmessage = (ev) => {
@@ -49,20 +66,9 @@ export class SignalClient {
       } catch {
         return;
       }
-      this.#emit(msg?.type, msg);
+      this.emit(msg?.type, msg);
     };
-    ws.onclose = () => this.#emit('close', {});
-  }
-
-  #emit(type, msg) {
-    for (const fn of [...(this.#listeners.get(type) ?? [])]) fn(msg);
-  }
-
-  /** @param {string} type @param {(msg: any) => void} fn @returns {() => void} unsubscribe */
-  on(type, fn) {
-    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
-    this.#listeners.get(type).add(fn);
-    return () => this.#listeners.get(type)?.delete(fn);
+    ws.onclose = () => this.emit('close', {});
   }
 
   #send(msg) {
@@ -172,10 +178,9 @@ export function connectSignal({ url, identity, origin = globalThis.location?.ori
  * (the first one otherwise), `ice-servers` merges every KUBE's servers, and `close` fires once
  * every connection has closed. Signaling ids are dids, so one peer is one id at every KUBE.
  */
-export class SignalCluster {
+export class SignalCluster extends Emitter {
   /** @type {SignalClient[]} */
   #clients;
-  #listeners = new Map();
   /** `${swarm} ${peer}` → the clients (indexes) where the peer is present. */
   #presence = new Map();
   #open;
@@ -184,25 +189,26 @@ export class SignalCluster {
 
   /** @param {SignalClient[]} clients connected with the same identity */
   constructor(clients) {
+    super();
     if (clients.length === 0) throw new Error('SignalCluster needs at least one connection');
     this.#clients = clients;
     this.id = clients[0].id;
     this.#open = clients.length;
     clients.forEach((c, i) => {
-      c.on('peer-joined', (m) => { if (this.#add(m.swarm, m.peer, i)) this.#emit('peer-joined', m); });
-      c.on('peer-left', (m) => { if (this.#remove(m.swarm, m.peer, i)) this.#emit('peer-left', m); });
-      c.on('signal', (m) => this.#emit('signal', m));
-      c.on('error', (m) => this.#emit('error', m));
+      c.on('peer-joined', (m) => { if (this.#add(m.swarm, m.peer, i)) this.emit('peer-joined', m); });
+      c.on('peer-left', (m) => { if (this.#remove(m.swarm, m.peer, i)) this.emit('peer-left', m); });
+      c.on('signal', (m) => this.emit('signal', m));
+      c.on('error', (m) => this.emit('error', m));
       c.on('close', () => {
         for (const [key, at] of this.#presence) {
           if (at.delete(i) && at.size === 0) {
             this.#presence.delete(key);
             const [swarm, peer] = key.split(' ');
-            this.#emit('peer-left', { type: 'peer-left', swarm, peer });
+            this.emit('peer-left', { type: 'peer-left', swarm, peer });
           }
         }
         this.#open -= 1;
-        if (this.#open === 0) this.#emit('close', {});
+        if (this.#open === 0) this.emit('close', {});
       });
     });
   }
@@ -225,17 +231,6 @@ export class SignalCluster {
     if (at.size > 0) return false;
     this.#presence.delete(key);
     return true;
-  }
-
-  #emit(type, msg) {
-    for (const fn of [...(this.#listeners.get(type) ?? [])]) fn(msg);
-  }
-
-  /** @param {string} type @param {(msg: any) => void} fn @returns {() => void} unsubscribe */
-  on(type, fn) {
-    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
-    this.#listeners.get(type).add(fn);
-    return () => this.#listeners.get(type)?.delete(fn);
   }
 
   /** Joins `swarm` at every KUBE; resolves the peers found at any of them (rejects only when

@@ -27,6 +27,44 @@ use crate::service::{Context, Service, StartError, Started, Tasks};
 
 mod links;
 
+/// What a WebSocket message is to ECHO, whichever library carries it (axum's for the
+/// connections KUBE accepts, tungstenite's for the links it opens).
+enum Kind {
+    /// A frame for the peer: binary, or text (not part of the protocol: the peer refuses
+    /// it as malformed).
+    Data(Vec<u8>),
+    /// Ping, pong: the other side is there.
+    Alive,
+    End,
+}
+
+trait WsMessage: Sized {
+    fn kind(self) -> Kind;
+    fn binary(bytes: Vec<u8>) -> Self;
+    fn ping() -> Self;
+    fn close() -> Self;
+}
+
+impl WsMessage for Message {
+    fn kind(self) -> Kind {
+        match self {
+            Message::Binary(b) => Kind::Data(b.to_vec()),
+            Message::Text(t) => Kind::Data(t.as_bytes().to_vec()),
+            Message::Ping(_) | Message::Pong(_) => Kind::Alive,
+            Message::Close(_) => Kind::End,
+        }
+    }
+    fn binary(bytes: Vec<u8>) -> Self {
+        Message::Binary(bytes.into())
+    }
+    fn ping() -> Self {
+        Message::Ping(Vec::new().into())
+    }
+    fn close() -> Self {
+        Message::Close(None)
+    }
+}
+
 /// Events the peer's task handles, at most this many per durable batch.
 const BATCH: usize = 512;
 /// Frames queued to one connection before it counts as not reading (and is closed).
@@ -233,7 +271,7 @@ impl EchoHandle {
 
     async fn connection(self, socket: WebSocket, peer: echo::auth::Peer, _slot: Slot) {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
-        let (outbox, mut rx) = Outbox::new(self.max_frame.saturating_mul(2));
+        let (outbox, rx) = Outbox::new(self.max_frame.saturating_mul(2));
         let queued = outbox.queued.clone();
         if self
             .events
@@ -241,56 +279,64 @@ impl EchoHandle {
             .await
             .is_ok()
         {
-            let (mut sink, mut stream) = socket.split();
-            let mut ping = tokio::time::interval(PING);
-            ping.tick().await;
-            let mut last_seen = Instant::now();
-            loop {
-                tokio::select! {
-                    incoming = stream.next() => match incoming {
-                        Some(Ok(Message::Binary(b))) => {
-                            last_seen = Instant::now();
-                            let ev = Event::Frame { conn, bytes: b.to_vec(), at: last_seen };
-                            if self.events.send(ev).await.is_err() {
-                                break;
-                            }
-                        }
-                        Some(Ok(Message::Text(t))) => {
-                            // Not part of the protocol: the peer refuses it as malformed.
-                            last_seen = Instant::now();
-                            let ev = Event::Frame { conn, bytes: t.as_bytes().to_vec(), at: last_seen };
-                            if self.events.send(ev).await.is_err() {
-                                break;
-                            }
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_seen = Instant::now(),
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                    },
-                    out = rx.recv() => match out {
-                        Some(Outgoing::Binary(b)) => {
-                            let n = b.len();
-                            let sent = sink.send(Message::Binary(b.into())).await;
-                            Outbox::sent(&queued, n);
-                            if sent.is_err() {
-                                break;
-                            }
-                        }
-                        Some(Outgoing::Close) | None => {
-                            let _ = sink.send(Message::Close(None)).await;
-                            break;
-                        }
-                    },
-                    _ = ping.tick() => {
-                        if last_seen.elapsed() > PING * 3 {
-                            break;
-                        }
-                        if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+            self.pump(conn, rx, queued, socket).await;
+            let _ = self.events.send(Event::Closed { conn }).await;
+        }
+    }
+
+    /// Carries one connection's frames both ways (peer → driver as `Event::Frame`, outbox →
+    /// peer), pings it, and returns when either side ends it or it stays silent for three
+    /// ping intervals.
+    async fn pump<M, E, S>(
+        &self,
+        conn: ConnId,
+        mut rx: mpsc::Receiver<Outgoing>,
+        queued: Arc<AtomicUsize>,
+        socket: S,
+    ) where
+        M: WsMessage,
+        S: futures_util::Stream<Item = Result<M, E>> + futures_util::Sink<M> + Unpin,
+    {
+        let (mut sink, mut stream) = socket.split();
+        let mut ping = tokio::time::interval(PING);
+        ping.tick().await;
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                incoming = stream.next() => match incoming.map(|r| r.map(WsMessage::kind)) {
+                    Some(Ok(Kind::Data(bytes))) => {
+                        last_seen = Instant::now();
+                        let ev = Event::Frame { conn, bytes, at: last_seen };
+                        if self.events.send(ev).await.is_err() {
                             break;
                         }
                     }
+                    Some(Ok(Kind::Alive)) => last_seen = Instant::now(),
+                    Some(Ok(Kind::End) | Err(_)) | None => break,
+                },
+                out = rx.recv() => match out {
+                    Some(Outgoing::Binary(b)) => {
+                        let n = b.len();
+                        let sent = sink.send(M::binary(b)).await;
+                        Outbox::sent(&queued, n);
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outgoing::Close) | None => {
+                        let _ = sink.send(M::close()).await;
+                        break;
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > PING * 3 {
+                        break;
+                    }
+                    if sink.send(M::ping()).await.is_err() {
+                        break;
+                    }
                 }
             }
-            let _ = self.events.send(Event::Closed { conn }).await;
         }
     }
 

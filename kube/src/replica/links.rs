@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
-use super::{EchoHandle, Event, Outbox, Outgoing, PING};
+use super::{EchoHandle, Event, Kind, Outbox, WsMessage};
 
 /// Why a link could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -213,11 +213,31 @@ async fn dial(
     }
 }
 
+impl WsMessage for Message {
+    fn kind(self) -> Kind {
+        match self {
+            Message::Binary(b) => Kind::Data(b.to_vec()),
+            Message::Text(t) => Kind::Data(t.as_bytes().to_vec()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Kind::Alive,
+            Message::Close(_) => Kind::End,
+        }
+    }
+    fn binary(bytes: Vec<u8>) -> Self {
+        Message::Binary(bytes.into())
+    }
+    fn ping() -> Self {
+        Message::Ping(Vec::new().into())
+    }
+    fn close() -> Self {
+        Message::Close(None)
+    }
+}
+
 impl EchoHandle {
     /// Runs a link as a connection of ECHO's until either side closes it.
     async fn link(&self, socket: Socket, peer: echo::auth::Peer) {
         let conn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (outbox, mut rx) = Outbox::new(self.max_frame.saturating_mul(2));
+        let (outbox, rx) = Outbox::new(self.max_frame.saturating_mul(2));
         let queued = outbox.queued.clone();
         if self
             .events
@@ -227,48 +247,7 @@ impl EchoHandle {
         {
             return;
         }
-        let (mut sink, mut stream) = socket.split();
-        let mut ping = tokio::time::interval(PING);
-        ping.tick().await;
-        let mut last_seen = Instant::now();
-        loop {
-            tokio::select! {
-                incoming = stream.next() => match incoming {
-                    Some(Ok(Message::Binary(b))) => {
-                        last_seen = Instant::now();
-                        let ev = Event::Frame { conn, bytes: b.to_vec(), at: last_seen };
-                        if self.events.send(ev).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_seen = Instant::now(),
-                    Some(Ok(Message::Text(_) | Message::Frame(_))) => last_seen = Instant::now(),
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                },
-                out = rx.recv() => match out {
-                    Some(Outgoing::Binary(b)) => {
-                        let n = b.len();
-                        let sent = sink.send(Message::Binary(b.into())).await;
-                        Outbox::sent(&queued, n);
-                        if sent.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Outgoing::Close) | None => {
-                        let _ = sink.send(Message::Close(None)).await;
-                        break;
-                    }
-                },
-                _ = ping.tick() => {
-                    if last_seen.elapsed() > PING * 3 {
-                        break;
-                    }
-                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        self.pump(conn, rx, queued, socket).await;
         let _ = self.events.send(Event::Closed { conn }).await;
     }
 }
