@@ -434,6 +434,9 @@ pub struct Echo {
 pub struct EchoPeer {
     /// Its HTTPS base URL, `https://host[:port]`.
     pub url: String,
+    /// Its identity (`kube identity` there): a link is made only to a KUBE that proves it
+    /// holds this key, and tokens are signed for it alone.
+    pub did: String,
     /// A PEM file of the CA its certificate is checked against, beside the web PKI roots
     /// (a KUBE on its local CA: `kube trust` there).
     #[serde(default)]

@@ -190,9 +190,9 @@ echo:
   # Memory (bytes, estimated) for documents held in memory; the least recently used past
   # it are read from disk again when next asked for. Start reads no document.
   cache_bytes: 67108864
-  # The other KUBEs of a cluster (url: "https://kube-b.example.org", ca_file: a PEM
-  # file when it runs on its local CA): each is linked with this KUBE's key and
-  # replicates every space that admits both keys as replicators.
+  # The other KUBEs of a cluster (url: "https://kube-b.example.org", did: its
+  # `kube identity`, ca_file: a PEM file when it runs on its local CA): each is linked
+  # with this KUBE's key and replicates every space that admits both keys as replicators.
   peers: []
 
 apps:

@@ -277,6 +277,11 @@ struct Conn {
     /// the spaces both replicate, paced by `budget` (see `Echo::tick`).
     kube: bool,
     offer: std::collections::VecDeque<String>,
+    /// A link's objects waiting until the other KUBE holds their space's root (by space),
+    /// and the spaces it refused: their objects are not offered (they would only cost the
+    /// link strikes there).
+    parked: HashMap<String, Vec<String>>,
+    refused: std::collections::HashSet<String>,
     budget: f64,
     budget_ms: u64,
     joined: bool,
@@ -441,6 +446,11 @@ impl Echo {
 
     pub fn peer_id(&self) -> &str {
         &self.me
+    }
+
+    /// The largest message a peer may send (`echo.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.limits.max_message_bytes
     }
 
     pub fn set_limits(&mut self, limits: Limits) {
@@ -1124,6 +1134,8 @@ impl Echo {
                 peer: peer.peer,
                 kube: false,
                 offer: std::collections::VecDeque::new(),
+                parked: HashMap::new(),
+                refused: std::collections::HashSet::new(),
                 budget: 0.0,
                 budget_ms: now_ms,
                 joined: false,
@@ -1146,33 +1158,71 @@ impl Echo {
     /// sends as it limits anyone); new documents and spaces are offered as they come.
     pub fn connect_kube(&mut self, conn: ConnId, peer: auth::Peer, now_ms: u64) {
         self.connect(conn, peer, now_ms);
-        let shared: Vec<(SpaceIx, String)> = self
+        let shared: Vec<String> = self
             .spaces
-            .iter()
-            .filter(|(id, _)| self.replicates(conn, id))
-            .map(|(_, s)| (s.ix, s.root.clone()))
-            .collect();
-        let ixs: std::collections::HashSet<SpaceIx> = shared.iter().map(|(ix, _)| *ix).collect();
-        let mut objects: Vec<&str> = self
-            .ids
-            .iter()
-            .filter(|(_, e)| {
-                e.flags & PRESENT != 0
-                    && e.flags & (ROOT | QUARANTINED) == 0
-                    && ixs.contains(&e.space)
-            })
-            .map(|(id, _)| &**id)
-            .collect();
-        objects.sort_unstable();
-        let offer = shared
-            .iter()
-            .map(|(_, root)| root.clone())
-            .chain(objects.into_iter().map(str::to_owned))
+            .keys()
+            .filter(|id| self.replicates(conn, id))
+            .cloned()
             .collect();
         if let Some(c) = self.conns.get_mut(&conn) {
             c.joined = true;
             c.kube = true;
-            c.offer = offer;
+        }
+        for space in shared {
+            self.offer_space(conn, &space);
+        }
+    }
+
+    /// Offers a whole space to a link: its root now, its objects once the other KUBE holds
+    /// the root (`sync_known` sees its heads cover the root's).
+    fn offer_space(&mut self, conn: ConnId, space_id: &str) {
+        let Some(s) = self.spaces.get(space_id) else {
+            return;
+        };
+        let (ix, root) = (s.ix, s.root.clone());
+        let mut objects: Vec<String> = self
+            .ids
+            .iter()
+            .filter(|(_, e)| {
+                e.space == ix && e.flags & PRESENT != 0 && e.flags & (ROOT | QUARANTINED) == 0
+            })
+            .map(|(id, _)| id.to_string())
+            .collect();
+        objects.sort_unstable();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.refused.remove(space_id);
+            c.offer.push_back(root);
+            c.parked
+                .entry(space_id.to_owned())
+                .or_default()
+                .extend(objects);
+        }
+    }
+
+    /// A link's other KUBE holds `space`'s root now: its objects follow.
+    fn unpark(&mut self, conn: ConnId, space_id: &str) {
+        if let Some(c) = self.conns.get_mut(&conn)
+            && let Some(objects) = c.parked.remove(space_id)
+        {
+            c.offer.extend(objects);
+        }
+    }
+
+    /// A link's other KUBE does not take `space` (it refused the root): nothing more of it
+    /// is offered over this link until the space changes.
+    fn refused_by_link(&mut self, conn: ConnId, doc_id: &str) {
+        let Some(space) = self
+            .space_of(doc_id)
+            .filter(|s| self.spaces.get(*s).is_some_and(|sp| sp.root == doc_id))
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&conn)
+            && c.kube
+        {
+            c.parked.remove(&space);
+            c.refused.insert(space);
         }
     }
 
@@ -1190,11 +1240,21 @@ impl Echo {
             .filter(|(_, c)| c.kube && !c.closed && !c.syncs.contains_key(doc_id))
             .map(|(id, _)| *id)
             .collect();
+        let is_root = self.spaces.get(space).is_some_and(|s| s.root == doc_id);
         for conn in links {
-            if self.replicates(conn, space)
-                && let Some(c) = self.conns.get_mut(&conn)
-            {
-                c.offer.push_back(doc_id.to_owned());
+            if !self.replicates(conn, space) {
+                continue;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.refused.contains(space) {
+                continue;
+            }
+            match c.parked.get_mut(space) {
+                // The root is not held there yet: the object waits with the others.
+                Some(waiting) if !is_root => waiting.push(doc_id.to_owned()),
+                _ => c.offer.push_back(doc_id.to_owned()),
             }
         }
     }
@@ -1448,6 +1508,7 @@ impl Echo {
                     c.syncs.remove(&doc);
                     c.pending.remove(&doc);
                 }
+                self.refused_by_link(conn, &doc);
             }
             e @ Incoming::Ephemeral { .. } => self.ephemeral(conn, &e, &mut out),
             Incoming::Ignored { .. } => {}
@@ -1598,12 +1659,22 @@ impl Echo {
             }
         };
         let changed = doc.am.get_heads() != before;
+        let held_there = is_root && {
+            let heads = doc.am.get_heads();
+            state
+                .their_heads
+                .as_ref()
+                .is_some_and(|theirs| heads.iter().all(|h| theirs.contains(h)))
+        };
         if changed {
             self.persist_since(doc_id, &space_id, &before, now_ms, out);
             if is_root {
                 self.membership_changed(&space_id, new_root, now_ms, out);
             }
             self.broadcast(doc_id, Some(conn), out);
+        }
+        if held_there && self.conns.get(&conn).is_some_and(|c| c.kube) {
+            self.unpark(conn, &space_id);
         }
         self.reply(conn, doc_id, out);
     }
@@ -1741,6 +1812,21 @@ impl Echo {
             };
             match verdict {
                 Ok(()) => self.promote(conn, doc_id, Some(root), now_ms, out),
+                Err((reason, m))
+                    if reason == "not-admitted"
+                        && halo::space::validate(&root.space, &root.credentials, clock(now_ms))
+                            .role_of(&did)
+                            == Some(Role::Replicator) =>
+                {
+                    // Another KUBE offering a space this one does not replicate (its own
+                    // `echo.admit`) is not misbehaving: told, not struck.
+                    *self.stats.refused.entry(reason).or_default() += 1;
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.pending.remove(doc_id);
+                    }
+                    self.send(conn, &Outgoing::Error { message: &m }, out);
+                    self.send(conn, &Outgoing::DocUnavailable { doc: doc_id }, out);
+                }
                 Err((reason, m)) => self.refuse_pending(conn, doc_id, reason, &m, out),
             }
             return;
@@ -2003,26 +2089,8 @@ impl Echo {
             })
             .map(|(id, _)| *id)
             .collect();
-        if !gained.is_empty() {
-            let Some(s) = self.spaces.get(space_id) else {
-                return;
-            };
-            let (ix, root) = (s.ix, s.root.clone());
-            let mut objects: Vec<String> = self
-                .ids
-                .iter()
-                .filter(|(_, e)| {
-                    e.space == ix && e.flags & PRESENT != 0 && e.flags & (ROOT | QUARANTINED) == 0
-                })
-                .map(|(id, _)| id.to_string())
-                .collect();
-            objects.sort_unstable();
-            for conn in gained {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.offer.push_back(root.clone());
-                    c.offer.extend(objects.iter().cloned());
-                }
-            }
+        for conn in gained {
+            self.offer_space(conn, space_id);
         }
     }
 

@@ -104,6 +104,15 @@ fn doc_id(map: &[(Value, Value)]) -> Result<String, DecodeError> {
     }
 }
 
+/// The documentId a frame names (`sync`, `request`, `doc-unavailable`, `ephemeral`).
+pub fn doc_of(frame: &[u8]) -> Option<String> {
+    match decode(frame) {
+        Ok(Incoming::Sync { doc, .. } | Incoming::DocUnavailable { doc, .. })
+        | Ok(Incoming::Ephemeral { doc, .. }) => Some(doc),
+        _ => None,
+    }
+}
+
 /// The documentId of a `sync` or `request` frame (one that may need the document read).
 pub fn sync_doc(frame: &[u8]) -> Option<String> {
     match decode(frame) {
@@ -153,7 +162,11 @@ pub fn decode(frame: &[u8]) -> Result<Incoming, DecodeError> {
                 .ok_or(DecodeError::Field("count"))?,
             data: bytes(&map, "data")?,
         },
-        "remote-subscription-change" | "remote-heads-changed" => Incoming::Ignored { sender, kind },
+        // `error` is what a KUBE tells a peer; over a link another KUBE tells it to this one,
+        // which logs nothing and acts on its doc-unavailable instead.
+        "remote-subscription-change" | "remote-heads-changed" | "error" => {
+            Incoming::Ignored { sender, kind }
+        }
         _ => return Err(DecodeError::UnknownType(kind)),
     })
 }

@@ -416,6 +416,12 @@ impl Service for EchoService {
                         err.to_string(),
                     ));
                 }
+                Err(err @ links::LinkError::Did(..)) => {
+                    p.push(Problem::new(
+                        format!("echo.peers[{i}].did"),
+                        err.to_string(),
+                    ));
+                }
                 Err(err) => p.push(Problem::new(
                     format!("echo.peers[{i}].url"),
                     err.to_string(),
@@ -522,6 +528,10 @@ impl Service for EchoService {
             let key = crate::identity::load(&crate::identity::path(&cx.data_dir))
                 .map_err(|err| std::io::Error::other(err.to_string()))?;
             for peer in &e.peers {
+                if peer.did == handle.did {
+                    tracing::warn!(url = %peer.url, "echo.peers names this KUBE itself; not linked");
+                    continue;
+                }
                 let target = links::Target::new(peer)
                     .map_err(|err| std::io::Error::other(err.to_string()))?;
                 tasks.spawn(links::keep(
@@ -597,15 +607,32 @@ struct Reads {
     queue: std::collections::VecDeque<(String, String)>,
     running: tokio::task::JoinSet<echo::repo::Preload>,
     ids: HashMap<tokio::task::Id, String>,
-    /// Frames each connection has held; one that closes meanwhile closes once they are
-    /// handled (what a peer sent before it left is kept, as without a read).
-    per_conn: HashMap<ConnId, usize>,
+    /// Frames (and their bytes) each connection has held; one that closes meanwhile
+    /// closes once they are handled (what a peer sent before it left is kept, as without a
+    /// read).
+    per_conn: HashMap<ConnId, (usize, usize)>,
     closing: HashSet<ConnId>,
     bytes: usize,
 }
 
+/// What [`Reads::hold`] did with a frame.
+enum Held {
+    Yes,
+    /// Not held: handle it now.
+    No(Vec<u8>),
+    /// The connection holds too much already.
+    Over,
+}
+
+/// Bytes of frames one connection may have held beyond one message of the largest size.
+const PER_CONN_SLACK: usize = 1 << 20;
+
 impl Reads {
     /// Holds `bytes` if its document is being read, or needs to be; gives it back if not.
+    /// Every frame naming a document being read waits (a `doc-unavailable` or ephemeral
+    /// message too, so nothing overtakes an earlier sync); a frame over `max_frame` is
+    /// never held (it is refused at once); a connection that would hold more than
+    /// `per_conn_cap` bytes is `Over` (the driver closes it).
     fn hold(
         &mut self,
         echo: &Echo,
@@ -613,17 +640,25 @@ impl Reads {
         conn: ConnId,
         bytes: Vec<u8>,
         at: Instant,
-    ) -> Option<Vec<u8>> {
+        max_frame: usize,
+    ) -> Held {
+        if bytes.len() > max_frame {
+            return Held::No(bytes);
+        }
         let waiting = if self.held.is_empty() {
             None
         } else {
-            echo::wire::sync_doc(&bytes).filter(|d| self.held.contains_key(d))
+            echo::wire::doc_of(&bytes).filter(|d| self.held.contains_key(d))
         };
+        let held_here = self.per_conn.get(&conn).map_or(0, |(_, b)| *b);
+        if held_here + bytes.len() > max_frame.saturating_add(PER_CONN_SLACK) {
+            return Held::Over;
+        }
         let doc = match waiting {
             Some(doc) => doc,
             None => {
                 let Some((space, doc)) = echo.wants(conn, &bytes) else {
-                    return Some(bytes);
+                    return Held::No(bytes);
                 };
                 self.held.insert(doc.clone(), Vec::new());
                 self.queue.push_back((space, doc.clone()));
@@ -632,11 +667,13 @@ impl Reads {
             }
         };
         self.bytes += bytes.len();
-        *self.per_conn.entry(conn).or_default() += 1;
+        let entry = self.per_conn.entry(conn).or_default();
+        entry.0 += 1;
+        entry.1 += bytes.len();
         if let Some(frames) = self.held.get_mut(&doc) {
             frames.push((conn, bytes, at));
         }
-        None
+        Held::Yes
     }
 
     /// Starts reads while readers are free.
@@ -663,13 +700,14 @@ impl Reads {
         frames
     }
 
-    /// One of `conn`'s held frames has been handled: whether it closed meanwhile and
-    /// this was its last.
-    fn handled(&mut self, conn: ConnId) -> bool {
-        let Some(n) = self.per_conn.get_mut(&conn) else {
+    /// One of `conn`'s held frames (of `len` bytes) has been handled: whether it closed
+    /// meanwhile and this was its last.
+    fn handled(&mut self, conn: ConnId, len: usize) -> bool {
+        let Some((n, bytes)) = self.per_conn.get_mut(&conn) else {
             return false;
         };
         *n -= 1;
+        *bytes = bytes.saturating_sub(len);
         if *n > 0 {
             return false;
         }
@@ -829,7 +867,7 @@ async fn run(
                     conns.clear();
                     continue;
                 }
-                perform(f.sends, &mut conns, &mut echo);
+                perform(f.sends, &mut conns, &mut echo, &mut reads);
                 if let Some(at) = f.oldest {
                     metrics.echo_sync_lag.observe(at.elapsed().as_secs_f64());
                 }
@@ -837,7 +875,7 @@ async fn run(
                 if !next.writes.is_empty() {
                     flight = Some(take_off(&store, next));
                 } else {
-                    perform(next.sends, &mut conns, &mut echo);
+                    perform(next.sends, &mut conns, &mut echo, &mut reads);
                 }
             }
             Wake::Read(r) => {
@@ -871,7 +909,7 @@ async fn run(
         for (conn, bytes, at) in released {
             oldest = Some(oldest.map_or(at, |o| o.min(at)));
             actions.extend(receive(&mut echo, &mut conns, conn, &bytes, now_ms));
-            if reads.handled(conn) {
+            if reads.handled(conn, bytes.len()) {
                 conns.remove(&conn);
                 echo.disconnect(conn);
             }
@@ -891,8 +929,20 @@ async fn run(
                     if failed {
                         continue;
                     }
-                    let Some(bytes) = reads.hold(&echo, &store, conn, bytes, at) else {
-                        continue;
+                    let max_frame = echo.max_message_bytes();
+                    let bytes = match reads.hold(&echo, &store, conn, bytes, at, max_frame) {
+                        Held::Yes => continue,
+                        Held::No(bytes) => bytes,
+                        Held::Over => {
+                            // Sending on while its documents load: no more is taken from it.
+                            tracing::info!(
+                                conn,
+                                "ECHO: a peer's frames waiting for reads are over the limit; closing it"
+                            );
+                            *echo.stats.refused.entry("too-large").or_default() += 1;
+                            close_when_read(conn, &mut conns, &mut echo, &mut reads);
+                            continue;
+                        }
                     };
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                     actions.extend(receive(&mut echo, &mut conns, conn, &bytes, now_ms));
@@ -930,7 +980,7 @@ async fn run(
                 let next = std::mem::take(&mut waiting);
                 if next.writes.is_empty() {
                     // Nothing to wait for: no write is out, and none comes with these.
-                    perform(next.sends, &mut conns, &mut echo);
+                    perform(next.sends, &mut conns, &mut echo, &mut reads);
                 } else {
                     flight = Some(take_off(&store, next));
                 }
@@ -968,18 +1018,39 @@ fn take_off(store: &Arc<FileStore>, batch: Waiting) -> Flight {
 }
 
 /// Sends and closes, in order.
-fn perform(actions: Vec<Action>, conns: &mut HashMap<ConnId, Outbox>, echo: &mut Echo) {
+/// Closes `conn`'s socket now; ECHO forgets it once its held frames are handled (what it
+/// sent before is kept, as for a peer that leaves).
+fn close_when_read(
+    conn: ConnId,
+    conns: &mut HashMap<ConnId, Outbox>,
+    echo: &mut Echo,
+    reads: &mut Reads,
+) {
+    if let Some(outbox) = conns.remove(&conn) {
+        outbox.close();
+    }
+    if reads.holds(conn) {
+        reads.closing.insert(conn);
+    } else {
+        echo.disconnect(conn);
+    }
+}
+
+fn perform(
+    actions: Vec<Action>,
+    conns: &mut HashMap<ConnId, Outbox>,
+    echo: &mut Echo,
+    reads: &mut Reads,
+) {
     for a in actions {
         match a {
             Action::Send { conn, bytes } => {
                 if let Some(outbox) = conns.get(&conn)
                     && !outbox.push(bytes)
                 {
-                    // A peer that does not read is dropped, not buffered without end.
-                    if let Some(outbox) = conns.remove(&conn) {
-                        outbox.close();
-                    }
-                    echo.disconnect(conn);
+                    // A peer that does not read (or is gone) is dropped, not buffered
+                    // without end; frames it sent that wait for a read are still handled.
+                    close_when_read(conn, conns, echo, reads);
                 }
             }
             Action::Close { conn } => {

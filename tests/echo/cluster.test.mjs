@@ -10,7 +10,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startKube, stopKube } from '../browser/harness.mjs';
+import { KUBE_BIN, run, startKube, stopKube } from '../browser/harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SCENARIO = path.join(HERE, 'cluster-scenario.mjs');
@@ -45,11 +45,13 @@ describe('ECHO across two linked KUBEs with @kube/client', { timeout: TIMEOUT_MS
       const k = startKube(n.dataDir, [], { KUBE_HTTP_HTTPS_LISTEN: `127.0.0.1:${n.port}` });
       await k.ready;
       await stopKube(k);
+      const { stdout } = await run(KUBE_BIN, ['identity'], { env: { ...process.env, KUBE_DATA_DIR: n.dataDir } });
+      n.did = stdout.match(/did:key:z[1-9A-HJ-NP-Za-km-z]+/)[0];
     }
     for (const [i, n] of nodes.entries()) {
       const other = nodes[1 - i];
       const config = path.join(root, n.name, 'kube.yml');
-      await writeFile(config, `echo:\n  peers:\n    - { url: "https://localhost:${other.port}", ca_file: "${path.join(other.dataDir, 'tls', 'ca.pem')}" }\n`);
+      await writeFile(config, `echo:\n  peers:\n    - { url: "https://localhost:${other.port}", did: "${other.did}", ca_file: "${path.join(other.dataDir, 'tls', 'ca.pem')}" }\n`);
       const k = startKube(n.dataDir, ['-c', config], { KUBE_HTTP_HTTPS_LISTEN: `127.0.0.1:${n.port}` });
       await k.ready;
       kubes.push(k);

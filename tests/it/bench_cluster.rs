@@ -88,8 +88,9 @@ async fn bench_echo_propagation() {
     let config = |me: usize| {
         let o = &nodes[1 - me];
         format!(
-            "echo:\n  peers:\n    - {{ url: \"https://localhost:{}\", ca_file: \"{}\" }}\n",
+            "echo:\n  peers:\n    - {{ url: \"https://localhost:{}\", did: \"{}\", ca_file: \"{}\" }}\n",
             o.port,
+            dids[1 - me],
             o.dir.join("tls/ca.pem").display()
         )
     };

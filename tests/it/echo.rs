@@ -252,6 +252,22 @@ impl Peer {
 }
 
 impl Peer {
+    /// Sends what `doc` has for KUBE now (one sync message, no waiting), then closes the
+    /// connection at once.
+    pub(crate) async fn send_and_leave(mut self, id: &str, doc: &Automerge, st: &mut sync::State) {
+        if let Some(m) = doc.generate_sync_message(st) {
+            self.send(frame(vec![
+                ("type", t("sync")),
+                ("senderId", t(&self.me)),
+                ("targetId", t("kube")),
+                ("documentId", t(id)),
+                ("data", Value::Bytes(m.encode())),
+            ]))
+            .await;
+        }
+        let _ = self.ws.close(None).await;
+    }
+
     /// Asks KUBE for `id`, which `doc` (empty) does not have yet.
     pub(crate) async fn request(&mut self, id: &str, doc: &Automerge, st: &mut sync::State) {
         if let Some(m) = doc.generate_sync_message(st) {
@@ -591,6 +607,43 @@ async fn spaces_sync_with_access_control_and_operator_commands() {
     );
     let status = kube.api(reqwest::Method::GET, "/api/status").await;
     assert_eq!(status["echo"]["spaces"], 1);
+}
+
+/// A change a peer sends just before it leaves is kept, also when the document has to be
+/// read from disk first (`echo.cache_bytes: 1` lets it go after every batch, so the change
+/// waits for a read while the connection closes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_sent_just_before_leaving_is_kept() {
+    let kube = Kube::start_with(Opts {
+        env: vec![("KUBE_ECHO_CACHE_BYTES".into(), "1".into())],
+        ..Opts::default()
+    })
+    .unwrap();
+    let did = kube_did(&kube).await;
+    let (_space, mut root) = space_root(&did);
+    let mut st = sync::State::new();
+    let mut alice = Peer::connect(&kube, &did, &key(1), "alice").await;
+    assert!(alice.sync(ROOT_ID, &mut root, &mut st).await);
+    for round in 0..20 {
+        // The document is let go after the acknowledgement; the next change reads it back.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        set(&mut root, &format!("late{round}"), "kept");
+        alice.send_and_leave(ROOT_ID, &root, &mut st).await;
+        let mut bob = Peer::connect(&kube, &did, &key(1), &format!("bob{round}")).await;
+        let got = bob
+            .fetch_many(&[ROOT_ID.to_owned()], &format!("late{round}"), 1)
+            .await;
+        assert_eq!(
+            got.get(ROOT_ID)
+                .and_then(|d| get(d, &format!("late{round}")))
+                .as_deref(),
+            Some("kept"),
+            "round {round}"
+        );
+        alice = Peer::connect(&kube, &did, &key(1), &format!("alice{round}")).await;
+        st = sync::State::new();
+        assert!(alice.sync(ROOT_ID, &mut root, &mut st).await);
+    }
 }
 
 /// 100 rounds of: two changes acknowledged by KUBE, `kill -9`, restart on the same data

@@ -110,8 +110,9 @@ async fn three_kubes_replicate_spaces_and_converge_after_kill_9() {
         for (i, n) in nodes.iter().enumerate() {
             if i != me {
                 c.push_str(&format!(
-                    "    - {{ url: \"https://localhost:{}\", ca_file: \"{}\" }}\n",
+                    "    - {{ url: \"https://localhost:{}\", did: \"{}\", ca_file: \"{}\" }}\n",
                     n.port,
+                    dids[i],
                     n.dir.join("tls/ca.pem").display()
                 ));
             }
@@ -196,4 +197,41 @@ async fn three_kubes_replicate_spaces_and_converge_after_kill_9() {
             .await;
         assert!(got.is_empty(), "a non-member got {:?}", got.keys());
     }
+}
+
+/// A link is made only to the KUBE `echo.peers` names: a server answering with another
+/// identity gets no token and no document (a token for another KUBE could be replayed
+/// there).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_goes_only_to_the_kube_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Node {
+            dir: tmp.path().join("a/data"),
+            port: free_port(),
+        },
+        Node {
+            dir: tmp.path().join("b/data"),
+            port: free_port(),
+        },
+    );
+    let b_kube = Kube::start_with(b.opts(None)).unwrap();
+    let wrong = halo::did(&key(42));
+    let config = format!(
+        "echo:\n  peers:\n    - {{ url: \"https://localhost:{}\", did: \"{wrong}\", ca_file: \"{}\" }}\n",
+        b.port,
+        b.dir.join("tls/ca.pem").display()
+    );
+    let a_kube = Kube::start_with(a.opts(Some(config))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a_kube.log().contains("not the") {
+        assert!(Instant::now() < deadline, "{}", a_kube.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!a_kube.log().contains("ECHO linked"), "{}", a_kube.log());
+    let m = b_kube.metrics().await;
+    assert!(
+        m.contains("kube_echo_peers 0"),
+        "B saw no connection from A:\n{m}"
+    );
 }

@@ -1037,7 +1037,7 @@ fn cluster_urls_are_checked_with_file_line_and_key() {
     let file = dir.path().join("kube.yml");
     std::fs::write(
         &file,
-        "turn:\n  cluster:\n    - \"turn:kube-b.example.org:3478\"\n    - \"https://kube-c.example.org\"\necho:\n  peers:\n    - { url: \"http://kube-b.example.org\" }\n",
+        "turn:\n  cluster:\n    - \"turn:kube-b.example.org:3478\"\n    - \"https://kube-c.example.org\"\necho:\n  peers:\n    - { url: \"http://kube-b.example.org\", did: \"did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX\" }\n    - { url: \"https://kube-c.example.org\", did: \"did:key:nope\" }\n",
     )
     .unwrap();
     let out = Command::new(tests::kube_bin())
@@ -1052,5 +1052,7 @@ fn cluster_urls_are_checked_with_file_line_and_key() {
         "{err}"
     );
     assert!(err.contains("echo.peers[0].url: "), "{err}");
+    assert!(err.contains("echo.peers[1].did: "), "{err}");
+    assert!(err.contains("turn.secret: must be set"), "{err}");
     assert!(!err.contains("turn.cluster[0]"), "{err}");
 }

@@ -339,6 +339,22 @@ impl DnsHandle {
         Ok(())
     }
 
+    /// Notes a successful check of the primary (the file's time), so a restart counts the
+    /// SOA expire from it rather than from the start.
+    fn checked(&self) {
+        let path = self.path.with_file_name("secondary.json");
+        if let Ok(f) = std::fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// How long ago the primary was last checked successfully (as `checked` noted it).
+    fn since_checked(&self) -> Option<Duration> {
+        let path = self.path.with_file_name("secondary.json");
+        let at = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        at.elapsed().ok()
+    }
+
     /// Stops serving the zone (a secondary's expired): SERVFAIL until a transfer.
     fn withdraw(&self, origin: &Name) {
         self.publish(Zone::pending(origin));
@@ -431,20 +447,26 @@ impl DnsHandle {
         t
     }
 
+    /// Serves `zone` (publishes are serialized: `commit` under the state lock, transfers
+    /// and withdrawals by the one follow task). The journal notes the step first, without
+    /// holding the served zone, so a transfer being encoded never stalls queries; secondaries
+    /// hear of the serial once it is served.
     fn publish(&self, zone: Zone) {
-        self.serials.send_replace(zone.serial());
-        self.metrics.dns_zone_serial.set(i64::from(zone.serial()));
+        let serial = zone.serial();
+        self.metrics.dns_zone_serial.set(i64::from(serial));
         self.metrics.dns_records.set(zone.record_count() as i64);
-        let served = Served {
-            zone: Arc::new(zone),
-            cache: cache::Cache::default(),
-        };
-        let mut slot = self.served.write().unwrap_or_else(|p| p.into_inner());
+        let zone = Arc::new(zone);
+        let old = self.zone();
         self.journal
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(&slot.zone, &served.zone);
-        *slot = Arc::new(served);
+            .record(&old, &zone);
+        let served = Served {
+            zone,
+            cache: cache::Cache::default(),
+        };
+        *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        self.serials.send_replace(serial);
     }
 }
 
@@ -625,6 +647,12 @@ impl Service for DnsService {
             handle.commit(&mut state, stored)?;
         }
         *handle.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        // The zone built to check the section is no version anyone was served.
+        handle
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
 
         let cancel = CancellationToken::new();
         let udp = Arc::new(udp);

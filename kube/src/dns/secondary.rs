@@ -255,7 +255,11 @@ pub async fn follow(
     cancel: CancellationToken,
 ) {
     let mut backoff = 1u64;
-    let mut last_ok = Instant::now();
+    // The expire counts from the last successful check, across restarts.
+    let mut last_ok = dns
+        .since_checked()
+        .and_then(|ago| Instant::now().checked_sub(ago))
+        .unwrap_or_else(Instant::now);
     loop {
         let zone = dns.zone();
         let ours = (!zone.is_pending()).then(|| zone.serial());
@@ -270,6 +274,7 @@ pub async fn follow(
             Ok(soa) => {
                 backoff = 1;
                 last_ok = Instant::now();
+                dns.checked();
                 Duration::from_secs(u64::from(soa.refresh).clamp(5, 3600))
             }
             Err(e) => {

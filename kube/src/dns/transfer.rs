@@ -188,6 +188,11 @@ pub fn transfer(
         _ => None,
     });
     let records = transfer_records(zone, journal, query, theirs);
+    if zone.is_pending() {
+        // A secondary with nothing transferred (or an expired zone) has nothing to give.
+        let ctx = TSigResponseContext::new(id, now, signer.clone(), request_mac, None);
+        return refuse(ResponseCode::ServFail, Some(ctx), "no zone to transfer yet");
+    }
     match zone_messages(records, id, query, signer, request_mac, now) {
         Ok(m) => Transfer::Zone(m),
         Err(_) => refuse(ResponseCode::ServFail, None, "encoding"),
@@ -321,6 +326,11 @@ impl Journal {
         {
             self.steps.pop_front();
         }
+    }
+
+    /// Forgets every step.
+    pub fn clear(&mut self) {
+        self.steps.clear();
     }
 
     /// The steps from serial `from` to `to`, if the journal holds all of them.
@@ -818,6 +828,30 @@ mod tests {
             whole.len(),
             v[2].record_count() + 1,
             "not in the journal: the whole zone"
+        );
+    }
+
+    #[test]
+    fn a_secondary_with_no_zone_yet_transfers_nothing() {
+        let k = keys();
+        let signer = k.get(&key_name("xfr").unwrap()).unwrap().clone();
+        let pending = Zone::pending(&Name::from_ascii("example.test.").unwrap());
+        let t = transfer(
+            &pending,
+            &Journal::default(),
+            &request(Some(&signer), NOW),
+            PEER,
+            &allowed(),
+            &k,
+            NOW,
+        );
+        let Transfer::Refused(bytes, why) = t else {
+            panic!("transferred a pending zone")
+        };
+        assert_eq!(why, "no zone to transfer yet");
+        assert_eq!(
+            Message::from_vec(&bytes).unwrap().metadata.response_code,
+            ResponseCode::ServFail
         );
     }
 

@@ -26,6 +26,10 @@ pub enum LinkError {
     Ca { path: String, reason: String },
     #[error("its identity: {0}")]
     Identity(String),
+    #[error("it answers as {got}, not the {expected} echo.peers names")]
+    WrongKube { expected: String, got: String },
+    #[error("echo.peers did {0:?}: {1}")]
+    Did(String, String),
     #[error("connect: {0}")]
     Connect(String),
     #[error("it did not answer join with peer: {0}")]
@@ -37,6 +41,8 @@ pub enum LinkError {
 pub struct Target {
     /// `https://host[:port]` (no path).
     base: String,
+    /// The did it must answer with.
+    did: String,
     host: String,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
@@ -51,8 +57,11 @@ impl Target {
             return Err(bad());
         }
         let port = url.port_or_known_default().ok_or_else(bad)?;
+        halo::PublicKey::from_did(&peer.did)
+            .map_err(|e| LinkError::Did(peer.did.clone(), e.to_string()))?;
         Ok(Target {
             base: format!("https://{host}:{port}"),
+            did: peer.did.clone(),
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
@@ -147,6 +156,7 @@ async fn dial(
 ) -> Result<(Socket, echo::auth::Peer), LinkError> {
     let http = reqwest::Client::builder()
         .use_preconfigured_tls((*target.tls).clone())
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| LinkError::Identity(e.to_string()))?;
@@ -159,6 +169,15 @@ async fn dial(
         .json()
         .await
         .map_err(|e| LinkError::Identity(e.to_string()))?;
+    // Tokens are signed for the KUBE the operator named, never for whatever a server claims
+    // to be (a token for another KUBE could be replayed there). The other KUBE proves the
+    // key when it checks the token: one made for another did is refused.
+    if id.did != target.did {
+        return Err(LinkError::WrongKube {
+            expected: target.did.clone(),
+            got: id.did,
+        });
+    }
     let time = if id.time > 0 {
         id.time
     } else {
@@ -259,6 +278,7 @@ mod tests {
     fn target(url: &str) -> Result<(String, u16, String), LinkError> {
         Target::new(&config::EchoPeer {
             url: url.into(),
+            did: "did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX".into(),
             ca_file: None,
         })
         .map(|t| (t.host, t.port, t.base))

@@ -458,6 +458,12 @@ impl Service for TurnService {
                 "must differ from turn.listen (TCP is served there)",
             ));
         }
+        if !s.cluster.is_empty() && s.secret.is_empty() {
+            p.push(Problem::new(
+                "turn.secret",
+                "must be set (the same on every KUBE) when turn.cluster lists other KUBEs: their TURN servers check the credentials this one hands out",
+            ));
+        }
         for (i, url) in s.cluster.iter().enumerate() {
             let scheme_ok = ["turn:", "turns:", "stun:"]
                 .iter()
