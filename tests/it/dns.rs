@@ -599,10 +599,31 @@ fn garbage_is_dropped_and_the_server_keeps_answering() {
         started.elapsed() < Duration::from_secs(4),
         "closed when idle"
     );
-    // Over the connection limit, a connection is closed at once.
-    let _a = std::net::TcpStream::connect(dns).unwrap();
-    let _b = std::net::TcpStream::connect(dns).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Over the connection limit, a connection is closed at once. First both slots are
+    // held by open connections (one closed at once met a slot an earlier connection still
+    // held while it ended: try again), then a third comes.
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.len() < 2 {
+        assert!(Instant::now() < deadline, "could not hold both slots");
+        let mut s = std::net::TcpStream::connect(dns).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held.push(s);
+            }
+            _ => {
+                held.clear();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
     let mut c = std::net::TcpStream::connect(dns).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let started = Instant::now();
