@@ -42,6 +42,7 @@ pub struct Metrics {
     pub echo_spaces: IntGauge,
     pub echo_documents: IntGauge,
     pub echo_peers: IntGauge,
+    pub echo_links_up: IntGauge,
     pub echo_messages: IntCounterVec,
     pub echo_bytes: IntCounterVec,
     pub echo_refused: IntCounterVec,
@@ -203,6 +204,11 @@ impl Metrics {
         .expect("valid metric");
         let echo_peers = IntGauge::new("kube_echo_peers", "Authenticated ECHO connections.")
             .expect("valid metric");
+        let echo_links_up = IntGauge::new(
+            "kube_echo_links_up",
+            "Links to the other KUBEs of echo.peers that are up.",
+        )
+        .expect("valid metric");
         let echo_messages = IntCounterVec::new(
             Opts::new(
                 "kube_echo_messages_total",
@@ -351,6 +357,7 @@ impl Metrics {
             Box::new(echo_spaces.clone()),
             Box::new(echo_documents.clone()),
             Box::new(echo_peers.clone()),
+            Box::new(echo_links_up.clone()),
             Box::new(echo_messages.clone()),
             Box::new(echo_bytes.clone()),
             Box::new(echo_refused.clone()),
@@ -431,6 +438,7 @@ impl Metrics {
             echo_spaces,
             echo_documents,
             echo_peers,
+            echo_links_up,
             echo_messages,
             echo_bytes,
             echo_refused,

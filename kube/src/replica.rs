@@ -132,6 +132,8 @@ pub struct EchoStatus {
     pub cached_documents: usize,
     pub cache_bytes: usize,
     pub quarantined: Vec<Quarantined>,
+    /// The links to the other KUBEs of `echo.peers` (filled in by the handle).
+    pub links: Vec<links::LinkStatus>,
 }
 
 /// A document whose files do not load.
@@ -222,6 +224,8 @@ pub struct EchoHandle {
     /// ECHO's peer id (what its frames are sent from).
     peer_id: String,
     store: Arc<FileStore>,
+    /// The links to the other KUBEs of `echo.peers`, as `kube status` shows them.
+    links: links::Links,
 }
 
 impl EchoHandle {
@@ -233,6 +237,11 @@ impl EchoHandle {
     /// KUBE's did:key, which tokens must name (`GET /.well-known/kube/identity`).
     pub fn did(&self) -> &str {
         &self.did
+    }
+
+    /// The links to the other KUBEs of `echo.peers`.
+    pub fn links(&self) -> Vec<links::LinkStatus> {
+        self.links.all()
     }
 
     /// Checks the token in `?auth=` and accepts the WebSocket upgrade; 401 without a valid
@@ -492,6 +501,7 @@ impl Service for EchoService {
         // costs CPU, and must not take a worker from HTTPS, DNS or TURN.
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let (st, metrics) = (store.clone(), deps.metrics);
+        let link_metrics = metrics.clone();
         let peer_id = echo.peer_id().to_owned();
         let links_cancel = cancel.clone();
         std::thread::Builder::new()
@@ -522,6 +532,7 @@ impl Service for EchoService {
             did: deps.identity,
             peer_id,
             store,
+            links: links::Links::default(),
         };
         if !e.peers.is_empty() {
             // Links sign their tokens with KUBE's own key (created before services start).
@@ -538,6 +549,7 @@ impl Service for EchoService {
                     handle.clone(),
                     key.clone(),
                     target,
+                    link_metrics.clone(),
                     links_cancel.clone(),
                 ));
             }
@@ -1169,6 +1181,7 @@ fn operate(echo: &mut Echo, op: Op, store: &Arc<FileStore>, now_ms: u64) -> Vec<
                         why,
                     })
                     .collect(),
+                links: Vec::new(),
             });
         }
     }

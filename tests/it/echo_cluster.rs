@@ -147,6 +147,23 @@ async fn three_kubes_replicate_spaces_and_converge_after_kill_9() {
     );
     let took = converge(&[(&a, da, "A"), (&c, dc, "C")], TASK, "from B").await;
     eprintln!("a space written at B reached A and C in {took:?}");
+    // Each KUBE shows its two links up (`kube status`, metrics).
+    for k in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = k.api(reqwest::Method::GET, "/api/status").await;
+            let links = status["echo"]["links"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if links.len() == 2 && links.iter().all(|l| l["up"] == true) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(k.metrics().await.contains("kube_echo_links_up 2"));
+    }
 
     // A dies; a change is written at C; A comes back and catches up.
     a.kill();
@@ -229,6 +246,19 @@ async fn a_link_goes_only_to_the_kube_it_names() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!a_kube.log().contains("ECHO linked"), "{}", a_kube.log());
+    let status = a_kube.api(reqwest::Method::GET, "/api/status").await;
+    let link = &status["echo"]["links"][0];
+    assert_eq!(link["up"], false, "{status}");
+    assert!(
+        link["error"].as_str().unwrap_or("").contains("not the"),
+        "{status}"
+    );
+    let out = a_kube.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("link https://localhost:") && text.contains("DOWN"),
+        "{text}"
+    );
     let m = b_kube.metrics().await;
     assert!(
         m.contains("kube_echo_peers 0"),

@@ -569,7 +569,10 @@ async fn status(State(st): State<Arc<Shared>>) -> Response {
         }
     };
     let echo_status = match &st.deps.echo {
-        Some(e) => e.op(crate::replica::Op::Status).await,
+        Some(e) => e.op(crate::replica::Op::Status).await.map(|mut s| {
+            s.links = e.links();
+            s
+        }),
         None => None,
     };
     Json(json!({

@@ -235,6 +235,18 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
             s["echo"]["peers"],
             s["echo"]["storage_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0
         );
+        for l in s["echo"]["links"].as_array().into_iter().flatten() {
+            let state = if l["up"].as_bool() == Some(true) {
+                "up".to_owned()
+            } else {
+                format!("DOWN ({})", str_of(&l["error"]))
+            };
+            println!(
+                "  link {} {}: {state}",
+                str_of(&l["url"]),
+                str_of(&l["did"])
+            );
+        }
         for q in s["echo"]["quarantined"].as_array().into_iter().flatten() {
             println!(
                 "  QUARANTINED {} of {}: {}",

@@ -101,13 +101,64 @@ fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
+/// A link as `kube status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LinkStatus {
+    pub url: String,
+    pub did: String,
+    pub up: bool,
+    /// Unix seconds of the last change (up or down).
+    pub since: u64,
+    /// Why the last attempt failed, while it is down.
+    pub error: Option<String>,
+}
+
+/// The links' states, shared by their tasks and the admin API.
+#[derive(Clone, Default)]
+pub struct Links(Arc<std::sync::Mutex<Vec<LinkStatus>>>);
+
+impl Links {
+    pub fn all(&self) -> Vec<LinkStatus> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, i: usize, up: bool, error: Option<String>, metrics: &crate::metrics::Metrics) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = all.get_mut(i) {
+            if l.up != up {
+                l.since = crate::service::unix_now();
+            }
+            l.up = up;
+            l.error = error;
+        }
+        metrics
+            .echo_links_up
+            .set(all.iter().filter(|l| l.up).count() as i64);
+    }
+
+    /// Adds `target` (down) and returns its index.
+    fn add(&self, target: &Target) -> usize {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.push(LinkStatus {
+            url: target.base.clone(),
+            did: target.did.clone(),
+            up: false,
+            since: crate::service::unix_now(),
+            error: None,
+        });
+        all.len() - 1
+    }
+}
+
 /// Keeps a link to `target` up until `cancel`.
 pub async fn keep(
     echo: EchoHandle,
     key: halo::SigningKey,
     target: Target,
+    metrics: Arc<crate::metrics::Metrics>,
     cancel: CancellationToken,
 ) {
+    let i = echo.links.add(&target);
     let mut backoff = 1u64;
     loop {
         let dialled = tokio::select! {
@@ -119,18 +170,21 @@ pub async fn keep(
         match dialled {
             Ok((socket, peer)) => {
                 tracing::info!(peer = %target.base, did = %peer.did, "ECHO linked to another KUBE");
+                echo.links.set(i, true, None, &metrics);
                 let began = Instant::now();
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     () = echo.link(socket, peer) => {}
                 }
                 tracing::info!(peer = %target.base, "ECHO link closed");
+                echo.links.set(i, false, Some("closed".into()), &metrics);
                 if began.elapsed() > Duration::from_secs(60) {
                     backoff = 1;
                 }
             }
             Err(e) => {
                 tracing::warn!(peer = %target.base, error = %e, "ECHO cannot link to another KUBE");
+                echo.links.set(i, false, Some(e.to_string()), &metrics);
             }
         }
         tokio::select! {
