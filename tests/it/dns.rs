@@ -406,21 +406,25 @@ fn record_errors_name_line_column_and_key() {
     );
 }
 
-#[test]
-fn transfer_key_errors_name_line_and_key() {
+/// `kube config check` on `text` as kube.yml: it must fail; its errors, the file named
+/// `kube.yml`.
+pub(crate) fn config_errors(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("kube.yml");
-    std::fs::write(
-        &file,
-        "dns:\n  tsig_keys:\n    - { name: xfr, secret: \"c2hvcnQ=\" }\n  secondaries:\n    - { address: \"127.0.0.1:53\", key: other }\n  primary: { address: \"127.0.0.1:54\", key: missing }\n",
-    )
-    .unwrap();
+    std::fs::write(&file, text).unwrap();
     let out = Command::new(tests::kube_bin())
         .args(["config", "check", "-c", file.to_str().unwrap()])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).replace(file.to_str().unwrap(), "kube.yml");
     assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).replace(file.to_str().unwrap(), "kube.yml")
+}
+
+#[test]
+fn transfer_key_errors_name_line_and_key() {
+    let err = config_errors(
+        "dns:\n  tsig_keys:\n    - { name: xfr, secret: \"c2hvcnQ=\" }\n  secondaries:\n    - { address: \"127.0.0.1:53\", key: other }\n  primary: { address: \"127.0.0.1:54\", key: missing }\n",
+    );
     for key in [
         "kube.yml:3:",
         "dns.tsig_keys[0].secret: 5 bytes",

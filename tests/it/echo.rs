@@ -179,6 +179,18 @@ impl Peer {
         p
     }
 
+    /// Sends one sync message (`kind`: "sync" or "request") for `id`.
+    pub(crate) async fn send_sync(&mut self, kind: &str, id: &str, m: sync::Message) {
+        let f = frame(vec![
+            ("type", t(kind)),
+            ("senderId", t(&self.me)),
+            ("targetId", t("kube")),
+            ("documentId", t(id)),
+            ("data", Value::Bytes(m.encode())),
+        ]);
+        self.send(f).await;
+    }
+
     pub(crate) async fn send(&mut self, bytes: Vec<u8>) {
         let _ = self.ws.send(Message::Binary(bytes.into())).await;
     }
@@ -222,14 +234,7 @@ impl Peer {
                 } else {
                     "sync"
                 };
-                let f = frame(vec![
-                    ("type", t(kind)),
-                    ("senderId", t(&self.me)),
-                    ("targetId", t("kube")),
-                    ("documentId", t(id)),
-                    ("data", Value::Bytes(m.encode())),
-                ]);
-                self.send(f).await;
+                self.send_sync(kind, id, m).await;
             }
             if !doc.get_heads().is_empty()
                 && st.their_heads.as_deref() == Some(&doc.get_heads()[..])
@@ -256,14 +261,7 @@ impl Peer {
     /// connection at once.
     pub(crate) async fn send_and_leave(mut self, id: &str, doc: &Automerge, st: &mut sync::State) {
         if let Some(m) = doc.generate_sync_message(st) {
-            self.send(frame(vec![
-                ("type", t("sync")),
-                ("senderId", t(&self.me)),
-                ("targetId", t("kube")),
-                ("documentId", t(id)),
-                ("data", Value::Bytes(m.encode())),
-            ]))
-            .await;
+            self.send_sync("sync", id, m).await;
         }
         let _ = self.ws.close(None).await;
     }
@@ -271,14 +269,7 @@ impl Peer {
     /// Asks KUBE for `id`, which `doc` (empty) does not have yet.
     pub(crate) async fn request(&mut self, id: &str, doc: &Automerge, st: &mut sync::State) {
         if let Some(m) = doc.generate_sync_message(st) {
-            self.send(frame(vec![
-                ("type", t("request")),
-                ("senderId", t(&self.me)),
-                ("targetId", t("kube")),
-                ("documentId", t(id)),
-                ("data", Value::Bytes(m.encode())),
-            ]))
-            .await;
+            self.send_sync("request", id, m).await;
         }
     }
 
@@ -299,14 +290,7 @@ impl Peer {
             doc.receive_sync_message(st, sync::Message::decode(data).unwrap())
                 .unwrap();
             if let Some(m) = doc.generate_sync_message(st) {
-                self.send(frame(vec![
-                    ("type", t("sync")),
-                    ("senderId", t(&self.me)),
-                    ("targetId", t("kube")),
-                    ("documentId", t(id)),
-                    ("data", Value::Bytes(m.encode())),
-                ]))
-                .await;
+                self.send_sync("sync", id, m).await;
             }
         }
         true
@@ -344,14 +328,7 @@ impl Peer {
             for id in chunk {
                 let (doc, mut st) = (Automerge::new(), sync::State::new());
                 if let Some(m) = doc.generate_sync_message(&mut st) {
-                    self.send(frame(vec![
-                        ("type", t("request")),
-                        ("senderId", t(&self.me)),
-                        ("targetId", t("kube")),
-                        ("documentId", t(id)),
-                        ("data", Value::Bytes(m.encode())),
-                    ]))
-                    .await;
+                    self.send_sync("request", id, m).await;
                 }
                 open.insert(id.clone(), (doc, st));
             }
@@ -369,14 +346,7 @@ impl Peer {
                         doc.receive_sync_message(st, sync::Message::decode(data).unwrap())
                             .unwrap();
                         if let Some(m) = doc.generate_sync_message(st) {
-                            self.send(frame(vec![
-                                ("type", t("sync")),
-                                ("senderId", t(&self.me)),
-                                ("targetId", t("kube")),
-                                ("documentId", t(&id)),
-                                ("data", Value::Bytes(m.encode())),
-                            ]))
-                            .await;
+                            self.send_sync("sync", &id, m).await;
                         }
                         if get(doc, key).is_some()
                             && let Some((doc, _)) = open.remove(&id)

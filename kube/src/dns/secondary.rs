@@ -353,20 +353,11 @@ async fn receive(s: &mut TcpStream) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::transfer::{self, Allowed, Keys, Transfer, key_name};
-    use crate::dns::zone::ZoneInput;
-    use base64::Engine;
-
-    const NOW: u64 = 1_800_000_000;
-    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    use crate::dns::transfer::tests::{NOW, PEER, allowed, keys_with, zone_at};
+    use crate::dns::transfer::{self, Keys, Transfer, key_name};
 
     fn keys(secret: u8) -> Keys {
-        Keys::new(&[config::TsigKey {
-            name: "xfr".into(),
-            algorithm: "hmac-sha256".into(),
-            secret: base64::engine::general_purpose::STANDARD.encode([secret; 32]),
-        }])
-        .unwrap()
+        keys_with(secret)
     }
 
     fn signer(k: &Keys) -> TSigner {
@@ -374,34 +365,11 @@ mod tests {
     }
 
     fn zone(extra: usize, serial: u32) -> Zone {
-        let mut section = config::Dns::default();
-        for i in 0..extra {
-            section.records.push(config::DnsRecord {
-                name: format!("r{i}"),
-                kind: "TXT".into(),
-                value: format!("\"{}\"", "t".repeat(200)),
-                ttl: None,
-            });
-        }
-        Zone::build(&ZoneInput {
-            domain: "example.test",
-            section: &section,
-            apps: &[],
-            runtime: &[],
-            serial,
-        })
-        .unwrap()
+        zone_at(extra, serial)
     }
 
     fn origin() -> Name {
         Name::from_ascii("example.test.").unwrap()
-    }
-
-    fn allowed() -> Vec<Allowed> {
-        vec![Allowed {
-            ip: PEER,
-            key: key_name("xfr").unwrap(),
-        }]
     }
 
     #[test]

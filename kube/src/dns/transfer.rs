@@ -513,11 +513,12 @@ pub fn notify_acknowledged(packet: &[u8], id: u16) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dns::zone::ZoneInput;
 
-    fn zone(extra: usize) -> Zone {
+    /// `example.test` with `extra` TXT records of 200 bytes, at `serial`.
+    pub(crate) fn zone_at(extra: usize, serial: u32) -> Zone {
         let mut section = config::Dns::default();
         for i in 0..extra {
             section.records.push(config::DnsRecord {
@@ -532,18 +533,27 @@ mod tests {
             section: &section,
             apps: &[],
             runtime: &[],
-            serial: 7,
+            serial,
         })
         .unwrap()
     }
 
-    fn keys() -> Keys {
+    fn zone(extra: usize) -> Zone {
+        zone_at(extra, 7)
+    }
+
+    /// The key `xfr` with a secret of 32 bytes of `secret`.
+    pub(crate) fn keys_with(secret: u8) -> Keys {
         Keys::new(&[config::TsigKey {
             name: "xfr".into(),
             algorithm: "hmac-sha256".into(),
-            secret: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            secret: base64::engine::general_purpose::STANDARD.encode([secret; 32]),
         }])
         .unwrap()
+    }
+
+    fn keys() -> Keys {
+        keys_with(7)
     }
 
     fn request(signer: Option<&TSigner>, now: u64) -> Vec<u8> {
@@ -559,10 +569,11 @@ mod tests {
         msg.to_vec().unwrap()
     }
 
-    const NOW: u64 = 1_800_000_000;
-    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    pub(crate) const NOW: u64 = 1_800_000_000;
+    pub(crate) const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn allowed() -> Vec<Allowed> {
+    /// The one secondary: loopback, key `xfr`.
+    pub(crate) fn allowed() -> Vec<Allowed> {
         vec![Allowed {
             ip: PEER,
             key: key_name("xfr").unwrap(),
