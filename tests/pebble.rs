@@ -58,6 +58,23 @@ impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`, resolving
     /// through `dns`; certificates live `validity_secs`.
     pub fn start(http_port: u16, tls_port: u16, dns: SocketAddr, validity_secs: u64) -> Pebble {
+        // Its ports are free when picked, but a test running beside may take one before
+        // Pebble binds it (Pebble then exits, and the port answers for someone else): such
+        // a start is tried again on other ports.
+        for _ in 0..5 {
+            if let Some(p) = Pebble::try_start(http_port, tls_port, dns, validity_secs) {
+                return p;
+            }
+        }
+        panic!("pebble did not start on five pairs of free ports");
+    }
+
+    fn try_start(
+        http_port: u16,
+        tls_port: u16,
+        dns: SocketAddr,
+        validity_secs: u64,
+    ) -> Option<Pebble> {
         let dir = tempfile::tempdir().expect("dir");
         let (tls_ca, cert, key) = test_pki(dir.path(), &["127.0.0.1", "localhost"]);
         let (listen, management) = (free_port(), free_port());
@@ -87,19 +104,39 @@ impl Pebble {
             .stderr(Stdio::from(out))
             .spawn()
             .expect("pebble (Debian package pebble) must be installed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", listen)).is_err() {
-            assert!(Instant::now() < deadline, "pebble did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Pebble {
+        let mut pebble = Pebble {
             child: Some(child),
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management: SocketAddr::from(([127, 0, 0, 1], management)),
             tls_ca,
             _dir: dir,
             log,
+        };
+        // Up once it says it serves the directory and has not failed to bind since.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = pebble.log();
+            if text.contains("address already in use") || pebble.exited() {
+                pebble.stop();
+                return None;
+            }
+            if text.contains("ACME directory available")
+                && TcpStream::connect(("127.0.0.1", listen)).is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                if !pebble.exited() && !pebble.log().contains("address already in use") {
+                    return Some(pebble);
+                }
+            }
+            assert!(Instant::now() < deadline, "pebble did not listen");
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// The root that signs the certificates Pebble issues (`/roots/0`).

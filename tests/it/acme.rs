@@ -186,13 +186,14 @@ async fn dns01_waits_until_every_secondary_has_the_record() {
         return;
     }
     let (http, https, dns, knot_port) = (free_port(), free_port(), free_port(), free_port());
+    // Knot first: its port is then taken before Pebble picks its own.
+    let knot = crate::dns::Knot::start(knot_port, dns, false);
     let pebble = Pebble::start(
         http,
         https,
         SocketAddr::from(([127, 0, 0, 1], knot_port)),
         3600,
     );
-    let knot = crate::dns::Knot::start(knot_port, dns, false);
     let secret = crate::dns::TSIG_SECRET;
     let config = format!(
         "domain: kube.test\ntls:\n  mode: acme\nacme:\n  directory: {}\n  ca_root: {}\n  challenges: [dns-01]\ndns:\n  addresses: [127.0.0.1]\n  rrl:\n    enabled: false\n  tsig_keys:\n    - {{ name: xfr, secret: \"{secret}\" }}\n  secondaries:\n    - {{ address: \"127.0.0.1:{knot_port}\", key: xfr }}\n",
