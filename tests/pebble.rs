@@ -6,12 +6,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A TCP port free at the time of asking (and its UDP twin, for DNS).
+/// A TCP port free at the time of asking (and its UDP twin, for DNS), never one handed out
+/// before in this process (the tests run in one process, side by side: two of them, or two
+/// ports of one test, must not get the same port while neither has bound it yet).
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..200 {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }

@@ -741,15 +741,9 @@ fn three_tcp_queries(dns: std::net::SocketAddr) -> usize {
 
 pub(crate) const TSIG_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==";
 
-/// A free loopback port for UDP and TCP (taken, then given back for the caller to bind).
+/// A free loopback port for UDP and TCP (see `tests::pebble::free_port`).
 pub(crate) fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    tests::pebble::free_port()
 }
 
 /// Knot DNS as a secondary of KUBE: it takes the zone by AXFR with TSIG, and after a record

@@ -15,13 +15,9 @@ use crate::echo::{Peer, ROOT_ID, get, key, kube_did, set, space_root_for};
 const TASK: &str = "CrewTaskCrewTaskCrewTaskAb";
 const LATER: &str = "CrewLaterCrewLaterCrewAb";
 
-/// A free loopback TCP port.
+/// A free loopback port (see `tests::pebble::free_port`).
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tests::pebble::free_port()
 }
 
 pub(crate) struct Node {
