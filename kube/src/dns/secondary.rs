@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::tsig::TsigError;
 use hickory_proto::rr::{
     DNSClass, LowerName, Name, RData, Record, RecordType, TSigResponseContext, TSigVerifier,
     TSigner,
@@ -22,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::DnsHandle;
+use super::transfer::Checked;
 use super::zone::Zone;
 
 /// Most records a transfer may bring (a KUBE zone has a few hundred).
@@ -216,23 +216,17 @@ pub fn notified(
     let Some(sig) = &req.signature else {
         return Notified::Refuse(reply(ResponseCode::Refused, None), "unsigned");
     };
-    if sig.name.to_lowercase() != *signer.signer_name() {
-        let ctx = TSigResponseContext::unknown_key(id, now, sig.name.clone());
-        return Notified::Refuse(reply(ResponseCode::NotAuth, Some(ctx)), "another key");
+    // Only the primary's key is known here.
+    let find = |n: &Name| (n.to_lowercase() == *signer.signer_name()).then_some(signer);
+    match super::transfer::check_signed(packet, id, &sig.name, find, now) {
+        Checked::Valid { signer, mac } => {
+            let ctx = TSigResponseContext::new(id, now, signer.clone(), mac, None);
+            Notified::Accept(reply(ResponseCode::NoError, Some(ctx)))
+        }
+        Checked::Invalid(ctx, why) => {
+            Notified::Refuse(reply(ResponseCode::NotAuth, Some(ctx)), why)
+        }
     }
-    let Ok((mac, _, window)) = signer.verify_message_byte(packet, None, true) else {
-        let ctx = TSigResponseContext::bad_signature(id, now, signer.clone());
-        return Notified::Refuse(reply(ResponseCode::NotAuth, Some(ctx)), "bad signature");
-    };
-    if !window.contains(&now) {
-        let ctx = TSigResponseContext::new(id, now, signer.clone(), mac, Some(TsigError::BadTime));
-        return Notified::Refuse(
-            reply(ResponseCode::NotAuth, Some(ctx)),
-            "time outside the window",
-        );
-    }
-    let ctx = TSigResponseContext::new(id, now, signer.clone(), mac, None);
-    Notified::Accept(reply(ResponseCode::NoError, Some(ctx)))
 }
 
 /// Where and how this KUBE follows its primary.
@@ -372,6 +366,23 @@ mod tests {
         Name::from_ascii("example.test.").unwrap()
     }
 
+    /// What KUBE as a primary answers the transfer request `q` with.
+    fn transferred(primary: &Zone, q: &[u8], k: &Keys) -> Vec<Vec<u8>> {
+        let t = transfer::transfer(
+            primary,
+            &transfer::Journal::default(),
+            q,
+            PEER,
+            &allowed(),
+            k,
+            NOW,
+        );
+        let Transfer::Zone(msgs) = t else {
+            panic!("refused: {t:?}")
+        };
+        msgs
+    }
+
     #[test]
     fn serials_compare_in_sequence_space() {
         assert!(newer(2, 1));
@@ -386,17 +397,7 @@ mod tests {
         let k = keys(7);
         let primary = zone(300, 9);
         let (q, verifier) = query(&origin(), RecordType::AXFR, 5, &signer(&k), NOW).unwrap();
-        let Transfer::Zone(msgs) = transfer::transfer(
-            &primary,
-            &transfer::Journal::default(),
-            &q,
-            PEER,
-            &allowed(),
-            &k,
-            NOW,
-        ) else {
-            panic!("refused")
-        };
+        let msgs = transferred(&primary, &q, &k);
         assert!(msgs.len() > 2);
         let mut axfr = Axfr::new(verifier, 5, origin());
         let mut got = None;
@@ -416,17 +417,7 @@ mod tests {
         let k = keys(7);
         let primary = zone(300, 9);
         let (q, _) = query(&origin(), RecordType::AXFR, 5, &signer(&k), NOW).unwrap();
-        let Transfer::Zone(msgs) = transfer::transfer(
-            &primary,
-            &transfer::Journal::default(),
-            &q,
-            PEER,
-            &allowed(),
-            &k,
-            NOW,
-        ) else {
-            panic!("refused")
-        };
+        let msgs = transferred(&primary, &q, &k);
         let fresh = || {
             query(&origin(), RecordType::AXFR, 5, &signer(&k), NOW)
                 .unwrap()

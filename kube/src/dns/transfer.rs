@@ -157,24 +157,10 @@ pub fn transfer(
     let Some(sig) = &req.signature else {
         return refuse(ResponseCode::Refused, None, "unsigned");
     };
-    let Some(signer) = keys.get(&sig.name) else {
-        let ctx = TSigResponseContext::unknown_key(id, now, sig.name.clone());
-        return refuse(ResponseCode::NotAuth, Some(ctx), "unknown key");
+    let (signer, request_mac) = match check_signed(packet, id, &sig.name, |n| keys.get(n), now) {
+        Checked::Valid { signer, mac } => (signer, mac),
+        Checked::Invalid(ctx, why) => return refuse(ResponseCode::NotAuth, Some(ctx), why),
     };
-    let Ok((request_mac, _, window)) = signer.verify_message_byte(packet, None, true) else {
-        let ctx = TSigResponseContext::bad_signature(id, now, signer.clone());
-        return refuse(ResponseCode::NotAuth, Some(ctx), "bad signature");
-    };
-    if !window.contains(&now) {
-        let ctx = TSigResponseContext::new(
-            id,
-            now,
-            signer.clone(),
-            request_mac,
-            Some(TsigError::BadTime),
-        );
-        return refuse(ResponseCode::NotAuth, Some(ctx), "time outside the window");
-    }
     let listed = allowed
         .iter()
         .any(|a| a.ip == peer && a.key == *signer.signer_name());
@@ -210,28 +196,52 @@ pub fn sign_answer(
     now: u64,
 ) -> Option<Vec<u8>> {
     let id = answer.metadata.id;
-    let Some(signer) = keys.get(key) else {
-        answer.metadata.response_code = ResponseCode::NotAuth;
-        strip(&mut answer);
-        return sign(
-            answer,
-            Some(TSigResponseContext::unknown_key(id, now, key.clone())),
-        );
-    };
-    let ctx = match signer.verify_message_byte(packet, None, true) {
-        Err(_) => {
+    let ctx = match check_signed(packet, id, key, |n| keys.get(n), now) {
+        Checked::Valid { signer, mac } => {
+            TSigResponseContext::new(id, now, signer.clone(), mac, None)
+        }
+        Checked::Invalid(ctx, _) => {
             answer.metadata.response_code = ResponseCode::NotAuth;
             strip(&mut answer);
-            TSigResponseContext::bad_signature(id, now, signer.clone())
+            ctx
         }
-        Ok((mac, _, window)) if !window.contains(&now) => {
-            answer.metadata.response_code = ResponseCode::NotAuth;
-            strip(&mut answer);
-            TSigResponseContext::new(id, now, signer.clone(), mac, Some(TsigError::BadTime))
-        }
-        Ok((mac, _, _)) => TSigResponseContext::new(id, now, signer.clone(), mac, None),
     };
     sign(answer, Some(ctx))
+}
+
+/// A TSIG-signed request (`packet`, id `id`, naming key `key`) as RFC 8945 §5.2 checks it.
+pub(super) enum Checked<'k> {
+    /// Verified and within its time window: the answer is signed over `mac` with `signer`.
+    Valid { signer: &'k TSigner, mac: Vec<u8> },
+    /// Not: the answer is NOTAUTH, signed with this context (the TSIG error), and why.
+    Invalid(TSigResponseContext, &'static str),
+}
+
+/// Checks a signed request: `find` gives the key of that name, if it is one KUBE knows.
+pub(super) fn check_signed<'k>(
+    packet: &[u8],
+    id: u16,
+    key: &Name,
+    find: impl Fn(&Name) -> Option<&'k TSigner>,
+    now: u64,
+) -> Checked<'k> {
+    let Some(signer) = find(key) else {
+        return Checked::Invalid(
+            TSigResponseContext::unknown_key(id, now, key.clone()),
+            "unknown key",
+        );
+    };
+    match signer.verify_message_byte(packet, None, true) {
+        Err(_) => Checked::Invalid(
+            TSigResponseContext::bad_signature(id, now, signer.clone()),
+            "bad signature",
+        ),
+        Ok((mac, _, window)) if !window.contains(&now) => Checked::Invalid(
+            TSigResponseContext::new(id, now, signer.clone(), mac, Some(TsigError::BadTime)),
+            "time outside the window",
+        ),
+        Ok((mac, _, _)) => Checked::Valid { signer, mac },
+    }
 }
 
 /// A refusal carries no records.
