@@ -17,8 +17,8 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, ReadDoc, sync};
 use tests::{Kube, Opts};
 
-use crate::echo::{Peer, ROOT_ID, key, kube_did, space_root_for};
-use crate::echo_cluster::{Node, free_port, list, object};
+use crate::echo::{Peer, ROOT_ID, key, space_root_for};
+use crate::echo_cluster::{Cluster, list, object};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -71,31 +71,9 @@ async fn read_all(mut p: Peer, last: i64, seen: Arc<Mutex<HashMap<i64, Instant>>
 #[ignore = "benchmark: bench/cluster/run"]
 async fn bench_echo_propagation() {
     let changes = env_or("BENCH_CHANGES", 1000) as i64;
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node {
-            dir: tmp.path().join(n).join("data"),
-            port: free_port(),
-        })
-        .collect();
-    let mut dids = Vec::new();
-    for n in &nodes {
-        let mut k = Kube::start_with(n.opts(None)).unwrap();
-        dids.push(kube_did(&k).await);
-        assert!(k.terminate().success());
-    }
-    let config = |me: usize| {
-        let o = &nodes[1 - me];
-        format!(
-            "echo:\n  peers:\n    - {{ url: \"https://localhost:{}\", did: \"{}\", ca_file: \"{}\" }}\n",
-            o.port,
-            dids[1 - me],
-            o.dir.join("tls/ca.pem").display()
-        )
-    };
-    let a = Kube::start_with(nodes[0].opts(Some(config(0)))).unwrap();
-    let b = Kube::start_with(nodes[1].opts(Some(config(1)))).unwrap();
+    let cluster = Cluster::new(2).await;
+    let (a, b) = (cluster.start(0), cluster.start(1));
+    let dids = &cluster.dids;
     let (da, db) = (dids[0].as_str(), dids[1].as_str());
     let (space, mut root) = space_root_for(&[da, db], &key(3));
     list(&mut root, DOC);

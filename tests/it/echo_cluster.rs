@@ -65,6 +65,54 @@ async fn converge(at: &[(&Kube, &str, &str)], id: &str, title: &str) -> Duration
     began.elapsed()
 }
 
+/// KUBEs on loopback ports of their own, each started once already (its identity and local
+/// CA made), to be started again linked to all the others.
+pub(crate) struct Cluster {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Node>,
+    pub(crate) dids: Vec<String>,
+}
+
+impl Cluster {
+    pub(crate) async fn new(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                dir: tmp.path().join(i.to_string()).join("data"),
+                port: free_port(),
+            })
+            .collect();
+        let mut dids = Vec::new();
+        for n in &nodes {
+            let mut k = Kube::start_with(n.opts(None)).unwrap();
+            dids.push(kube_did(&k).await);
+            assert!(k.terminate().success());
+        }
+        Cluster {
+            _tmp: tmp,
+            nodes,
+            dids,
+        }
+    }
+
+    /// KUBE `me`, linked to every other (trusting their CAs).
+    pub(crate) fn start(&self, me: usize) -> Kube {
+        let mut c = String::from("echo:\n  peers:\n");
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != me {
+                c.push_str(&format!(
+                    "    - {{ url: \"https://localhost:{}\", did: \"{}\", ca_file: \"{}\" }}\n",
+                    n.port,
+                    self.dids[i],
+                    n.dir.join("tls/ca.pem").display()
+                ));
+            }
+        }
+        Kube::start_with(self.nodes[me].opts(Some(c)))
+            .unwrap_or_else(|log| panic!("kube {me} did not start:\n{log}"))
+    }
+}
+
 pub(crate) fn object(space: &str, title: &str) -> Automerge {
     let mut doc = Automerge::new();
     let mut tx = doc.transaction();
@@ -85,43 +133,12 @@ pub(crate) fn list(root: &mut Automerge, id: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_kubes_replicate_spaces_and_converge_after_kill_9() {
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Node {
-            dir: tmp.path().join(n).join("data"),
-            port: free_port(),
-        })
-        .collect();
-    // First starts: each KUBE makes its identity and local CA.
-    let mut dids = Vec::new();
-    for n in &nodes {
-        let mut k = Kube::start_with(n.opts(None)).unwrap();
-        dids.push(kube_did(&k).await);
-        assert!(k.terminate().success());
-    }
-    // Then each links to the other two, trusting their CAs.
-    let config = |me: usize| {
-        let mut c = String::from("echo:\n  peers:\n");
-        for (i, n) in nodes.iter().enumerate() {
-            if i != me {
-                c.push_str(&format!(
-                    "    - {{ url: \"https://localhost:{}\", did: \"{}\", ca_file: \"{}\" }}\n",
-                    n.port,
-                    dids[i],
-                    n.dir.join("tls/ca.pem").display()
-                ));
-            }
-        }
-        c
-    };
-    let start = |i: usize| {
-        Kube::start_with(nodes[i].opts(Some(config(i))))
-            .unwrap_or_else(|log| panic!("kube {i} did not start:\n{log}"))
-    };
+    let cluster = Cluster::new(3).await;
+    let start = |i: usize| cluster.start(i);
     let mut a = start(0);
     let b = start(1);
     let c = start(2);
+    let dids = &cluster.dids;
     let (da, db, dc) = (dids[0].as_str(), dids[1].as_str(), dids[2].as_str());
 
     // Alice writes a space at B.
