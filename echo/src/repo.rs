@@ -952,29 +952,29 @@ impl Echo {
         }
     }
 
-    /// The document `frame` from `conn` needs read from disk before it can be handled, if
-    /// any: a sync or request of a member (so a refusal still reads nothing) for a
-    /// document with files here that is not in memory. The driver reads it off ECHO's
+    /// The space of document `doc`, if a sync or request of `frame_len` bytes from `conn`
+    /// for it needs the document read from disk before it can be handled: one of a member
+    /// (so a refusal still reads nothing) for a document with files here that is not in
+    /// memory. The driver reads it off ECHO's
     /// thread ([`preload`]) and holds the frame, and later ones for that document, until
     /// [`Echo::preloaded`] has put it in place; everyone else goes on meanwhile.
-    pub fn wants(&self, conn: ConnId, frame: &[u8]) -> Option<(String, String)> {
+    pub fn wants(&self, conn: ConnId, doc: &str, frame_len: usize) -> Option<String> {
         self.source.as_ref()?;
         let c = self.conns.get(&conn)?;
-        if c.closed || !c.joined || frame.len() > self.limits.max_message_bytes {
+        if c.closed || !c.joined || frame_len > self.limits.max_message_bytes {
             return None;
         }
-        let doc = wire::sync_doc(frame)?;
-        if self.loaded.contains_key(doc.as_str()) {
+        if self.loaded.contains_key(doc) {
             return None;
         }
-        let space = self.space_of(&doc)?;
+        let space = self.space_of(doc)?;
         let is_root = self.spaces.get(space).is_some_and(|s| s.root == doc);
         self.role(conn, space).or_else(|| {
             is_root
                 .then(|| self.admin_of_refused(conn, space))
                 .flatten()
         })?;
-        Some((space.to_owned(), doc))
+        Some(space.to_owned())
     }
 
     /// Puts a document read by [`preload`] in place, unless what ECHO knows of it changed

@@ -104,21 +104,32 @@ fn doc_id(map: &[(Value, Value)]) -> Result<String, DecodeError> {
     }
 }
 
-/// The documentId a frame names (`sync`, `request`, `doc-unavailable`, `ephemeral`).
-pub fn doc_of(frame: &[u8]) -> Option<String> {
-    match decode(frame) {
-        Ok(Incoming::Sync { doc, .. } | Incoming::DocUnavailable { doc, .. })
-        | Ok(Incoming::Ephemeral { doc, .. }) => Some(doc),
-        _ => None,
-    }
+/// What a frame is about, read without decoding the rest of it: whether it is a `sync` or
+/// `request` (which may need the document read), and the documentId it names (`sync`,
+/// `request`, `doc-unavailable`, `ephemeral`).
+#[derive(Debug, PartialEq)]
+pub struct Head {
+    pub sync: bool,
+    pub doc: String,
 }
 
-/// The documentId of a `sync` or `request` frame (one that may need the document read).
-pub fn sync_doc(frame: &[u8]) -> Option<String> {
-    match decode(frame) {
-        Ok(Incoming::Sync { doc, .. }) => Some(doc),
-        _ => None,
+/// The [`Head`] of a frame that names a valid documentId.
+pub fn head(frame: &[u8]) -> Option<Head> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(rename = "documentId")]
+        doc: Option<String>,
     }
+    let raw: Raw = ciborium::from_reader(frame).ok()?;
+    let sync = match raw.kind.as_str() {
+        "sync" | "request" => true,
+        "doc-unavailable" | "ephemeral" => false,
+        _ => return None,
+    };
+    let doc = raw.doc.filter(|d| valid_doc_id(d))?;
+    Some(Head { sync, doc })
 }
 
 /// Decodes one frame.
@@ -327,6 +338,34 @@ mod tests {
         assert!(
             matches!(decode(&req).unwrap(), Incoming::Sync { request: true, ref data, .. } if data == &[0x42, 1])
         );
+    }
+
+    #[test]
+    fn a_frames_head_names_its_document_without_the_rest() {
+        let req = frame(vec![
+            ("type", t("request")),
+            ("senderId", t("alice")),
+            ("documentId", t("2j9knpCseyhnK8izDmLpGP5WMdZQ")),
+            ("data", Value::Bytes(vec![7; 1000])),
+        ]);
+        assert_eq!(
+            head(&req),
+            Some(Head {
+                sync: true,
+                doc: "2j9knpCseyhnK8izDmLpGP5WMdZQ".into()
+            })
+        );
+        let gone = frame(vec![
+            ("type", t("doc-unavailable")),
+            ("senderId", t("alice")),
+            ("documentId", t("2j9knpCseyhnK8izDmLpGP5WMdZQ")),
+        ]);
+        assert_eq!(head(&gone).map(|h| h.sync), Some(false));
+        let join = frame(vec![("type", t("join")), ("senderId", t("alice"))]);
+        assert_eq!(head(&join), None);
+        let bad = frame(vec![("type", t("sync")), ("documentId", t("../x"))]);
+        assert_eq!(head(&bad), None);
+        assert_eq!(head(b"\xff\x00"), None);
     }
 
     #[test]

@@ -643,8 +643,8 @@ impl Reads {
     /// Holds `bytes` if its document is being read, or needs to be; gives it back if not.
     /// Every frame naming a document being read waits (a `doc-unavailable` or ephemeral
     /// message too, so nothing overtakes an earlier sync); a frame over `max_frame` is
-    /// never held (it is refused at once); a connection that would hold more than
-    /// `per_conn_cap` bytes is `Over` (the driver closes it).
+    /// never held (it is refused at once); a connection that would hold more than one such
+    /// frame and [`PER_CONN_SLACK`] is `Over` (the driver closes it).
     fn hold(
         &mut self,
         echo: &Echo,
@@ -657,27 +657,29 @@ impl Reads {
         if bytes.len() > max_frame {
             return Held::No(bytes);
         }
-        let waiting = if self.held.is_empty() {
+        // One light look at the frame (its type and document), not a second decode.
+        let Some(head) = echo::wire::head(&bytes) else {
+            return Held::No(bytes);
+        };
+        let read = if self.held.contains_key(&head.doc) {
             None
+        } else if head.sync
+            && let Some(space) = echo.wants(conn, &head.doc, bytes.len())
+        {
+            Some(space)
         } else {
-            echo::wire::doc_of(&bytes).filter(|d| self.held.contains_key(d))
+            return Held::No(bytes);
         };
         let held_here = self.per_conn.get(&conn).map_or(0, |(_, b)| *b);
         if held_here + bytes.len() > max_frame.saturating_add(PER_CONN_SLACK) {
             return Held::Over;
         }
-        let doc = match waiting {
-            Some(doc) => doc,
-            None => {
-                let Some((space, doc)) = echo.wants(conn, &bytes) else {
-                    return Held::No(bytes);
-                };
-                self.held.insert(doc.clone(), Vec::new());
-                self.queue.push_back((space, doc.clone()));
-                self.start(store);
-                doc
-            }
-        };
+        let doc = head.doc;
+        if let Some(space) = read {
+            self.held.insert(doc.clone(), Vec::new());
+            self.queue.push_back((space, doc.clone()));
+            self.start(store);
+        }
         self.bytes += bytes.len();
         let entry = self.per_conn.entry(conn).or_default();
         entry.0 += 1;

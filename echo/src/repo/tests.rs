@@ -1511,13 +1511,25 @@ fn documents_read_off_the_thread_are_taken_only_while_still_current() {
 
     // A non-member's frame needs no read; a member's does, of a document not in memory.
     assert_eq!(
-        e.wants(mallory.conn, &request_frame(&e, &mallory, &obj(1))),
+        e.wants(
+            mallory.conn,
+            &obj(1),
+            request_frame(&e, &mallory, &obj(1)).len()
+        ),
         None
     );
-    let wanted = e.wants(alice.conn, &request_frame(&e, &alice, &obj(1)));
-    assert_eq!(wanted, Some((w.space.clone(), obj(1))));
+    let wanted = e.wants(
+        alice.conn,
+        &obj(1),
+        request_frame(&e, &alice, &obj(1)).len(),
+    );
+    assert_eq!(wanted, Some(w.space.clone()));
     assert_eq!(
-        e.wants(alice.conn, &request_frame(&e, &alice, "unknown")),
+        e.wants(
+            alice.conn,
+            "unknown",
+            request_frame(&e, &alice, "unknown").len()
+        ),
         None
     );
 
@@ -1526,7 +1538,11 @@ fn documents_read_off_the_thread_are_taken_only_while_still_current() {
     e.preloaded(p);
     assert_eq!(e.stats.loads, 1);
     assert_eq!(
-        e.wants(alice.conn, &request_frame(&e, &alice, &obj(1))),
+        e.wants(
+            alice.conn,
+            &obj(1),
+            request_frame(&e, &alice, &obj(1)).len()
+        ),
         None
     );
     assert_eq!(
