@@ -557,6 +557,13 @@ impl Echo {
         }
     }
 
+    /// A document whose files do not load (read just now): reported, and quarantined.
+    fn unloadable(&mut self, id: &str, space: &str, why: &str) {
+        self.problems
+            .push(format!("{space}/{id}: {why} (quarantined)"));
+        self.set_quarantined(id, space, why);
+    }
+
     /// Marks a document quarantined (its files are never touched). A space whose root is
     /// quarantined serves nobody: who may do what is read from the root.
     fn set_quarantined(&mut self, id: &str, space: &str, why: &str) {
@@ -881,9 +888,7 @@ impl Echo {
                         Ok(())
                     }
                     Err(why) => {
-                        self.problems
-                            .push(format!("{space}/{id}: {why} (quarantined)"));
-                        self.set_quarantined(id, &space, &why);
+                        self.unloadable(id, &space, &why);
                         Err(Missing::Quarantined)
                     }
                 }
@@ -944,9 +949,7 @@ impl Echo {
                 Ok(true)
             }
             Err(why) => {
-                self.problems
-                    .push(format!("{space}/{id}: {why} (quarantined)"));
-                self.set_quarantined(id, &space, &why);
+                self.unloadable(id, &space, &why);
                 Err(Missing::Quarantined)
             }
         }
@@ -1000,9 +1003,7 @@ impl Echo {
         match loaded {
             Ok(am) => self.hold(&id, am),
             Err(why) => {
-                self.problems
-                    .push(format!("{space}/{id}: {why} (quarantined)"));
-                self.set_quarantined(&id, &space, &why);
+                self.unloadable(&id, &space, &why);
             }
         }
     }
@@ -2290,9 +2291,7 @@ impl Echo {
         match load_doc(&stored) {
             Ok(am) => Ok(Some(f(&am))),
             Err(why) => {
-                self.problems
-                    .push(format!("{space}/{id}: {why} (quarantined)"));
-                self.set_quarantined(id, &space, &why);
+                self.unloadable(id, &space, &why);
                 Ok(None)
             }
         }
