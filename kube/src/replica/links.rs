@@ -74,28 +74,10 @@ impl Target {
 
 /// The compiled-in web PKI roots, and `ca_file` when given (a KUBE on its local CA).
 fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, LinkError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let bad = |reason: String| LinkError::Ca {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| bad(e.to_string()))?;
-        for c in certs {
-            roots.add(c).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| LinkError::Connect(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::tls::client_config(ca_file).map_err(|reason| LinkError::Ca {
+        path: ca_file.map(|p| p.display().to_string()).unwrap_or_default(),
+        reason,
+    })
 }
 
 type Socket =

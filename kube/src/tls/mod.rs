@@ -72,6 +72,30 @@ mod unix_secs {
     }
 }
 
+/// A TLS client configuration trusting the compiled-in web PKI roots, plus the
+/// certificates of the PEM file `extra` when given (a test CA such as Pebble's, or another
+/// KUBE's local CA). The error says what is wrong with `extra`.
+pub fn client_config(extra: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| e.to_string())?;
+        for c in certs {
+            roots.add(c).map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Reads names, issuer and validity from the first certificate of a PEM chain.
 pub fn cert_info(chain_pem: &str) -> Result<CertInfo, TlsError> {
     let corrupt = |reason: String| TlsError::Corrupt {

@@ -128,26 +128,10 @@ pub fn save_meta(paths: &Paths, meta: &Meta) -> Result<(), AcmeError> {
 /// An HTTPS client trusting the compiled-in web PKI roots, plus `ca_root` when given (a test
 /// directory such as Pebble).
 pub fn http_client(ca_root: Option<&Path>) -> Result<Box<dyn HttpClient>, AcmeError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_root {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| AcmeError::Protocol(format!("acme.ca_root {}: {e}", path.display())))?;
-        for c in certs {
-            roots.add(c).map_err(|e| {
-                AcmeError::Protocol(format!("acme.ca_root {}: {e}", path.display()))
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AcmeError::Protocol(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::tls::client_config(ca_root).map_err(|e| match ca_root {
+        Some(path) => AcmeError::Protocol(format!("acme.ca_root {}: {e}", path.display())),
+        None => AcmeError::Protocol(e),
+    })?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
