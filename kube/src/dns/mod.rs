@@ -696,28 +696,40 @@ impl Service for DnsService {
 
 /// The serial `addr` answers for `origin`'s SOA (one UDP query, half a second).
 async fn serial_at(addr: SocketAddr, origin: &Name) -> Option<u32> {
-    let local: SocketAddr = if addr.is_ipv4() {
+    let id = rand::random::<u16>();
+    let query = transfer::soa_query(origin, id)?;
+    ask_udp(addr, &query, Duration::from_millis(500), |answer| {
+        transfer::soa_serial(answer, id, origin)
+    })
+    .await
+    .ok()
+}
+
+/// Sends `packet` to `to` over UDP and waits up to `wait` for an answer from `to` that
+/// `accept` takes (others are ignored).
+async fn ask_udp<T>(
+    to: SocketAddr,
+    packet: &[u8],
+    wait: Duration,
+    accept: impl Fn(&[u8]) -> Option<T>,
+) -> std::io::Result<T> {
+    let local: SocketAddr = if to.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = UdpSocket::bind(local).await.ok()?;
-    let id = rand::random::<u16>();
-    socket
-        .send_to(&transfer::soa_query(origin, id)?, addr)
-        .await
-        .ok()?;
+    let socket = UdpSocket::bind(local).await?;
+    socket.send_to(packet, to).await?;
     let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let (n, from) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf))
             .await
-            .ok()?
-            .ok()?;
-        if from == addr
-            && let Some(serial) = transfer::soa_serial(&buf[..n], id, origin)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+        if from == to
+            && let Some(t) = accept(&buf[..n])
         {
-            return Some(serial);
+            return Ok(t);
         }
     }
 }
@@ -1090,29 +1102,8 @@ async fn notify_once(
     let Some(packet) = transfer::notify(zone, id, signer, crate::service::unix_now()) else {
         return Err(std::io::Error::other("cannot encode a notify"));
     };
-    let local: SocketAddr = if to.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.send_to(&packet, to).await?;
-    let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let r = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await;
-        match r {
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no answer",
-                ));
-            }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok((n, from))) if from == to && transfer::notify_acknowledged(&buf[..n], id) => {
-                return Ok(());
-            }
-            Ok(Ok(_)) => {}
-        }
-    }
+    ask_udp(to, &packet, wait, |answer| {
+        transfer::notify_acknowledged(answer, id).then_some(())
+    })
+    .await
 }
