@@ -3,6 +3,7 @@
 //! its log when the test failed).
 
 pub mod pebble;
+pub mod s3;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

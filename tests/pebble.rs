@@ -66,11 +66,23 @@ impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`, resolving
     /// through `dns`; certificates live `validity_secs`.
     pub fn start(http_port: u16, tls_port: u16, dns: SocketAddr, validity_secs: u64) -> Pebble {
+        Pebble::start_validating(http_port, tls_port, dns, validity_secs, true)
+    }
+
+    /// As `start`; with `validate` false Pebble takes every challenge as answered
+    /// (`PEBBLE_VA_ALWAYS_VALID`), for tests about who orders rather than how.
+    pub fn start_validating(
+        http_port: u16,
+        tls_port: u16,
+        dns: SocketAddr,
+        validity_secs: u64,
+        validate: bool,
+    ) -> Pebble {
         // Its ports are free when picked, but a test running beside may take one before
         // Pebble binds it (Pebble then exits, and the port answers for someone else): such
         // a start is tried again on other ports.
         for _ in 0..5 {
-            if let Some(p) = Pebble::try_start(http_port, tls_port, dns, validity_secs) {
+            if let Some(p) = Pebble::try_start(http_port, tls_port, dns, validity_secs, validate) {
                 return p;
             }
         }
@@ -82,6 +94,7 @@ impl Pebble {
         tls_port: u16,
         dns: SocketAddr,
         validity_secs: u64,
+        validate: bool,
     ) -> Option<Pebble> {
         let dir = tempfile::tempdir().expect("dir");
         let (tls_ca, cert, key) = test_pki(dir.path(), &["127.0.0.1", "localhost"]);
@@ -101,7 +114,11 @@ impl Pebble {
         std::fs::write(&config_path, config.to_string()).expect("write");
         let log = dir.path().join("pebble.log");
         let out = std::fs::File::create(&log).expect("log");
-        let child = Command::new("pebble")
+        let mut cmd = Command::new("pebble");
+        if !validate {
+            cmd.env("PEBBLE_VA_ALWAYS_VALID", "1");
+        }
+        let child = cmd
             .arg("-config")
             .arg(&config_path)
             .arg("-dnsserver")

@@ -34,6 +34,7 @@ pub struct Config {
     pub echo: Echo,
     pub apps: Apps,
     pub processes: Vec<Process>,
+    pub storage: Storage,
     pub admin: Admin,
     pub metrics: Metrics,
     pub log: Log,
@@ -53,6 +54,7 @@ impl Default for Config {
             echo: Echo::default(),
             apps: Apps::default(),
             processes: Vec::new(),
+            storage: Storage::default(),
             admin: Admin::default(),
             metrics: Metrics::default(),
             log: Log::default(),
@@ -62,7 +64,8 @@ impl Default for Config {
 
 /// Sections that `KUBE_<SECTION>_<KEY>` variables may address (`processes` is a list).
 pub const SECTIONS: &[&str] = &[
-    "http", "tls", "acme", "dns", "signal", "turn", "echo", "apps", "admin", "metrics", "log",
+    "http", "tls", "acme", "dns", "signal", "turn", "echo", "apps", "storage", "admin", "metrics",
+    "log",
 ];
 const SCALARS: &[&str] = &["domain", "data_dir"];
 
@@ -535,6 +538,7 @@ fn load_str_with(
                 "turn" => check_section::<Turn>(key, value, &tree, &mut problems),
                 "echo" => check_section::<Echo>(key, value, &tree, &mut problems),
                 "apps" => check_section::<Apps>(key, value, &tree, &mut problems),
+                "storage" => check_section::<Storage>(key, value, &tree, &mut problems),
                 "admin" => check_section::<Admin>(key, value, &tree, &mut problems),
                 "metrics" => check_section::<Metrics>(key, value, &tree, &mut problems),
                 "log" => check_section::<Log>(key, value, &tree, &mut problems),

@@ -759,6 +759,42 @@ impl Default for Admin {
     }
 }
 
+/// `storage`: an S3-compatible object store the KUBEs of one cluster share for app bundles
+/// and the ACME certificate. Without `endpoint` everything stays in the data dir.
+/// Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// `https://s3.example.com`, or `http://127.0.0.1:9000` for a store on the same host.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// `https://endpoint/bucket/key` (self-hosted stores) rather than
+    /// `https://bucket.endpoint/key`.
+    pub path_style: bool,
+    /// Prepended to every key, so several clusters may share one bucket.
+    pub prefix: String,
+    /// How often each KUBE looks for bundles and certificates changed by the others.
+    pub poll_secs: u64,
+    /// A PEM file of the CA the store's certificate is checked against, beside the web
+    /// PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            endpoint: None,
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            path_style: true,
+            prefix: String::new(),
+            poll_secs: 5,
+            ca_file: None,
+        }
+    }
+}
+
 /// `metrics`: Prometheus exposition on the admin listener.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

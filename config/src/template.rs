@@ -203,6 +203,19 @@ apps:
   # Most files in one bundle.
   max_files: 20000
 
+# An S3-compatible object store shared by the KUBEs of one cluster: every bundle published
+# at any of them is served by all, and one ACME certificate is ordered for all (a lease in
+# the store lets one KUBE order at a time). Credentials: AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY in the environment. Without an endpoint all stays in the data dir.
+storage:
+  endpoint: null              # e.g. https://s3.example.org or http://127.0.0.1:9000
+  bucket: ""
+  region: us-east-1
+  path_style: true            # https://endpoint/bucket/key (self-hosted stores)
+  prefix: ""                  # before every key: clusters may share a bucket
+  poll_secs: 5                # how often changes made at the other KUBEs are looked for
+  ca_file: null               # PEM of the store's CA, beside the web PKI roots
+
 # Back-end processes of apps, supervised: started after the services, restarted with
 # backoff, logged to <data_dir>/logs/<name>/, stopped first. For example:
 #   - name: agent

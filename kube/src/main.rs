@@ -16,6 +16,7 @@ mod processes;
 mod replica;
 mod service;
 mod signaling;
+mod storage;
 mod supervisor;
 mod tls;
 mod turn;

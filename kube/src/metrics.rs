@@ -23,6 +23,7 @@ pub struct Metrics {
     pub apps_published: IntGauge,
     pub cert_not_after: IntGaugeVec,
     pub acme_orders: IntCounterVec,
+    pub acme_adopted: IntCounter,
     pub turn_allocations: IntGauge,
     pub turn_refused: IntCounterVec,
     pub turn_packets: IntCounterVec,
@@ -104,6 +105,11 @@ impl Metrics {
                 "ACME certificate orders, by result.",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        let acme_adopted = IntCounter::new(
+            "kube_acme_certificates_adopted_total",
+            "Certificates taken from the object store (ordered by another KUBE of the cluster).",
         )
         .expect("valid metric");
         let turn_allocations =
@@ -338,6 +344,7 @@ impl Metrics {
             Box::new(apps_published.clone()),
             Box::new(cert_not_after.clone()),
             Box::new(acme_orders.clone()),
+            Box::new(acme_adopted.clone()),
             Box::new(turn_allocations.clone()),
             Box::new(turn_refused.clone()),
             Box::new(turn_packets.clone()),
@@ -419,6 +426,7 @@ impl Metrics {
             apps_published,
             cert_not_after,
             acme_orders,
+            acme_adopted,
             turn_allocations,
             turn_refused,
             turn_packets,

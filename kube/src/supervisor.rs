@@ -35,6 +35,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     p.extend(Tls::check(&cfg.tls, &cx));
     p.extend(Apps::check(&cfg.apps, &cx));
+    p.extend(crate::storage::Storage::check(&cfg.storage, &cx));
     p.extend(DnsService::check(&cfg.dns, &cx));
     p.extend(AdminService::check(&cfg.admin, &cx));
     p.extend(HttpService::check(&cfg.http, &cx));
@@ -179,11 +180,23 @@ async fn start_all(
     running: &mut Vec<Box<dyn Running>>,
 ) -> anyhow::Result<Handles> {
     let Controls { reload, log } = controls;
-    let apps = Apps::start(cfg.apps.clone(), cx, ())
+    let storage = crate::storage::Storage::start(
+        cfg.storage.clone(),
+        cx,
+        crate::storage::StorageDeps {
+            identity: identity.to_owned(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{}: {e}", crate::storage::Storage::NAME))?;
+    running.push(storage.running);
+    let storage = storage.handle;
+    let apps = Apps::start(cfg.apps.clone(), cx, storage.clone())
         .await
         .map_err(|e| anyhow!("{}: {e}", Apps::NAME))?;
     running.push(apps.running);
-    let apps = apps.handle;
+    let cluster = apps.handle.cluster;
+    let apps = apps.handle.store;
     let apps_handle = apps.clone();
 
     // Routes to processes, declared now so their host names get certificates and records.
@@ -211,6 +224,7 @@ async fn start_all(
         dns: dns.clone(),
         metrics: metrics.clone(),
         acme: cfg.acme.clone(),
+        storage,
     };
     let tls = Tls::start(cfg.tls.clone(), cx, deps)
         .await
@@ -263,6 +277,7 @@ async fn start_all(
             metrics_enabled: cfg.metrics.enabled,
             board: board.clone(),
             apps: apps.clone(),
+            cluster: cluster.clone(),
             tls: tls.clone(),
             dns: dns.clone(),
             https: https.clone(),
@@ -305,6 +320,21 @@ async fn start_all(
     let _ = https.set(http.handle);
     // ACME may answer challenges from here on.
     tls.listeners_ready();
+    // Apps published, rolled back or removed at another KUBE: their hosts follow here.
+    if let Some(cluster) = &cluster {
+        let mut changed = cluster.subscribe();
+        let (apps, routes, dns, tls) = (
+            apps_handle.clone(),
+            routes.clone(),
+            dns.clone(),
+            tls.clone(),
+        );
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                name_hosts(&apps, &routes, dns.as_ref(), &tls).await;
+            }
+        });
+    }
     // Back-ends last: every service they may use is up; they stop first.
     let started = crate::processes::ProcessesService::start(
         cfg.processes.clone(),
@@ -331,6 +361,28 @@ async fn start_all(
         routes,
         log,
     })
+}
+
+/// Names every app and routed host in DNS and the certificate; the apps serve either way, so
+/// a failure is logged.
+pub async fn name_hosts(
+    apps: &crate::apps::AppsHandle,
+    routes: &crate::processes::routes::Routes,
+    dns: Option<&DnsHandle>,
+    tls: &TlsHandle,
+) {
+    let names = host_names(apps, routes);
+    if let Some(dns) = dns {
+        let (dns, names) = (dns.clone(), names.clone());
+        match tokio::task::spawn_blocking(move || dns.set_apps(names)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot update the app hosts in DNS"),
+            Err(e) => tracing::error!(error = %e, "dns update task failed"),
+        }
+    }
+    if let Err(e) = tls.set_app_hosts(names).await {
+        tracing::error!(error = %e, "cannot reissue the local certificate for the app hosts");
+    }
 }
 
 /// The host names below the domain that need a certificate and records: published apps and
@@ -537,6 +589,7 @@ async fn reload(
         ("tls", next.tls != live.tls),
         ("acme", next.acme != live.acme),
         ("apps", next.apps != live.apps),
+        ("storage", next.storage != live.storage),
         ("admin", next.admin != live.admin),
         ("signal", next.signal != live.signal),
         ("turn", next.turn != live.turn),

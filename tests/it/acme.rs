@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tests::pebble::{Pebble, free_port, test_pki};
 use tests::{Kube, Opts, require_tools};
 
-fn have_pebble() -> bool {
+pub(crate) fn have_pebble() -> bool {
     let ok = std::process::Command::new("pebble")
         .arg("-h")
         .output()
@@ -73,7 +73,7 @@ fn setup(challenges: &str, validity_secs: u64) -> Setup {
 
 /// Waits (bounded) until the served certificate comes from Pebble and names `name`;
 /// returns its serial.
-async fn issued(kube: &Kube, name: &str, not_serial: Option<&str>) -> String {
+pub(crate) async fn issued(kube: &Kube, name: &str, not_serial: Option<&str>) -> String {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let certs = kube.api(reqwest::Method::GET, "/api/certs").await;
@@ -97,7 +97,7 @@ async fn issued(kube: &Kube, name: &str, not_serial: Option<&str>) -> String {
 
 /// One HTTP/2 connection to `name` at `addr` trusting only `root`; returns the request
 /// sender and the certificate the server presented.
-async fn h2(
+pub(crate) async fn h2(
     addr: SocketAddr,
     name: &str,
     root: &[u8],

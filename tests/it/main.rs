@@ -19,4 +19,5 @@ mod process_routes;
 mod processes;
 mod reload;
 mod signal;
+mod storage;
 mod turn;

@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::apps::cluster::ClusterError;
 use crate::apps::{self, AppsHandle, StoreError, bundle::BundleError};
 use crate::dns::{DnsHandle, records::RecordSpec};
 use crate::http::HttpsHandle;
@@ -51,6 +52,8 @@ pub struct AdminDeps {
     pub metrics_enabled: bool,
     pub board: Arc<Board>,
     pub apps: AppsHandle,
+    /// With `storage`: bundles go through the object store to every KUBE.
+    pub cluster: Option<Arc<crate::apps::cluster::Cluster>>,
     pub tls: TlsHandle,
     /// None when `dns.enabled` is false.
     pub dns: Option<DnsHandle>,
@@ -484,6 +487,12 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
+/// The object store failed or held something refused: nothing changed here.
+fn cluster_error(e: ClusterError) -> Response {
+    tracing::error!(error = %e, "object store failure");
+    error(StatusCode::BAD_GATEWAY, "object_store", &e)
+}
+
 async fn readyz(State(st): State<Arc<Shared>>) -> Response {
     if st.deps.board.is_ready() {
         "ready\n".into_response()
@@ -823,8 +832,25 @@ async fn publish(State(st): State<Arc<Shared>>, Path(name): Path<String>, body: 
     let now = crate::service::unix_now();
     let task_store = store.clone();
     let task_name = name.clone();
-    let result =
-        tokio::task::spawn_blocking(move || task_store.publish(&task_name, &upload, now)).await;
+    let result = match st.deps.cluster.clone() {
+        // Checked here, then sent to the store, then served here.
+        Some(cluster) => {
+            let dir = staging.clone();
+            let staged = tokio::task::spawn_blocking(move || task_store.stage(&upload, &dir)).await;
+            match staged {
+                Ok(Ok(staged)) => match cluster.publish(&name, staged, now).await {
+                    Ok(m) => Ok(Ok(m)),
+                    Err(ClusterError::Local(e)) => Ok(Err(e)),
+                    Err(e) => return cluster_error(e),
+                },
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        }
+        None => {
+            tokio::task::spawn_blocking(move || task_store.publish(&task_name, &upload, now)).await
+        }
+    };
     match result {
         Ok(Ok(m)) => {
             tracing::info!(app = %name, version = m.version, files = m.files.len(), "published");
@@ -850,18 +876,13 @@ async fn publish(State(st): State<Arc<Shared>>, Path(name): Path<String>, body: 
 /// Keeps the certificate naming every app host (local mode); the app serves either way, so
 /// a failure is logged, not returned.
 async fn name_app_hosts(st: &Shared) {
-    let names = crate::supervisor::host_names(&st.deps.apps, &st.deps.routes);
-    if let Some(dns) = &st.deps.dns {
-        let (dns, names) = (dns.clone(), names.clone());
-        match tokio::task::spawn_blocking(move || dns.set_apps(names)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot update the app hosts in DNS"),
-            Err(e) => tracing::error!(error = %e, "dns update task failed"),
-        }
-    }
-    if let Err(e) = st.deps.tls.set_app_hosts(names).await {
-        tracing::error!(error = %e, "cannot reissue the local certificate for the app hosts");
-    }
+    crate::supervisor::name_hosts(
+        &st.deps.apps,
+        &st.deps.routes,
+        st.deps.dns.as_ref(),
+        &st.deps.tls,
+    )
+    .await;
 }
 
 async fn certs(State(st): State<Arc<Shared>>) -> Response {
@@ -1081,7 +1102,15 @@ async fn rollback(
     };
     let store = st.deps.apps.clone();
     let n = name.clone();
-    match tokio::task::spawn_blocking(move || store.rollback(&n, req.version)).await {
+    let result = match &st.deps.cluster {
+        Some(cluster) => match cluster.rollback(&name, req.version).await {
+            Ok(m) => Ok(Ok(m)),
+            Err(ClusterError::Local(e)) => Ok(Err(e)),
+            Err(e) => return cluster_error(e),
+        },
+        None => tokio::task::spawn_blocking(move || store.rollback(&n, req.version)).await,
+    };
+    match result {
         Ok(Ok(m)) => {
             tracing::info!(app = %name, version = m.version, "rolled back");
             Json(json!({"name": name, "version": m.version, "url": app_url(&st, &name)}))
@@ -1099,7 +1128,15 @@ async fn rollback(
 async fn remove(State(st): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     let store = st.deps.apps.clone();
     let n = name.clone();
-    match tokio::task::spawn_blocking(move || store.remove(&n)).await {
+    let result = match &st.deps.cluster {
+        Some(cluster) => match cluster.remove(&name).await {
+            Ok(()) => Ok(Ok(())),
+            Err(ClusterError::Local(e)) => Ok(Err(e)),
+            Err(e) => return cluster_error(e),
+        },
+        None => tokio::task::spawn_blocking(move || store.remove(&n)).await,
+    };
+    match result {
         Ok(Ok(())) => {
             tracing::info!(app = %name, "removed");
             name_app_hosts(&st).await;

@@ -2,6 +2,7 @@
 //! `bundle`, `manifest` and `serve` are pure; `store` and the functions here do the I/O.
 
 pub mod bundle;
+pub mod cluster;
 pub mod manifest;
 pub mod serve;
 pub mod store;
@@ -37,14 +38,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// What other services get from `apps`.
 pub type AppsHandle = Arc<AppStore>;
 
+/// What `apps` hands out: the store served from, and with `storage` the cluster's bundles.
+pub struct AppsStarted {
+    pub store: AppsHandle,
+    pub cluster: Option<Arc<cluster::Cluster>>,
+}
+
 /// The `apps` service.
 pub struct Apps;
 
 impl Service for Apps {
     const NAME: &'static str = "apps";
     type Section = config::Apps;
-    type Deps = ();
-    type Handle = AppsHandle;
+    /// The object store, when `storage` names one.
+    type Deps = crate::storage::StorageHandle;
+    type Handle = AppsStarted;
 
     fn check(_section: &config::Apps, _cx: &Context) -> Vec<config::Problem> {
         // Its limits are checked where they are typed, in the config crate.
@@ -54,16 +62,35 @@ impl Service for Apps {
     async fn start(
         section: config::Apps,
         cx: &Context,
-        _deps: (),
-    ) -> Result<Started<AppsHandle>, StartError> {
+        storage: crate::storage::StorageHandle,
+    ) -> Result<Started<AppsStarted>, StartError> {
         let limits = limits(&section);
         let root = cx.data_dir.join("apps");
         let keep = section.keep_versions;
-        let store =
-            tokio::task::spawn_blocking(move || AppStore::open(&root, limits, keep)).await??;
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || AppStore::open(&root, limits, keep)).await??,
+        );
+        let Some(objects) = storage else {
+            return Ok(Started {
+                handle: AppsStarted {
+                    store,
+                    cluster: None,
+                },
+                running: Box::new(Idle("apps")),
+            });
+        };
+        // Ready only once serving what the cluster serves.
+        let cluster = cluster::Cluster::new(objects, store.clone());
+        cluster.join().await?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut tasks = crate::service::Tasks::new("apps", cancel.clone());
+        tasks.spawn(cluster::poll(cluster.clone(), cancel));
         Ok(Started {
-            handle: Arc::new(store),
-            running: Box::new(Idle("apps")),
+            handle: AppsStarted {
+                store,
+                cluster: Some(cluster),
+            },
+            running: Box::new(tasks),
         })
     }
 }

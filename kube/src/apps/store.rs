@@ -100,6 +100,14 @@ pub struct AppStore {
     small: Mutex<SmallCache>,
 }
 
+/// A checked upload, not yet stored: its files and settings, with the blobs in `blobs`.
+#[derive(Debug)]
+pub struct Staged {
+    pub files: BTreeMap<String, FileEntry>,
+    pub settings: AppSettings,
+    pub blobs: PathBuf,
+}
+
 /// Files up to this size are kept in memory once read.
 pub const SMALL_FILE: u64 = 64 * 1024;
 /// The most the small-file cache holds; it starts over when full.
@@ -167,6 +175,11 @@ impl AppStore {
 
     pub fn limits(&self) -> Limits {
         self.settings().0
+    }
+
+    /// Versions kept per app (`apps.keep_versions`).
+    pub fn keep_versions(&self) -> u32 {
+        self.settings().1
     }
 
     fn settings(&self) -> (Limits, u32) {
@@ -278,6 +291,13 @@ impl AppStore {
         staging: &Path,
         now_unix: u64,
     ) -> Result<Arc<Manifest>, StoreError> {
+        let staged = self.stage(upload, staging)?;
+        self.commit(name, &staged, None, now_unix)
+    }
+
+    /// Unpacks the `.tar.gz` at `upload` into `staging/blobs`, checking every entry against
+    /// the limits: what a publish would store, not yet stored. Blocking.
+    pub fn stage(&self, upload: &Path, staging: &Path) -> Result<Staged, StoreError> {
         let archive_err = |e: std::io::Error| BundleError::Archive {
             reason: e.to_string(),
         };
@@ -307,8 +327,32 @@ impl AppStore {
             }
             None => AppSettings::default(),
         };
+        Ok(Staged {
+            files,
+            settings,
+            blobs,
+        })
+    }
 
+    /// Stores `staged` as `version` (the next one when None) of `name`, published at
+    /// `published`, and makes it current. A version already here is made current as it
+    /// is. Blocking.
+    pub fn commit(
+        &self,
+        name: &str,
+        staged: &Staged,
+        version: Option<u64>,
+        published: u64,
+    ) -> Result<Arc<Manifest>, StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = version
+            && self
+                .read()
+                .get(name)
+                .is_some_and(|a| a.versions.contains_key(&v))
+        {
+            return self.make_current(name, v);
+        }
         let app_dir = self.root.join(name);
         let app_blobs = app_dir.join("blobs");
         let versions_dir = app_dir.join("versions");
@@ -321,25 +365,20 @@ impl AppStore {
             datadir::sync_dir(&self.root).map_err(io(&self.root))?;
             datadir::sync_dir(&app_dir).map_err(io(&app_dir))?;
         }
-        for f in files.values() {
+        for f in staged.files.values() {
             let dst = app_blobs.join(&f.hash);
             if !dst.exists() {
-                let src = blobs.join(&f.hash);
+                let src = staged.blobs.join(&f.hash);
                 std::fs::rename(&src, &dst).map_err(io(&dst))?;
             }
         }
         datadir::sync_dir(&app_blobs).map_err(io(&app_blobs))?;
-        let version = self
-            .read()
-            .get(name)
-            .and_then(|a| a.versions.keys().next_back().copied())
-            .unwrap_or(0)
-            + 1;
+        let version = version.unwrap_or_else(|| self.next_version(name));
         let manifest = Manifest {
             version,
-            published: now_unix,
-            files,
-            settings,
+            published,
+            files: staged.files.clone(),
+            settings: staged.settings.clone(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Corrupt {
             path: versions_dir.clone(),
@@ -364,6 +403,33 @@ impl AppStore {
             tracing::warn!(app = name, error = %e, "cannot prune old versions");
         }
         Ok(manifest)
+    }
+
+    /// The number the next local publish of `name` gets.
+    pub fn next_version(&self, name: &str) -> u64 {
+        self.read()
+            .get(name)
+            .and_then(|a| a.versions.keys().next_back().copied())
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// Whether `version` of `name` is stored here.
+    pub fn has_version(&self, name: &str, version: u64) -> bool {
+        self.read()
+            .get(name)
+            .is_some_and(|a| a.versions.contains_key(&version))
+    }
+
+    /// A stored version's manifest.
+    pub fn manifest(&self, name: &str, version: u64) -> Result<Manifest, StoreError> {
+        read_manifest(
+            &self
+                .root
+                .join(name)
+                .join("versions")
+                .join(format!("{version}.json")),
+        )
     }
 
     /// Makes `version` (or the one before the current) current again.
@@ -391,11 +457,16 @@ impl AppStore {
                 }
             }
         };
+        self.make_current(name, target)
+    }
+
+    /// Switches `current` of `name` to a stored `version`; the caller holds `write`.
+    fn make_current(&self, name: &str, version: u64) -> Result<Arc<Manifest>, StoreError> {
         let app_dir = self.root.join(name);
         let manifest = Arc::new(read_manifest(
-            &app_dir.join("versions").join(format!("{target}.json")),
+            &app_dir.join("versions").join(format!("{version}.json")),
         )?);
-        datadir::write_atomic(&app_dir.join("current"), format!("{target}\n").as_bytes())?;
+        datadir::write_atomic(&app_dir.join("current"), format!("{version}\n").as_bytes())?;
         let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
         if let Some(app) = apps.get_mut(name) {
             app.current = manifest.clone();
@@ -515,21 +586,29 @@ pub fn versions_to_drop(versions: &[u64], current: u64, keep: u32) -> Vec<u64> {
 
 /// Reads a manifest, refusing one whose hashes could name anything but a blob.
 fn read_manifest(path: &Path) -> Result<Manifest, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    parse_manifest(&bytes).map_err(|reason| StoreError::Corrupt {
         path: path.to_owned(),
         reason,
-    };
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    })
+}
+
+/// A manifest from its JSON, refusing one whose hashes could name anything but a blob.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     for (file, entry) in &m.files {
-        if entry.hash.len() != 64 || !entry.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(corrupt(format!(
-                "{file}: {:?} is not a SHA-256 hash",
-                entry.hash
-            )));
+        if !is_hash(&entry.hash) {
+            return Err(format!("{file}: {:?} is not a SHA-256 hash", entry.hash));
         }
     }
     Ok(m)
+}
+
+/// Whether `s` is a SHA-256 in lowercase hex, the only names blobs have.
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -302,6 +302,12 @@ impl DnsHandle {
         Ok(())
     }
 
+    /// Whether this KUBE follows a primary (`dns.primary`): it cannot publish records, so
+    /// it cannot answer DNS-01 either.
+    pub fn is_secondary(&self) -> bool {
+        self.following.is_some()
+    }
+
     /// Changes to records are the primary's, when this KUBE follows one.
     fn primary_only(&self) -> Result<(), DnsError> {
         match &self.following {

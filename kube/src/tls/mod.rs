@@ -8,6 +8,7 @@ pub mod challenges;
 pub mod local_ca;
 mod pair;
 mod renew;
+mod shared;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -385,6 +386,8 @@ pub struct TlsDeps {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `acme`: the section (read here only; ACME is part of the TLS service).
     pub acme: config::Acme,
+    /// The object store a cluster shares its certificate through.
+    pub storage: crate::storage::StorageHandle,
 }
 
 /// The `tls` service.
@@ -513,6 +516,7 @@ impl Service for Tls {
                     paths,
                     challenges,
                     dns: deps.dns,
+                    storage: deps.storage,
                 };
                 Box::new(renew::acme(
                     handle.clone(),

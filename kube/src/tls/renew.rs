@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::TlsHandle;
 use super::acme::{self, plan};
+use super::shared;
 use crate::metrics::Metrics;
 use crate::service::Tasks;
+use crate::storage::{ObjectStore, lease};
 
 /// How often a running KUBE checks whether its local certificate is due.
 const LOCAL_CHECK: Duration = Duration::from_secs(6 * 3600);
@@ -170,7 +172,22 @@ async fn acme_loop(
             .clone();
         let dns01 = plan::dns01_possible(&ctx.section.challenges, ctx.dns.is_some());
         let names = plan::names(&domain, dns01, &apps);
-        let stored = acme::load(&ctx.paths, &names);
+        let mut stored = acme::load(&ctx.paths, &names);
+        if let Some(store) = &ctx.storage
+            && let Some(s) = adopt(
+                &handle,
+                &shared,
+                &ctx,
+                store,
+                &domain,
+                &names,
+                stored.as_ref(),
+                &metrics,
+            )
+            .await
+        {
+            stored = Some(s);
+        }
         let now = SystemTime::now();
         let forced = shared.force.swap(false, Ordering::SeqCst);
         if let Some((chain, _, _, meta)) = &stored
@@ -202,12 +219,90 @@ async fn acme_loop(
             due
         };
         if at > now {
+            // In a cluster another KUBE may renew first: the store is looked at meanwhile.
+            let wake = match &ctx.storage {
+                Some(store) => at.min(now + store.poll),
+                None => at,
+            };
             shared.update(|s| s.next_attempt = Some(acme::unix(at)));
             tokio::select! {
-                _ = tokio::time::sleep(at.duration_since(now).unwrap_or_default()) => {}
+                _ = tokio::time::sleep(wake.duration_since(now).unwrap_or_default()) => {}
                 _ = shared.wake.notified() => {}
             }
             continue;
+        }
+        // In a cluster, only the holder of the lease orders.
+        let mut held = None;
+        if let Some(store) = &ctx.storage {
+            let secondary = ctx.dns.as_ref().is_some_and(|d| d.is_secondary());
+            let why = if dns01 && secondary {
+                Some(
+                    "this KUBE is a DNS secondary: it takes the certificate its primary orders"
+                        .to_owned(),
+                )
+            } else {
+                match lease::acquire(
+                    store,
+                    &shared::lock_key(&domain),
+                    acme::unix(now),
+                    shared::LEASE_SECS,
+                )
+                .await
+                {
+                    Ok(Ok(h)) => {
+                        held = Some(h);
+                        None
+                    }
+                    Ok(Err(other)) => Some(format!(
+                        "{} is ordering (lease token {})",
+                        other.holder, other.token
+                    )),
+                    Err(e) => {
+                        fail(
+                            &shared,
+                            &metrics,
+                            &mut failures,
+                            &mut retry_at,
+                            format!("object store: {e}"),
+                        );
+                        continue;
+                    }
+                }
+            };
+            if let Some(why) = why {
+                shared.update(|s| {
+                    s.state = "waiting";
+                    s.last_error = Some(why);
+                    s.next_attempt = Some(acme::unix(now + store.poll));
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(store.poll) => {}
+                    _ = shared.wake.notified() => {}
+                }
+                continue;
+            }
+            // The last holder may have just written a fresh one.
+            if !forced
+                && adopt(
+                    &handle,
+                    &shared,
+                    &ctx,
+                    store,
+                    &domain,
+                    &names,
+                    stored.as_ref(),
+                    &metrics,
+                )
+                .await
+                .is_some()
+            {
+                if let Some(h) = held.take()
+                    && let Err(e) = lease::release(store, h).await
+                {
+                    tracing::warn!(error = %e, "cannot release the ACME lease; it expires by itself");
+                }
+                continue;
+            }
         }
         let directory = plan::directory(
             &ctx.section.directory,
@@ -220,7 +315,14 @@ async fn acme_loop(
             s.directory = directory.clone();
         });
         let started = std::time::Instant::now();
-        match acme::issue(&ctx, &directory, &names).await {
+        let issued = match (&ctx.storage, held.as_mut()) {
+            (Some(store), Some(h)) => tokio::select! {
+                r = acme::issue(&ctx, &directory, &names) => r,
+                e = shared::keep(store, h) => Err(acme::AcmeError::Protocol(format!("lost the ACME lease in the object store: {e}"))),
+            },
+            _ => acme::issue(&ctx, &directory, &names).await,
+        };
+        let outcome = match issued {
             Ok((chain, key)) => {
                 let ari_window = acme::renewal_window(&ctx, &directory, &chain).await;
                 let meta = acme::Meta {
@@ -228,46 +330,116 @@ async fn acme_loop(
                     directory: directory.clone(),
                     ari_window,
                 };
-                let stored = acme::save(&ctx.paths, &chain, &key, &meta);
-                let installed = handle.install(&chain, &key);
-                match (stored, installed) {
-                    (Ok(()), Ok(())) => {
-                        failures = 0;
-                        metrics.acme_orders.with_label_values(&["success"]).inc();
-                        tracing::info!(names = ?names, %directory, took_ms = started.elapsed().as_millis() as u64, "certificate issued and swapped in");
-                        shared.update(|s| {
-                            s.state = "valid";
-                            s.failures = 0;
-                            s.last_error = None;
-                            s.last_success = Some(acme::unix(SystemTime::now()));
-                        });
-                        continue;
+                let shared_save = match (&ctx.storage, &held) {
+                    (Some(store), Some(h)) => {
+                        shared::save(
+                            store,
+                            &domain,
+                            h,
+                            &chain,
+                            &key,
+                            &meta,
+                            crate::service::unix_now(),
+                        )
+                        .await
                     }
-                    (Err(e), _) => fail(
-                        &shared,
-                        &metrics,
-                        &mut failures,
-                        &mut retry_at,
-                        e.to_string(),
-                    ),
-                    (_, Err(e)) => fail(
-                        &shared,
-                        &metrics,
-                        &mut failures,
-                        &mut retry_at,
-                        e.to_string(),
-                    ),
+                    _ => Ok(()),
+                };
+                match shared_save {
+                    Ok(()) => match acme::save(&ctx.paths, &chain, &key, &meta)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| handle.install(&chain, &key).map_err(|e| e.to_string()))
+                    {
+                        Ok(()) => Outcome::Served,
+                        Err(e) => Outcome::Failed(e),
+                    },
+                    Err(shared::SaveError::Fenced) => Outcome::Fenced,
+                    Err(e) => Outcome::Failed(format!("object store: {e}")),
                 }
             }
-            Err(e) => fail(
-                &shared,
-                &metrics,
-                &mut failures,
-                &mut retry_at,
-                e.to_string(),
-            ),
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        if let (Some(store), Some(h)) = (&ctx.storage, held.take())
+            && let Err(e) = lease::release(store, h).await
+        {
+            tracing::warn!(error = %e, "cannot release the ACME lease; it expires by itself");
+        }
+        match outcome {
+            Outcome::Served => {
+                failures = 0;
+                metrics.acme_orders.with_label_values(&["success"]).inc();
+                tracing::info!(names = ?names, %directory, took_ms = started.elapsed().as_millis() as u64, "certificate issued and swapped in");
+                shared.update(|s| {
+                    s.state = "valid";
+                    s.failures = 0;
+                    s.last_error = None;
+                    s.last_success = Some(acme::unix(SystemTime::now()));
+                });
+            }
+            Outcome::Fenced => {
+                tracing::warn!(
+                    "another KUBE wrote a certificate under a newer lease; taking that one"
+                );
+                shared.update(|s| s.state = "waiting");
+            }
+            Outcome::Failed(e) => fail(&shared, &metrics, &mut failures, &mut retry_at, e),
         }
     }
+}
+
+/// How one order under the lease ended.
+enum Outcome {
+    /// Stored (in the store too, in a cluster) and served.
+    Served,
+    /// A holder with a newer token wrote first: its certificate is taken on the next turn.
+    Fenced,
+    Failed(String),
+}
+
+/// Takes the cluster's certificate from the object store when it names `names` and lasts
+/// longer than the one served here; returns it as stored here.
+#[allow(clippy::too_many_arguments)]
+async fn adopt(
+    handle: &TlsHandle,
+    status: &AcmeShared,
+    ctx: &acme::Ctx,
+    store: &ObjectStore,
+    domain: &str,
+    names: &[String],
+    local: Option<&(String, String, super::CertInfo, acme::Meta)>,
+    metrics: &Metrics,
+) -> Option<(String, String, super::CertInfo, acme::Meta)> {
+    let (stored, info) = match shared::load(store, domain, names).await {
+        Ok(Some((Some(found), _))) => found,
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster's certificate from the object store");
+            return None;
+        }
+    };
+    let newer =
+        local.is_none_or(|(chain, _, l, _)| *chain != stored.chain && info.not_after > l.not_after);
+    if !newer || info.not_after <= SystemTime::now() {
+        return None;
+    }
+    if let Err(e) = acme::save(&ctx.paths, &stored.chain, &stored.key, &stored.meta)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            handle
+                .install(&stored.chain, &stored.key)
+                .map_err(|e| e.to_string())
+        })
+    {
+        tracing::warn!(error = %e, "cannot serve the certificate from the object store");
+        return None;
+    }
+    metrics.acme_adopted.inc();
+    tracing::info!(names = ?names, serial = %info.serial, "certificate from the object store swapped in");
+    status.update(|s| {
+        s.state = "valid";
+        s.last_error = None;
+    });
+    Some((stored.chain, stored.key, info, stored.meta))
 }
 
 fn fail(

@@ -170,6 +170,8 @@ pub struct Ctx {
     pub paths: Paths,
     pub challenges: Arc<Challenges>,
     pub dns: Option<DnsHandle>,
+    /// With `storage`: the cluster's certificate and the lease guarding its orders.
+    pub storage: crate::storage::StorageHandle,
 }
 
 async fn account(ctx: &Ctx, directory: &str) -> Result<Account, AcmeError> {

@@ -91,6 +91,7 @@ async fn the_suggested_window_is_fetched_and_honoured() {
         paths: Paths::new(dir.path()),
         challenges: Arc::new(Challenges::default()),
         dns: None,
+        storage: None,
     };
     let window = renewal_window(&ctx, &directory, &chain)
         .await

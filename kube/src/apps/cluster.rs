@@ -1,0 +1,669 @@
+//! Bundles shared through the object store (`storage`): a publish, rollback or removal at
+//! any KUBE of a cluster is written to the store first, and every KUBE polls the store and
+//! adopts it into its own data dir, which stays what requests are served from.
+//!
+//! In the store (below `storage.prefix`): `apps/<app>/blobs/<sha256>` (content-addressed,
+//! checked against their hash when fetched), `apps/<app>/versions/<n>.json` (manifests, each
+//! number claimed with `If-None-Match: *`, so two KUBEs publishing at once get two
+//! versions), and `heads/<app>`: the version served, or `removed <last version>`. One
+//! listing of `heads/` tells a KUBE which heads changed (by ETag) since it last looked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::AppsHandle;
+use super::manifest::{AppSettings, Manifest};
+use super::store::{self, StoreError};
+use crate::storage::{Cond, MAX_SMALL_OBJECT, ObjectStore, StorageError};
+
+/// Blobs sent or fetched at once.
+const PARALLEL: usize = 8;
+/// A blob no kept version names is deleted from the store only this long after it was
+/// written: a publish under way at another KUBE may have sent it before its manifest.
+const BLOB_GRACE_SECS: u64 = 3600;
+/// Versions tried when claiming a number another KUBE took meanwhile.
+const CLAIMS: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Local(#[from] StoreError),
+    #[error("object store: {0}")]
+    Storage(#[from] StorageError),
+    #[error("object store copy refused: {0}")]
+    Refused(String),
+}
+
+/// What `heads/<app>` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    Version(u64),
+    /// Removed; the last version it had (numbers go on from there).
+    Removed(u64),
+}
+
+impl Head {
+    pub fn parse(bytes: &[u8]) -> Option<Head> {
+        let text = std::str::from_utf8(bytes).ok()?.trim();
+        match text.strip_prefix("removed") {
+            Some(last) => last.trim().parse().ok().map(Head::Removed),
+            None => text.parse().ok().map(Head::Version),
+        }
+    }
+
+    pub fn text(self) -> String {
+        match self {
+            Head::Version(v) => format!("{v}\n"),
+            Head::Removed(v) => format!("removed {v}\n"),
+        }
+    }
+}
+
+fn head_key(name: &str) -> String {
+    format!("heads/{name}")
+}
+fn version_key(name: &str, v: u64) -> String {
+    format!("apps/{name}/versions/{v}.json")
+}
+fn blob_key(name: &str, hash: &str) -> String {
+    format!("apps/{name}/blobs/{hash}")
+}
+
+/// The bundles of a cluster, as this KUBE sees them.
+pub struct Cluster {
+    store: Arc<ObjectStore>,
+    apps: AppsHandle,
+    /// The ETag of each head last adopted: a poll reads only heads that changed.
+    seen: Mutex<HashMap<String, String>>,
+    /// One change at a time from this KUBE (admin requests and the poll).
+    ops: tokio::sync::Mutex<()>,
+    /// Bumped whenever the apps served changed through the store.
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    pub fn new(store: Arc<ObjectStore>, apps: AppsHandle) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            store,
+            apps,
+            seen: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// Changes whenever apps came, went or changed version through the store.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn poll_every(&self) -> Duration {
+        self.store.poll
+    }
+
+    /// Publishes a checked upload: blobs, then a new version number claimed in the store,
+    /// then the head; then here.
+    pub async fn publish(
+        &self,
+        name: &str,
+        staged: store::Staged,
+        now: u64,
+    ) -> Result<Arc<Manifest>, ClusterError> {
+        let _one = self.ops.lock().await;
+        self.send_blobs(name, &staged.files, |hash| staged.blobs.join(hash))
+            .await?;
+        let head = self.head(name).await?;
+        let last = self
+            .versions(name)
+            .await?
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(match head {
+                Some((Head::Version(v) | Head::Removed(v), _)) => v,
+                None => 0,
+            })
+            .max(self.apps.next_version(name) - 1);
+        let mut manifest = Manifest {
+            version: last + 1,
+            published: now,
+            files: staged.files.clone(),
+            settings: staged.settings.clone(),
+        };
+        self.claim(name, &mut manifest).await?;
+        self.store
+            .put_bytes(
+                &head_key(name),
+                Head::Version(manifest.version).text().into_bytes(),
+                &Cond::Any,
+            )
+            .await?;
+        let apps = self.apps.clone();
+        let (n, v, published) = (name.to_owned(), manifest.version, now);
+        let m = tokio::task::spawn_blocking(move || apps.commit(&n, &staged, Some(v), published))
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))??;
+        self.prune(name, m.version).await;
+        Ok(m)
+    }
+
+    /// Writes `manifest` under the first free version number from its own.
+    async fn claim(&self, name: &str, manifest: &mut Manifest) -> Result<(), ClusterError> {
+        for _ in 0..CLAIMS {
+            let json = serde_json::to_vec_pretty(&*manifest)
+                .map_err(|e| ClusterError::Refused(e.to_string()))?;
+            match self
+                .store
+                .put_bytes(&version_key(name, manifest.version), json, &Cond::Absent)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StorageError::Conflict { .. }) => manifest.version += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ClusterError::Refused(format!(
+            "{CLAIMS} version numbers of {name} taken while publishing"
+        )))
+    }
+
+    /// Makes `version` (or the one before the current) the head, and serves it here.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<Manifest>, ClusterError> {
+        let _one = self.ops.lock().await;
+        let current = match self.head(name).await? {
+            Some((Head::Version(v), _)) => v,
+            _ => return Err(StoreError::NoApp(name.into()).into()),
+        };
+        let versions = self.versions(name).await?;
+        let target = match version {
+            Some(v) if versions.contains(&v) => v,
+            Some(v) => {
+                return Err(StoreError::NoVersion {
+                    app: name.into(),
+                    version: v,
+                }
+                .into());
+            }
+            None => versions
+                .iter()
+                .copied()
+                .filter(|v| *v < current)
+                .max()
+                .ok_or_else(|| StoreError::NoPrevious(name.into()))?,
+        };
+        let m = self.adopt(name, target).await?;
+        self.store
+            .put_bytes(
+                &head_key(name),
+                Head::Version(target).text().into_bytes(),
+                &Cond::Any,
+            )
+            .await?;
+        Ok(m)
+    }
+
+    /// Removes `name` from the cluster: the head says so first, then its files go.
+    pub async fn remove(&self, name: &str) -> Result<(), ClusterError> {
+        let _one = self.ops.lock().await;
+        let last = match self.head(name).await? {
+            Some((Head::Version(v), _)) => {
+                v.max(self.versions(name).await?.into_iter().max().unwrap_or(0))
+            }
+            _ => return Err(StoreError::NoApp(name.into()).into()),
+        };
+        self.store
+            .put_bytes(
+                &head_key(name),
+                Head::Removed(last).text().into_bytes(),
+                &Cond::Any,
+            )
+            .await?;
+        for o in self.store.list(&format!("apps/{name}/")).await? {
+            self.store.delete(&o.key).await?;
+        }
+        let apps = self.apps.clone();
+        let n = name.to_owned();
+        match tokio::task::spawn_blocking(move || apps.remove(&n)).await {
+            Ok(Ok(())) | Ok(Err(StoreError::NoApp(_))) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(ClusterError::Refused(e.to_string())),
+        }
+    }
+
+    /// At start: apps only this KUBE has (it joins a cluster with them) are sent to the
+    /// store, each as its current version, unless another KUBE sent one of that name
+    /// first. Then every head is adopted.
+    pub async fn join(&self) -> Result<(), ClusterError> {
+        {
+            let _one = self.ops.lock().await;
+            let heads: Vec<String> = self
+                .store
+                .list("heads/")
+                .await?
+                .into_iter()
+                .filter_map(|l| l.key.strip_prefix("heads/").map(str::to_owned))
+                .collect();
+            for app in self.apps.list() {
+                if heads.contains(&app.name) {
+                    continue;
+                }
+                let (apps, n, v) = (self.apps.clone(), app.name.clone(), app.current);
+                let m = tokio::task::spawn_blocking(move || apps.manifest(&n, v))
+                    .await
+                    .map_err(|e| ClusterError::Refused(e.to_string()))??;
+                self.send_blobs(&app.name, &m.files, |hash| {
+                    self.apps.blob_path(&app.name, hash)
+                })
+                .await?;
+                let json = serde_json::to_vec_pretty(&m)
+                    .map_err(|e| ClusterError::Refused(e.to_string()))?;
+                match self
+                    .store
+                    .put_bytes(&version_key(&app.name, v), json, &Cond::Absent)
+                    .await
+                {
+                    Ok(_) | Err(StorageError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                match self
+                    .store
+                    .put_bytes(
+                        &head_key(&app.name),
+                        Head::Version(v).text().into_bytes(),
+                        &Cond::Absent,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(app = %app.name, version = v, "app sent to the object store")
+                    }
+                    Err(StorageError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.sync().await
+    }
+
+    /// One look at the store: every head that changed since the last look is adopted.
+    /// An app whose copy is refused keeps serving what it served, and is tried again.
+    pub async fn sync(&self) -> Result<(), ClusterError> {
+        let _one = self.ops.lock().await;
+        let heads = self.store.list("heads/").await?;
+        let mut changed = false;
+        for listed in heads {
+            let Some(name) = listed.key.strip_prefix("heads/") else {
+                continue;
+            };
+            if super::check_name(name).is_err() {
+                continue;
+            }
+            let seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .is_some_and(|e| !e.is_empty() && *e == listed.etag);
+            if seen {
+                continue;
+            }
+            match self.follow(name).await {
+                Ok(moved) => {
+                    changed |= moved;
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.to_owned(), listed.etag);
+                }
+                Err(e) => {
+                    tracing::warn!(app = name, error = %e, "cannot adopt the app from the object store; still serving what was served")
+                }
+            }
+        }
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    /// Serves here what the head of `name` says; true when that changed anything.
+    async fn follow(&self, name: &str) -> Result<bool, ClusterError> {
+        let current = self.apps.current(name).map(|m| m.version);
+        match self.head(name).await? {
+            None => Ok(false),
+            Some((Head::Removed(_), _)) => {
+                if current.is_none() {
+                    return Ok(false);
+                }
+                let apps = self.apps.clone();
+                let n = name.to_owned();
+                match tokio::task::spawn_blocking(move || apps.remove(&n)).await {
+                    Ok(Ok(())) | Ok(Err(StoreError::NoApp(_))) => {
+                        tracing::info!(app = name, "removed at another KUBE");
+                        Ok(true)
+                    }
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(ClusterError::Refused(e.to_string())),
+                }
+            }
+            Some((Head::Version(v), _)) if current == Some(v) => Ok(false),
+            Some((Head::Version(v), _)) => {
+                self.adopt(name, v).await?;
+                tracing::info!(
+                    app = name,
+                    version = v,
+                    "version from the object store now served"
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// Makes `version` of `name` current here, fetching it from the store unless the
+    /// same version (the same manifest) is stored here already.
+    async fn adopt(&self, name: &str, version: u64) -> Result<Arc<Manifest>, ClusterError> {
+        let limits = self.apps.limits();
+        let Some(obj) = self
+            .store
+            .get(&version_key(name, version), MAX_SMALL_OBJECT)
+            .await?
+        else {
+            return Err(ClusterError::Refused(format!(
+                "{name} version {version} has no manifest in the store"
+            )));
+        };
+        let manifest = store::parse_manifest(&obj.bytes).map_err(ClusterError::Refused)?;
+        if manifest.version != version {
+            return Err(ClusterError::Refused(format!(
+                "the manifest of {name} version {version} says version {}",
+                manifest.version
+            )));
+        }
+        if manifest.files.len() as u64 > u64::from(limits.max_files)
+            || manifest.bytes() > limits.max_bytes
+        {
+            return Err(ClusterError::Refused(format!(
+                "{name} version {version} is over apps.max_files or apps.max_bundle_bytes"
+            )));
+        }
+        let (apps, n) = (self.apps.clone(), name.to_owned());
+        let local = tokio::task::spawn_blocking(move || {
+            apps.has_version(&n, version)
+                .then(|| apps.manifest(&n, version).ok())
+                .flatten()
+        })
+        .await
+        .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        let staging = self.apps.staging_dir()?;
+        let result = self.fetch_and_commit(name, manifest, local, &staging).await;
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        result
+    }
+
+    async fn fetch_and_commit(
+        &self,
+        name: &str,
+        manifest: Manifest,
+        local: Option<Manifest>,
+        staging: &Path,
+    ) -> Result<Arc<Manifest>, ClusterError> {
+        let apps = self.apps.clone();
+        let n = name.to_owned();
+        if local.as_ref() == Some(&manifest) {
+            let v = manifest.version;
+            let staged = store::Staged {
+                files: manifest.files,
+                settings: manifest.settings,
+                blobs: staging.to_owned(),
+            };
+            return Ok(tokio::task::spawn_blocking(move || {
+                apps.commit(&n, &staged, Some(v), manifest.published)
+            })
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))??);
+        }
+        let blobs = staging.join("blobs");
+        tokio::fs::create_dir_all(&blobs)
+            .await
+            .map_err(|e| ClusterError::Refused(format!("{}: {e}", blobs.display())))?;
+        let mut wanted: BTreeMap<String, u64> = BTreeMap::new();
+        for f in manifest.files.values() {
+            if !self.apps.blob_path(name, &f.hash).exists() {
+                wanted.insert(f.hash.clone(), f.size);
+            }
+        }
+        let dir = &blobs;
+        futures_util::stream::iter(wanted)
+            .map(|(hash, size)| async move { self.fetch_blob(name, &hash, size, dir).await })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        // The settings must be what the bundle's own kube.app.json says.
+        let settings = match manifest.files.get("kube.app.json") {
+            Some(f) => {
+                let mut p = blobs.join(&f.hash);
+                if !p.exists() {
+                    p = self.apps.blob_path(name, &f.hash);
+                }
+                let bytes = tokio::fs::read(&p)
+                    .await
+                    .map_err(|e| ClusterError::Refused(format!("{}: {e}", p.display())))?;
+                AppSettings::parse(&bytes, manifest.files.contains_key("index.html"))
+                    .map_err(|e| ClusterError::Refused(e.to_string()))?
+            }
+            None => AppSettings::default(),
+        };
+        if settings != manifest.settings {
+            return Err(ClusterError::Refused(format!(
+                "{name} version {}: settings differ from its kube.app.json",
+                manifest.version
+            )));
+        }
+        let v = manifest.version;
+        let published = manifest.published;
+        let replace = local.is_some();
+        let staged = store::Staged {
+            files: manifest.files,
+            settings: manifest.settings,
+            blobs,
+        };
+        Ok(tokio::task::spawn_blocking(move || {
+            // A version of the same number but other content (kept from before the app
+            // was removed and published again): the app starts over from the store.
+            if replace {
+                apps.remove(&n)?;
+            }
+            apps.commit(&n, &staged, Some(v), published)
+        })
+        .await
+        .map_err(|e| ClusterError::Refused(e.to_string()))??)
+    }
+
+    /// Fetches one blob into `dir`, checking its size and hash.
+    async fn fetch_blob(
+        &self,
+        name: &str,
+        hash: &str,
+        size: u64,
+        dir: &Path,
+    ) -> Result<(), ClusterError> {
+        let tmp = dir.join(format!(".part-{hash}"));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| ClusterError::Refused(format!("{}: {e}", tmp.display())))?;
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        let found = self
+            .store
+            .get_into(&blob_key(name, hash), size, &mut file, |chunk| {
+                hasher.update(chunk);
+                got += chunk.len() as u64;
+            })
+            .await?;
+        if !found {
+            return Err(ClusterError::Refused(format!(
+                "blob {hash} of {name} is missing from the store"
+            )));
+        }
+        if got != size || hex::encode(hasher.finalize()) != hash {
+            return Err(ClusterError::Refused(format!(
+                "blob {hash} of {name} in the store does not match its hash or size"
+            )));
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        tokio::fs::rename(&tmp, dir.join(hash))
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Sends each blob of `files` the store lacks, read from `path(hash)`.
+    async fn send_blobs(
+        &self,
+        name: &str,
+        files: &BTreeMap<String, super::manifest::FileEntry>,
+        path: impl Fn(&str) -> PathBuf,
+    ) -> Result<(), ClusterError> {
+        let mut unique: BTreeMap<String, u64> = BTreeMap::new();
+        for f in files.values() {
+            unique.insert(f.hash.clone(), f.size);
+        }
+        futures_util::stream::iter(unique)
+            .map(|(hash, size)| {
+                let p = path(&hash);
+                async move {
+                    let key = blob_key(name, &hash);
+                    if self.store.exists(&key).await? {
+                        return Ok(());
+                    }
+                    let file = tokio::fs::File::open(&p)
+                        .await
+                        .map_err(|e| ClusterError::Refused(format!("{}: {e}", p.display())))?;
+                    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+                    self.store.put(&key, body, size, &Cond::Any).await?;
+                    Ok::<(), ClusterError>(())
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// The head of `name` and its ETag.
+    async fn head(&self, name: &str) -> Result<Option<(Head, String)>, ClusterError> {
+        let Some(obj) = self.store.get(&head_key(name), 4096).await? else {
+            return Ok(None);
+        };
+        let head = Head::parse(&obj.bytes).ok_or_else(|| {
+            ClusterError::Refused(format!("heads/{name} is neither a version nor \"removed\""))
+        })?;
+        Ok(Some((head, obj.etag)))
+    }
+
+    /// The version numbers of `name` in the store.
+    async fn versions(&self, name: &str) -> Result<Vec<u64>, ClusterError> {
+        let prefix = format!("apps/{name}/versions/");
+        Ok(self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                l.key
+                    .strip_prefix(&prefix)
+                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect())
+    }
+
+    /// Keeps the newest `apps.keep_versions` versions in the store (and the current), and
+    /// the blobs they name; failures are logged, the publish stands.
+    async fn prune(&self, name: &str, current: u64) {
+        if let Err(e) = self.try_prune(name, current).await {
+            tracing::warn!(app = name, error = %e, "cannot prune old versions in the object store");
+        }
+    }
+
+    async fn try_prune(&self, name: &str, current: u64) -> Result<(), ClusterError> {
+        let versions = self.versions(name).await?;
+        let drop = store::versions_to_drop(&versions, current, self.apps.keep_versions());
+        for v in &drop {
+            self.store.delete(&version_key(name, *v)).await?;
+        }
+        let mut live = std::collections::BTreeSet::new();
+        for v in versions.iter().filter(|v| !drop.contains(v)) {
+            let Some(obj) = self
+                .store
+                .get(&version_key(name, *v), MAX_SMALL_OBJECT)
+                .await?
+            else {
+                continue;
+            };
+            let m = store::parse_manifest(&obj.bytes).map_err(ClusterError::Refused)?;
+            live.extend(m.files.into_values().map(|f| f.hash));
+        }
+        let now = crate::service::unix_now();
+        let prefix = format!("apps/{name}/blobs/");
+        for blob in self.store.list(&prefix).await? {
+            let Some(hash) = blob.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let old = blob.modified.is_some_and(|t| t + BLOB_GRACE_SECS < now);
+            if old && !live.contains(hash) {
+                self.store.delete(&blob.key).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Polls the store every `storage.poll_secs` until cancelled.
+pub async fn poll(cluster: Arc<Cluster>, stop: tokio_util::sync::CancellationToken) {
+    let every = cluster.poll_every();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = cluster.sync().await {
+            tracing::warn!(error = %e, "cannot read the object store; apps stay as they are");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Head;
+
+    #[test]
+    fn heads_are_read_and_written() {
+        for h in [Head::Version(7), Head::Removed(3)] {
+            assert_eq!(Head::parse(h.text().as_bytes()), Some(h));
+        }
+        assert_eq!(Head::parse(b"removed"), None);
+        assert_eq!(Head::parse(b"-1"), None);
+        assert_eq!(Head::parse(&[0xff, 0xfe]), None);
+    }
+}
