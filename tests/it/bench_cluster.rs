@@ -336,3 +336,123 @@ fn bench_notify_to_serve() {
         percentile(&kube_times, 0.99).as_secs_f64() / percentile(&knot_times, 0.99).as_secs_f64()
     );
 }
+
+/// A bundle of `files` files of `size` bytes each (distinct per `round`), plus an index
+/// naming the round; with `changed_only`, every file but the index is the same each round.
+fn bundle(round: usize, files: usize, size: usize, changed_only: bool) -> Vec<u8> {
+    let seed = if changed_only { 0 } else { round };
+    let bodies: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| {
+            let mut data = vec![0u8; size];
+            let mut x = (seed as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64 + 1);
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            (format!("assets/f{i}.bin"), data)
+        })
+        .collect();
+    let index = format!("round {round}");
+    let mut entries: Vec<tests::RawEntry> = bodies
+        .iter()
+        .map(|(n, d)| tests::RawEntry {
+            name: n.as_bytes(),
+            kind: tar::EntryType::Regular,
+            data: d,
+            link: None,
+        })
+        .collect();
+    entries.push(tests::RawEntry {
+        name: b"index.html",
+        kind: tar::EntryType::Regular,
+        data: index.as_bytes(),
+        link: None,
+    });
+    tests::raw_targz(&entries)
+}
+
+async fn publish_timed(kube: &Kube, body: Vec<u8>) -> Duration {
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .put(kube.admin_url("/api/apps/site"))
+        .bearer_auth(kube.token())
+        .body(body)
+        .send()
+        .await
+        .expect("publish");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    started.elapsed()
+}
+
+/// The cost of a publish to the object store (s3s-fs on loopback) against a local publish:
+/// `BENCH_PUBLISHES` (20) publishes of 100 files of 20 KiB, all new each time, and with only
+/// the index changed; then the time until a second KUBE on the store serves the new
+/// version (it polls every second).
+#[tokio::test]
+#[ignore = "benchmark: bench/cluster/run"]
+async fn bench_publish_to_the_store() {
+    let rounds = env_or("BENCH_PUBLISHES", 20);
+    let s3 = tests::s3::S3::start();
+    let local = Kube::start();
+    let with_store = |_: ()| {
+        Kube::start_with(Opts {
+            config: Some(s3.config(1)),
+            env: s3.env(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|log| panic!("{log}"))
+    };
+    let (a, b) = (with_store(()), with_store(()));
+    println!("| publish (100 files × 20 KiB) | local p50 | store p50 | store / local |");
+    println!("| --- | --- | --- | --- |");
+    let mut served = Vec::new();
+    for changed_only in [false, true] {
+        let (mut l, mut s) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            l.push(publish_timed(&local, bundle(round, 100, 20 << 10, changed_only)).await);
+            s.push(publish_timed(&a, bundle(round, 100, 20 << 10, changed_only)).await);
+            let published = Instant::now();
+            let want = format!("round {round}");
+            let client = b.client();
+            loop {
+                if let Ok(r) = client.get(b.url("site", "/")).send().await
+                    && r.text().await.unwrap_or_default() == want
+                {
+                    break;
+                }
+                assert!(
+                    published.elapsed() < Duration::from_secs(30),
+                    "B never served {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            served.push(published.elapsed());
+        }
+        l.sort();
+        s.sort();
+        let (lp, sp) = (percentile(&l, 0.5), percentile(&s, 0.5));
+        println!(
+            "| {} | {} ms | {} ms | {:.2}× |",
+            if changed_only {
+                "only the index changed"
+            } else {
+                "every file new"
+            },
+            ms(lp),
+            ms(sp),
+            sp.as_secs_f64() / lp.as_secs_f64()
+        );
+    }
+    served.sort();
+    println!(
+        "| served at a second KUBE (poll 1 s) | | p50 {} ms, p99 {} ms | |",
+        ms(percentile(&served, 0.5)),
+        ms(percentile(&served, 0.99))
+    );
+}

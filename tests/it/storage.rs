@@ -265,3 +265,48 @@ async fn kubes_starting_together_order_once() {
     }
     assert_eq!(ordered, 1, "exactly one KUBE ordered");
 }
+
+#[test]
+fn storage_errors_name_the_file_line_and_key() {
+    let err = crate::dns::config_errors(
+        "storage:\n  endpoint: ftp://store\n  poll_secs: 0\n  region: \"\"\n  ca_file: /nonexistent.pem\n",
+    );
+    for key in [
+        "kube.yml:2:",
+        "storage.endpoint: \"ftp://store\" is not an http:// or https:// URL",
+        "storage.bucket: is required",
+        "storage.poll_secs: must be between 1 and 3600",
+        "storage.region: must not be empty",
+        "storage.ca_file: /nonexistent.pem is not a readable file",
+    ] {
+        assert!(err.contains(key), "{key} in:\n{err}");
+    }
+    let err = crate::dns::config_errors("storage:\n  endpont: http://127.0.0.1:9000\n");
+    assert!(err.contains("kube.yml:2") && err.contains("endpont"), "{err}");
+}
+
+/// A store that refuses the credentials, or credentials missing from the environment:
+/// KUBE does not start, and says why.
+#[test]
+fn a_store_that_refuses_the_credentials_stops_the_start() {
+    let s3 = S3::start();
+    let start = |env: Vec<(&str, &str)>| {
+        Kube::start_with(Opts {
+            config: Some(s3.config(1)),
+            env: env
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Default::default()
+        })
+        .err()
+        .expect("kube must not start")
+    };
+    let log = start(vec![
+        ("AWS_ACCESS_KEY_ID", tests::s3::ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    ]);
+    assert!(log.contains("storage") && log.contains("403"), "{log}");
+    let log = start(vec![]);
+    assert!(log.contains("storage needs AWS_ACCESS_KEY_ID"), "{log}");
+}

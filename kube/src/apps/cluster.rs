@@ -81,6 +81,8 @@ pub struct Cluster {
     apps: AppsHandle,
     /// The ETag of each head last adopted: a poll reads only heads that changed.
     seen: Mutex<HashMap<String, String>>,
+    /// Apps whose copy in the store could not be adopted, with why (logged once).
+    failing: Mutex<HashMap<String, String>>,
     /// One change at a time from this KUBE (admin requests and the poll).
     ops: tokio::sync::Mutex<()>,
     /// Bumped whenever the apps served changed through the store.
@@ -101,6 +103,7 @@ impl Cluster {
             store,
             apps,
             seen: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
         })
@@ -157,7 +160,13 @@ impl Cluster {
         let m = tokio::task::spawn_blocking(move || apps.commit(&n, &staged, Some(v), published))
             .await
             .map_err(|e| ClusterError::Refused(e.to_string()))??;
-        self.prune(name, m.version).await;
+        // Tidying the store is no part of the publish: it runs on after the answer.
+        let (store, apps, n) = (self.store.clone(), self.apps.clone(), name.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = prune(&store, &apps, &n, v).await {
+                tracing::warn!(app = %n, error = %e, "cannot prune old versions in the object store");
+            }
+        });
         Ok(m)
     }
 
@@ -334,9 +343,26 @@ impl Cluster {
                         .insert(name.to_owned(), listed.etag);
                 }
                 Err(e) => {
-                    tracing::warn!(app = name, error = %e, "cannot adopt the app from the object store; still serving what was served")
+                    // Said once per cause; tried again at every poll.
+                    let text = e.to_string();
+                    let again = self
+                        .failing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.to_owned(), text.clone())
+                        .is_some_and(|before| before == text);
+                    if again {
+                        tracing::debug!(app = name, error = %text, "still cannot adopt the app");
+                    } else {
+                        tracing::warn!(app = name, error = %text, "cannot adopt the app from the object store; still serving what was served");
+                    }
+                    continue;
                 }
             }
+            self.failing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
         }
         if changed {
             self.changed.send_modify(|n| *n += 1);
@@ -544,18 +570,26 @@ impl Cluster {
         files: &BTreeMap<String, super::manifest::FileEntry>,
         path: impl Fn(&str) -> PathBuf,
     ) -> Result<(), ClusterError> {
+        // One listing says which blobs the store has (a new version mostly shares them).
+        let prefix = format!("apps/{name}/blobs/");
+        let have: std::collections::BTreeSet<String> = self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|l| l.key.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
         let mut unique: BTreeMap<String, u64> = BTreeMap::new();
         for f in files.values() {
-            unique.insert(f.hash.clone(), f.size);
+            if !have.contains(&f.hash) {
+                unique.insert(f.hash.clone(), f.size);
+            }
         }
         futures_util::stream::iter(unique)
             .map(|(hash, size)| {
                 let p = path(&hash);
                 async move {
                     let key = blob_key(name, &hash);
-                    if self.store.exists(&key).await? {
-                        return Ok(());
-                    }
                     let file = tokio::fs::File::open(&p)
                         .await
                         .map_err(|e| ClusterError::Refused(format!("{}: {e}", p.display())))?;
@@ -583,72 +617,84 @@ impl Cluster {
 
     /// The version numbers of `name` in the store.
     async fn versions(&self, name: &str) -> Result<Vec<u64>, ClusterError> {
-        let prefix = format!("apps/{name}/versions/");
-        Ok(self
-            .store
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|l| {
-                l.key
-                    .strip_prefix(&prefix)
-                    .and_then(|f| f.strip_suffix(".json"))
-                    .and_then(|n| n.parse().ok())
-            })
-            .collect())
-    }
-
-    /// Keeps the newest `apps.keep_versions` versions in the store (and the current), and
-    /// the blobs they name; failures are logged, the publish stands.
-    async fn prune(&self, name: &str, current: u64) {
-        if let Err(e) = self.try_prune(name, current).await {
-            tracing::warn!(app = name, error = %e, "cannot prune old versions in the object store");
-        }
-    }
-
-    async fn try_prune(&self, name: &str, current: u64) -> Result<(), ClusterError> {
-        let versions = self.versions(name).await?;
-        let drop = store::versions_to_drop(&versions, current, self.apps.keep_versions());
-        for v in &drop {
-            self.store.delete(&version_key(name, *v)).await?;
-        }
-        let mut live = std::collections::BTreeSet::new();
-        for v in versions.iter().filter(|v| !drop.contains(v)) {
-            let Some(obj) = self
-                .store
-                .get(&version_key(name, *v), MAX_SMALL_OBJECT)
-                .await?
-            else {
-                continue;
-            };
-            let m = store::parse_manifest(&obj.bytes).map_err(ClusterError::Refused)?;
-            live.extend(m.files.into_values().map(|f| f.hash));
-        }
-        let now = crate::service::unix_now();
-        let prefix = format!("apps/{name}/blobs/");
-        for blob in self.store.list(&prefix).await? {
-            let Some(hash) = blob.key.strip_prefix(&prefix) else {
-                continue;
-            };
-            let old = blob.modified.is_some_and(|t| t + BLOB_GRACE_SECS < now);
-            if old && !live.contains(hash) {
-                self.store.delete(&blob.key).await?;
-            }
-        }
-        Ok(())
+        versions(&self.store, name).await
     }
 }
 
-/// Polls the store every `storage.poll_secs` until cancelled.
-pub async fn poll(cluster: Arc<Cluster>, stop: tokio_util::sync::CancellationToken) {
+/// The version numbers of `name` in the store.
+async fn versions(store: &ObjectStore, name: &str) -> Result<Vec<u64>, ClusterError> {
+    let prefix = format!("apps/{name}/versions/");
+    Ok(store
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|l| {
+            l.key
+                .strip_prefix(&prefix)
+                .and_then(|f| f.strip_suffix(".json"))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect())
+}
+
+/// Keeps the newest `apps.keep_versions` versions of `name` in the store (and the current),
+/// and the blobs they name. A blob is deleted only `BLOB_GRACE_SECS` after it was written.
+async fn prune(
+    store: &ObjectStore,
+    apps: &AppsHandle,
+    name: &str,
+    current: u64,
+) -> Result<(), ClusterError> {
+    let all = versions(store, name).await?;
+    let drop = store::versions_to_drop(&all, current, apps.keep_versions());
+    for v in &drop {
+        store.delete(&version_key(name, *v)).await?;
+    }
+    let mut live = std::collections::BTreeSet::new();
+    for v in all.iter().filter(|v| !drop.contains(v)) {
+        let Some(obj) = store.get(&version_key(name, *v), MAX_SMALL_OBJECT).await? else {
+            continue;
+        };
+        let m = store::parse_manifest(&obj.bytes).map_err(ClusterError::Refused)?;
+        live.extend(m.files.into_values().map(|f| f.hash));
+    }
+    let now = crate::service::unix_now();
+    let prefix = format!("apps/{name}/blobs/");
+    for blob in store.list(&prefix).await? {
+        let Some(hash) = blob.key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let old = blob.modified.is_some_and(|t| t + BLOB_GRACE_SECS < now);
+        if old && !live.contains(hash) {
+            store.delete(&blob.key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Polls the store every `storage.poll_secs` until cancelled (joining first, when that
+/// failed at start).
+pub async fn poll(
+    cluster: Arc<Cluster>,
+    mut joined: bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let every = cluster.poll_every();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = cluster.sync().await {
-            tracing::warn!(error = %e, "cannot read the object store; apps stay as they are");
+        let result = if joined {
+            cluster.sync().await
+        } else {
+            cluster.join().await
+        };
+        match result {
+            Ok(()) => joined = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the object store; apps stay as they are")
+            }
         }
     }
 }

@@ -79,12 +79,19 @@ impl Service for Apps {
                 running: Box::new(Idle("apps")),
             });
         };
-        // Ready only once serving what the cluster serves.
+        // Ready once serving what the cluster serves; while the store cannot be reached,
+        // what is here is served and joining is tried again at every poll.
         let cluster = cluster::Cluster::new(objects, store.clone());
-        cluster.join().await?;
+        let joined = match cluster.join().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join the cluster's apps in the object store yet; serving the apps here");
+                false
+            }
+        };
         let cancel = tokio_util::sync::CancellationToken::new();
         let mut tasks = crate::service::Tasks::new("apps", cancel.clone());
-        tasks.spawn(cluster::poll(cluster.clone(), cancel));
+        tasks.spawn(cluster::poll(cluster.clone(), joined, cancel));
         Ok(Started {
             handle: AppsStarted {
                 store,

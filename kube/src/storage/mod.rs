@@ -221,20 +221,6 @@ impl ObjectStore {
         Ok(true)
     }
 
-    /// Whether `key` exists.
-    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        let full = self.full(key);
-        let url = self
-            .bucket
-            .head_object(Some(&self.credentials), &full)
-            .sign(SIGNED_FOR);
-        let resp = self.send("HEAD", key, self.http.head(url)).await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
-        check("HEAD", key, resp).await.map(|_| true)
-    }
-
     /// Writes `key` under `cond`; returns the new ETag. `Conflict` when the condition
     /// does not hold.
     pub async fn put(
@@ -499,10 +485,22 @@ impl Service for Storage {
             });
         }
         let store = ObjectStore::new(&section, &deps.identity)?;
-        // One listing proves the endpoint, the bucket and the credentials before anything
-        // relies on them.
-        store.list("heads/").await?;
-        tracing::info!(bucket = %section.bucket, endpoint = ?section.endpoint, "object store reachable");
+        // One listing: a store that refuses the credentials or has no such bucket is the
+        // operator's to fix, so KUBE does not start; one that cannot be reached now may be
+        // back soon, and its users try again.
+        match store.list("heads/").await {
+            Ok(_) => {
+                tracing::info!(bucket = %section.bucket, endpoint = ?section.endpoint, "object store reachable")
+            }
+            Err(
+                e @ StorageError::Status {
+                    status: 400..=499, ..
+                },
+            ) => return Err(e.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "the object store cannot be reached now; trying again as it is used")
+            }
+        }
         Ok(Started {
             handle: Some(Arc::new(store)),
             running: Box::new(Idle("storage")),
