@@ -24,6 +24,11 @@ pub struct S3 {
 impl S3 {
     /// Starts a store with one empty bucket.
     pub fn start() -> S3 {
+        S3::start_with(true)
+    }
+
+    /// With `conditional` false, a store that ignores `If-None-Match` and `If-Match`.
+    pub fn start_with(conditional: bool) -> S3 {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join(BUCKET)).expect("bucket dir");
         let fs = s3s_fs::FileSystem::new(dir.path()).expect("s3s-fs root");
@@ -53,8 +58,12 @@ impl S3 {
                     };
                     let (service, writes) = (service.clone(), writes.clone());
                     let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
+                        move |mut req: http::Request<hyper::body::Incoming>| {
                             let (service, writes) = (service.clone(), writes.clone());
+                            if !conditional {
+                                req.headers_mut().remove(http::header::IF_NONE_MATCH);
+                                req.headers_mut().remove(http::header::IF_MATCH);
+                            }
                             async move {
                                 let _one = if req.method() == http::Method::PUT {
                                     Some(writes.lock_owned().await)

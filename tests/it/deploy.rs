@@ -362,3 +362,81 @@ fn json_logs_on_request() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+/// deploy/cluster: each KUBE's file passes `kube config check`, and the files agree with
+/// each other and with compose.yml: the store's address, the DNS primary and secondaries at
+/// the addresses compose gives them, one TSIG key everywhere (Knot's too), one TURN secret.
+#[test]
+fn the_cluster_example_checks_and_agrees_with_itself() {
+    let dir = repo().join("deploy/cluster");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let yaml = |name: &str| -> serde_json::Value {
+        serde_saphyr::from_str(&read(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let compose = yaml("compose.yml");
+    let services = &compose["services"];
+    let ip = |svc: &str| {
+        services[svc]["networks"]["cluster"]["ipv4_address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{svc} has no fixed address"))
+            .to_owned()
+    };
+    let store = ip("store");
+    let mut tsig = BTreeSet::new();
+    let mut turn = BTreeSet::new();
+    for n in ["a", "b", "c"] {
+        let svc = &services[format!("kube-{n}")];
+        let volumes = svc["volumes"].to_string();
+        assert!(
+            volumes.contains(&format!("./kube-{n}.yml:/etc/kube/kube.yml:ro")),
+            "{volumes}"
+        );
+        assert!(svc["environment"]["AWS_ACCESS_KEY_ID"].is_string(), "{svc}");
+        let out = Command::new(tests::kube_bin())
+            .args(["config", "check", "-c"])
+            .arg(dir.join(format!("kube-{n}.yml")))
+            .env(
+                "KUBE_DATA_DIR",
+                std::env::temp_dir().join("kube-cluster-check"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kube-{n}.yml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cfg = yaml(&format!("kube-{n}.yml"));
+        assert_eq!(
+            cfg["storage"]["endpoint"],
+            format!("http://{store}:9000"),
+            "kube-{n}"
+        );
+        tsig.insert(cfg["dns"]["tsig_keys"][0]["secret"].to_string());
+        turn.insert(cfg["turn"]["secret"].to_string());
+        if n == "a" {
+            let secondaries = cfg["dns"]["secondaries"].to_string();
+            for other in ["kube-b", "kube-c", "knot"] {
+                let port = if other == "knot" { 53 } else { 5353 };
+                assert!(
+                    secondaries.contains(&format!("{}:{port}", ip(other))),
+                    "{other} not in {secondaries}"
+                );
+            }
+        } else {
+            assert_eq!(
+                cfg["dns"]["primary"]["address"],
+                format!("{}:5353", ip("kube-a")),
+                "kube-{n}"
+            );
+        }
+    }
+    assert_eq!(tsig.len(), 1, "one TSIG key: {tsig:?}");
+    assert_eq!(turn.len(), 1, "one turn.secret: {turn:?}");
+    let secret = tsig.into_iter().next().unwrap();
+    assert!(
+        read("knot.conf").contains(secret.trim_matches('"')),
+        "Knot has the cluster's key"
+    );
+    assert!(read("knot.conf").contains(&format!("{}@5353", ip("kube-a"))));
+}

@@ -282,7 +282,10 @@ fn storage_errors_name_the_file_line_and_key() {
         assert!(err.contains(key), "{key} in:\n{err}");
     }
     let err = crate::dns::config_errors("storage:\n  endpont: http://127.0.0.1:9000\n");
-    assert!(err.contains("kube.yml:2") && err.contains("endpont"), "{err}");
+    assert!(
+        err.contains("kube.yml:2") && err.contains("endpont"),
+        "{err}"
+    );
 }
 
 /// A store that refuses the credentials, or credentials missing from the environment:
@@ -309,4 +312,18 @@ fn a_store_that_refuses_the_credentials_stops_the_start() {
     assert!(log.contains("storage") && log.contains("403"), "{log}");
     let log = start(vec![]);
     assert!(log.contains("storage needs AWS_ACCESS_KEY_ID"), "{log}");
+}
+
+/// A store that ignores conditional writes could not hold a lease: KUBE refuses it.
+#[test]
+fn a_store_without_conditional_writes_is_refused() {
+    let s3 = S3::start_with(false);
+    let log = Kube::start_with(Opts {
+        config: Some(s3.config(1)),
+        env: s3.env(),
+        ..Default::default()
+    })
+    .map(|k| k.log())
+    .expect_err("kube must not start");
+    assert!(log.contains("ignores If-None-Match"), "{log}");
 }

@@ -231,16 +231,17 @@ impl ObjectStore {
         cond: &Cond,
     ) -> Result<String, StorageError> {
         let full = self.full(key);
-        let mut action = self.bucket.put_object(Some(&self.credentials), &full);
+        // The condition goes as a plain header beside the presigned URL (only x-amz-*
+        // headers must be signed).
         let header = match cond {
             Cond::Any => None,
             Cond::Absent => Some(("if-none-match", "*".to_owned())),
             Cond::Match(etag) => Some(("if-match", etag.clone())),
         };
-        if let Some((name, value)) = &header {
-            action.headers_mut().insert(*name, value.clone());
-        }
-        let url = action.sign(SIGNED_FOR);
+        let url = self
+            .bucket
+            .put_object(Some(&self.credentials), &full)
+            .sign(SIGNED_FOR);
         let mut req = self
             .http
             .put(url)
@@ -317,6 +318,24 @@ impl ObjectStore {
             }
         }
         Err(transport("LIST", prefix, "more than 1,000 pages"))
+    }
+
+    /// Leases and version numbers rest on conditional writes: a store that ignores
+    /// `If-None-Match` would let two KUBEs order or publish as one. Tried once at start.
+    pub async fn check_conditional_writes(&self) -> Result<(), StorageError> {
+        let key = format!("probes/{}", hex::encode(rand::random::<[u8; 8]>()));
+        self.put_bytes(&key, b"1".to_vec(), &Cond::Absent).await?;
+        let second = self.put_bytes(&key, b"2".to_vec(), &Cond::Absent).await;
+        let _ = self.delete(&key).await;
+        match second {
+            Err(StorageError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(StorageError::Setup(
+                "the object store ignores If-None-Match on PUT: it cannot hold leases (use a \
+                 store with conditional writes: AWS S3, MinIO, Cloudflare R2, s3s)"
+                    .into(),
+            )),
+        }
     }
 
     async fn send(
@@ -490,6 +509,7 @@ impl Service for Storage {
         // back soon, and its users try again.
         match store.list("heads/").await {
             Ok(_) => {
+                store.check_conditional_writes().await?;
                 tracing::info!(bucket = %section.bucket, endpoint = ?section.endpoint, "object store reachable")
             }
             Err(
