@@ -327,3 +327,111 @@ fn a_store_without_conditional_writes_is_refused() {
     .expect_err("kube must not start");
     assert!(log.contains("ignores If-None-Match"), "{log}");
 }
+
+/// Two KUBEs that each published an app of one name (both as version 1) before they met
+/// serve one of them after joining, the same at both: the number alone is not trusted.
+#[tokio::test]
+async fn kubes_that_meet_with_apps_of_one_name_agree_on_one() {
+    let s3 = S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut kubes = Vec::new();
+    for (i, body) in ["www of a", "www of b"].into_iter().enumerate() {
+        let data = tmp.path().join(format!("data-{i}"));
+        let alone = Kube::start_with(Opts {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        })
+        .unwrap_or_else(|log| panic!("{log}"));
+        alone.publish(&[("index.html", body.as_bytes())], "www");
+        // B has more history of its own: versions 1 to 3.
+        if i == 1 {
+            alone.publish(&[("index.html", b"b2")], "www");
+            alone.publish(&[("index.html", b"www of b")], "www");
+        }
+        drop(alone);
+        kubes.push(
+            Kube::start_with(Opts {
+                config: Some(s3.config(1)),
+                env: s3.env(),
+                data_dir: Some(data),
+            })
+            .unwrap_or_else(|log| panic!("{log}")),
+        );
+    }
+    serves(&kubes[0], "www", "www of a").await;
+    serves(&kubes[1], "www", "www of a").await;
+    // The next publish anywhere is above every number either had.
+    kubes[0].publish(&[("index.html", b"www 2")], "www");
+    serves(&kubes[1], "www", "www 2").await;
+    let head = std::fs::read_to_string(s3.path("heads/www")).unwrap();
+    assert!(head.trim().parse::<u64>().unwrap() >= 2, "{head}");
+}
+
+/// Publishes at two KUBEs at once: every one is answered, no version number is used twice,
+/// the head never goes back, and both KUBEs end serving the same, newest version.
+#[tokio::test]
+async fn publishes_at_two_kubes_at_once_end_on_the_newest() {
+    let s3 = S3::start();
+    let (a, b) = (start(&s3, "", vec![]), start(&s3, "", vec![]));
+    a.publish(&[("index.html", b"first")], "notes");
+    serves(&b, "notes", "first").await;
+    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = [&a, &b]
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, k)| (0..4).map(move |j| (i, j, k)))
+            .map(|(i, j, k)| {
+                s.spawn(move || {
+                    let dir = tests::bundle_dir(&[("index.html", format!("{i}-{j}").as_bytes())]);
+                    k.cli(&[
+                        "app",
+                        "publish",
+                        dir.path().to_str().unwrap(),
+                        "--name",
+                        "notes",
+                    ])
+                })
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Each publish either landed or was told a newer one landed meanwhile (409).
+    for o in &outcomes {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() || err.contains("meanwhile"), "{err}");
+    }
+    let versions: Vec<u64> = std::fs::read_dir(s3.path("apps/notes/versions"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let head: u64 = std::fs::read_to_string(s3.path("heads/notes"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        head,
+        *versions.iter().max().unwrap(),
+        "the head is the newest"
+    );
+    let body = String::from_utf8(
+        std::fs::read(s3.path("apps/notes/versions").join(format!("{head}.json"))).unwrap(),
+    )
+    .unwrap();
+    let hash =
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["files"]["index.html"]["hash"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let newest =
+        String::from_utf8(std::fs::read(s3.path("apps/notes/blobs").join(hash)).unwrap()).unwrap();
+    serves(&a, "notes", &newest).await;
+    serves(&b, "notes", &newest).await;
+}

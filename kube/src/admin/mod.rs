@@ -489,8 +489,14 @@ fn store_error(e: StoreError) -> Response {
 
 /// The object store failed or held something refused: nothing changed here.
 fn cluster_error(e: ClusterError) -> Response {
-    tracing::error!(error = %e, "object store failure");
-    error(StatusCode::BAD_GATEWAY, "object_store", &e)
+    match e {
+        ClusterError::Local(e) => store_error(e),
+        ClusterError::Conflict(_) => error(StatusCode::CONFLICT, "changed_meanwhile", &e),
+        e => {
+            tracing::error!(error = %e, "object store failure");
+            error(StatusCode::BAD_GATEWAY, "object_store", &e)
+        }
+    }
 }
 
 async fn readyz(State(st): State<Arc<Shared>>) -> Response {
@@ -1092,6 +1098,9 @@ async fn rollback(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
+    if let Err(why) = apps::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "bad_name", why);
+    }
     let req: RollbackBody = if body.is_empty() {
         RollbackBody::default()
     } else {
@@ -1126,6 +1135,9 @@ async fn rollback(
 }
 
 async fn remove(State(st): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    if let Err(why) = apps::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, "bad_name", why);
+    }
     let store = st.deps.apps.clone();
     let n = name.clone();
     let result = match &st.deps.cluster {

@@ -38,6 +38,15 @@ pub enum ClusterError {
     Storage(#[from] StorageError),
     #[error("object store copy refused: {0}")]
     Refused(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The number after `v`, refusing to wrap.
+fn next(v: u64) -> Result<u64, ClusterError> {
+    v.checked_add(1)
+        .filter(|n| *n < u64::MAX / 2)
+        .ok_or_else(|| ClusterError::Refused(format!("version {v} is the last there can be")))
 }
 
 /// What `heads/<app>` says.
@@ -73,6 +82,15 @@ fn version_key(name: &str, v: u64) -> String {
 }
 fn blob_key(name: &str, hash: &str) -> String {
     format!("apps/{name}/blobs/{hash}")
+}
+
+/// A staging directory removed when dropped.
+struct StagingDir(PathBuf);
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The bundles of a cluster, as this KUBE sees them.
@@ -119,13 +137,15 @@ impl Cluster {
     }
 
     /// Publishes a checked upload: blobs, then a new version number claimed in the store,
-    /// then the head; then here.
+    /// then the head (never moved back past a newer version another KUBE published
+    /// meanwhile); then here.
     pub async fn publish(
         &self,
         name: &str,
         staged: store::Staged,
         now: u64,
     ) -> Result<Arc<Manifest>, ClusterError> {
+        super::check_name(name).map_err(ClusterError::Refused)?;
         let _one = self.ops.lock().await;
         self.send_blobs(name, &staged.files, |hash| staged.blobs.join(hash))
             .await?;
@@ -142,32 +162,69 @@ impl Cluster {
             })
             .max(self.apps.next_version(name) - 1);
         let mut manifest = Manifest {
-            version: last + 1,
+            version: next(last)?,
             published: now,
             files: staged.files.clone(),
             settings: staged.settings.clone(),
         };
         self.claim(name, &mut manifest).await?;
-        self.store
-            .put_bytes(
-                &head_key(name),
-                Head::Version(manifest.version).text().into_bytes(),
-                &Cond::Any,
-            )
-            .await?;
+        let v = manifest.version;
+        self.move_head(name, Head::Version(v), |current| match current {
+            Some(Head::Version(h)) if h > v => Err(ClusterError::Conflict(format!(
+                "version {h} of {name} was published at another KUBE meanwhile; this upload is kept as version {v}"
+            ))),
+            _ => Ok(()),
+        })
+        .await?;
         let apps = self.apps.clone();
-        let (n, v, published) = (name.to_owned(), manifest.version, now);
-        let m = tokio::task::spawn_blocking(move || apps.commit(&n, &staged, Some(v), published))
+        let n = name.to_owned();
+        let m = tokio::task::spawn_blocking(move || apps.commit(&n, &staged, Some(v), now))
             .await
             .map_err(|e| ClusterError::Refused(e.to_string()))??;
         // Tidying the store is no part of the publish: it runs on after the answer.
         let (store, apps, n) = (self.store.clone(), self.apps.clone(), name.to_owned());
         tokio::spawn(async move {
-            if let Err(e) = prune(&store, &apps, &n, v).await {
+            if let Err(e) = prune(&store, &apps, &n).await {
                 tracing::warn!(app = %n, error = %e, "cannot prune old versions in the object store");
             }
         });
         Ok(m)
+    }
+
+    /// Writes `head` over the head read (only if it is still that one), after `allow`
+    /// agreed with the head read; tried again when another KUBE wrote in between. The next
+    /// poll looks at the head again whatever happens here.
+    async fn move_head(
+        &self,
+        name: &str,
+        head: Head,
+        allow: impl Fn(Option<Head>) -> Result<(), ClusterError>,
+    ) -> Result<(), ClusterError> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        for _ in 0..CLAIMS {
+            let current = self.head(name).await?;
+            allow(current.as_ref().map(|(h, _)| *h))?;
+            let cond = match current {
+                Some((_, etag)) if !etag.is_empty() => Cond::Match(etag),
+                Some(_) => Cond::Any,
+                None => Cond::Absent,
+            };
+            match self
+                .store
+                .put_bytes(&head_key(name), head.text().into_bytes(), &cond)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ClusterError::Conflict(format!(
+            "the head of {name} kept changing at other KUBEs"
+        )))
     }
 
     /// Writes `manifest` under the first free version number from its own.
@@ -181,21 +238,23 @@ impl Cluster {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(StorageError::Conflict { .. }) => manifest.version += 1,
+                Err(StorageError::Conflict { .. }) => manifest.version = next(manifest.version)?,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ClusterError::Refused(format!(
+        Err(ClusterError::Conflict(format!(
             "{CLAIMS} version numbers of {name} taken while publishing"
         )))
     }
 
-    /// Makes `version` (or the one before the current) the head, and serves it here.
+    /// Makes `version` (or the one before the current) the head, then serves it here. A
+    /// head changed at another KUBE meanwhile fails it (409).
     pub async fn rollback(
         &self,
         name: &str,
         version: Option<u64>,
     ) -> Result<Arc<Manifest>, ClusterError> {
+        super::check_name(name).map_err(ClusterError::Refused)?;
         let _one = self.ops.lock().await;
         let current = match self.head(name).await? {
             Some((Head::Version(v), _)) => v,
@@ -218,33 +277,41 @@ impl Cluster {
                 .max()
                 .ok_or_else(|| StoreError::NoPrevious(name.into()))?,
         };
-        let m = self.adopt(name, target).await?;
-        self.store
-            .put_bytes(
-                &head_key(name),
-                Head::Version(target).text().into_bytes(),
-                &Cond::Any,
-            )
-            .await?;
-        Ok(m)
+        self.move_head(name, Head::Version(target), |now| {
+            if now == Some(Head::Version(current)) {
+                Ok(())
+            } else {
+                Err(ClusterError::Conflict(format!(
+                    "{name} changed at another KUBE meanwhile"
+                )))
+            }
+        })
+        .await?;
+        self.adopt(name, target).await
     }
 
-    /// Removes `name` from the cluster: the head says so first, then its files go.
+    /// Removes `name` from the cluster: the head says so first (only over the head read),
+    /// then its files go.
     pub async fn remove(&self, name: &str) -> Result<(), ClusterError> {
+        super::check_name(name).map_err(ClusterError::Refused)?;
         let _one = self.ops.lock().await;
-        let last = match self.head(name).await? {
-            Some((Head::Version(v), _)) => {
-                v.max(self.versions(name).await?.into_iter().max().unwrap_or(0))
-            }
+        let (current, last) = match self.head(name).await? {
+            Some((Head::Version(v), _)) => (
+                v,
+                v.max(self.versions(name).await?.into_iter().max().unwrap_or(0)),
+            ),
             _ => return Err(StoreError::NoApp(name.into()).into()),
         };
-        self.store
-            .put_bytes(
-                &head_key(name),
-                Head::Removed(last).text().into_bytes(),
-                &Cond::Any,
-            )
-            .await?;
+        self.move_head(name, Head::Removed(last), |now| {
+            if now == Some(Head::Version(current)) {
+                Ok(())
+            } else {
+                Err(ClusterError::Conflict(format!(
+                    "{name} changed at another KUBE meanwhile"
+                )))
+            }
+        })
+        .await?;
         for o in self.store.list(&format!("apps/{name}/")).await? {
             self.store.delete(&o.key).await?;
         }
@@ -289,7 +356,10 @@ impl Cluster {
                     .put_bytes(&version_key(&app.name, v), json, &Cond::Absent)
                     .await
                 {
-                    Ok(_) | Err(StorageError::Conflict { .. }) => {}
+                    Ok(_) => {}
+                    // The store has another version of that number (a publish cut short
+                    // before its head): the store's is adopted, as for any head.
+                    Err(StorageError::Conflict { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 }
                 match self
@@ -390,7 +460,22 @@ impl Cluster {
                     Err(e) => Err(ClusterError::Refused(e.to_string())),
                 }
             }
-            Some((Head::Version(v), _)) if current == Some(v) => Ok(false),
+            // The same number here: the same version only if the manifests agree (two
+            // KUBEs that each published an app of one name before they met both have a 1).
+            Some((Head::Version(v), _)) if current == Some(v) => {
+                let here = self.apps.current(name);
+                let there = self.manifest(name, v).await?;
+                if here.is_some_and(|m| *m == there) {
+                    return Ok(false);
+                }
+                self.adopt(name, v).await?;
+                tracing::info!(
+                    app = name,
+                    version = v,
+                    "the store's version replaces another of the same number here"
+                );
+                Ok(true)
+            }
             Some((Head::Version(v), _)) => {
                 self.adopt(name, v).await?;
                 tracing::info!(
@@ -406,6 +491,23 @@ impl Cluster {
     /// Makes `version` of `name` current here, fetching it from the store unless the
     /// same version (the same manifest) is stored here already.
     async fn adopt(&self, name: &str, version: u64) -> Result<Arc<Manifest>, ClusterError> {
+        let manifest = self.manifest(name, version).await?;
+        let (apps, n) = (self.apps.clone(), name.to_owned());
+        let local = tokio::task::spawn_blocking(move || {
+            apps.has_version(&n, version)
+                .then(|| apps.manifest(&n, version).ok())
+                .flatten()
+        })
+        .await
+        .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        // Gone with the guard, even when this future is dropped midway.
+        let staging = StagingDir(self.apps.staging_dir()?);
+        self.fetch_and_commit(name, manifest, local, &staging.0)
+            .await
+    }
+
+    /// Version `version` of `name` as the store has it, checked against the limits.
+    async fn manifest(&self, name: &str, version: u64) -> Result<Manifest, ClusterError> {
         let limits = self.apps.limits();
         let Some(obj) = self
             .store
@@ -423,25 +525,18 @@ impl Cluster {
                 manifest.version
             )));
         }
+        let total = manifest
+            .files
+            .values()
+            .try_fold(0u64, |sum, f| sum.checked_add(f.size));
         if manifest.files.len() as u64 > u64::from(limits.max_files)
-            || manifest.bytes() > limits.max_bytes
+            || total.is_none_or(|t| t > limits.max_bytes)
         {
             return Err(ClusterError::Refused(format!(
                 "{name} version {version} is over apps.max_files or apps.max_bundle_bytes"
             )));
         }
-        let (apps, n) = (self.apps.clone(), name.to_owned());
-        let local = tokio::task::spawn_blocking(move || {
-            apps.has_version(&n, version)
-                .then(|| apps.manifest(&n, version).ok())
-                .flatten()
-        })
-        .await
-        .map_err(|e| ClusterError::Refused(e.to_string()))?;
-        let staging = self.apps.staging_dir()?;
-        let result = self.fetch_and_commit(name, manifest, local, &staging).await;
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        result
+        Ok(manifest)
     }
 
     async fn fetch_and_commit(
@@ -470,9 +565,12 @@ impl Cluster {
         tokio::fs::create_dir_all(&blobs)
             .await
             .map_err(|e| ClusterError::Refused(format!("{}: {e}", blobs.display())))?;
+        // Replacing another version of the same number takes the whole app away first,
+        // blobs included: then every blob is fetched.
+        let replace = local.is_some();
         let mut wanted: BTreeMap<String, u64> = BTreeMap::new();
         for f in manifest.files.values() {
-            if !self.apps.blob_path(name, &f.hash).exists() {
+            if replace || !self.apps.blob_path(name, &f.hash).exists() {
                 wanted.insert(f.hash.clone(), f.size);
             }
         }
@@ -505,7 +603,6 @@ impl Cluster {
         }
         let v = manifest.version;
         let published = manifest.published;
-        let replace = local.is_some();
         let staged = store::Staged {
             files: manifest.files,
             settings: manifest.settings,
@@ -571,12 +668,16 @@ impl Cluster {
         path: impl Fn(&str) -> PathBuf,
     ) -> Result<(), ClusterError> {
         // One listing says which blobs the store has (a new version mostly shares them).
+        // One written more than half the pruning grace ago is sent again: pruning at
+        // another KUBE may be about to take it as unused, and the write makes it young.
         let prefix = format!("apps/{name}/blobs/");
+        let fresh_since = crate::service::unix_now().saturating_sub(BLOB_GRACE_SECS / 2);
         let have: std::collections::BTreeSet<String> = self
             .store
             .list(&prefix)
             .await?
             .into_iter()
+            .filter(|l| l.modified.is_some_and(|t| t >= fresh_since))
             .filter_map(|l| l.key.strip_prefix(&prefix).map(str::to_owned))
             .collect();
         let mut unique: BTreeMap<String, u64> = BTreeMap::new();
@@ -637,30 +738,35 @@ async fn versions(store: &ObjectStore, name: &str) -> Result<Vec<u64>, ClusterEr
         .collect())
 }
 
-/// Keeps the newest `apps.keep_versions` versions of `name` in the store (and the current),
-/// and the blobs they name. A blob is deleted only `BLOB_GRACE_SECS` after it was written.
-async fn prune(
-    store: &ObjectStore,
-    apps: &AppsHandle,
-    name: &str,
-    current: u64,
-) -> Result<(), ClusterError> {
+/// Keeps the newest `apps.keep_versions` versions of `name` in the store (and the one its
+/// head names), and the blobs they name. Blobs are listed before manifests, and one is
+/// deleted only `BLOB_GRACE_SECS` after it was last written: a publish under way sends
+/// (or sends again) every blob it names before its manifest.
+async fn prune(store: &ObjectStore, apps: &AppsHandle, name: &str) -> Result<(), ClusterError> {
+    let prefix = format!("apps/{name}/blobs/");
+    let blobs = store.list(&prefix).await?;
+    let current = match store.get(&head_key(name), 4096).await? {
+        Some(obj) => match Head::parse(&obj.bytes) {
+            Some(Head::Version(v)) => v,
+            _ => return Ok(()),
+        },
+        None => return Ok(()),
+    };
     let all = versions(store, name).await?;
     let drop = store::versions_to_drop(&all, current, apps.keep_versions());
     for v in &drop {
         store.delete(&version_key(name, *v)).await?;
     }
     let mut live = std::collections::BTreeSet::new();
-    for v in all.iter().filter(|v| !drop.contains(v)) {
-        let Some(obj) = store.get(&version_key(name, *v), MAX_SMALL_OBJECT).await? else {
+    for v in versions(store, name).await? {
+        let Some(obj) = store.get(&version_key(name, v), MAX_SMALL_OBJECT).await? else {
             continue;
         };
         let m = store::parse_manifest(&obj.bytes).map_err(ClusterError::Refused)?;
         live.extend(m.files.into_values().map(|f| f.hash));
     }
     let now = crate::service::unix_now();
-    let prefix = format!("apps/{name}/blobs/");
-    for blob in store.list(&prefix).await? {
+    for blob in blobs {
         let Some(hash) = blob.key.strip_prefix(&prefix) else {
             continue;
         };

@@ -27,7 +27,9 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn bytes(&self) -> u64 {
-        self.files.values().map(|f| f.size).sum()
+        self.files
+            .values()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 }
 

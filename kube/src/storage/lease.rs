@@ -32,14 +32,24 @@ pub enum Step {
 }
 
 /// Decides whether `me` may take the lease at `now` for `ttl` seconds, given the copy in
-/// the store (with its ETag). A lease that cannot be read is treated as held by nobody
-/// but keeps the token order through the ETag condition.
-pub fn next(now: u64, me: &str, ttl: u64, current: Option<(Option<&Lease>, &str)>) -> Step {
+/// the store (with its ETag). A lease that cannot be read is treated as held by nobody,
+/// and replaced only over that copy.
+///
+/// `floor` is the highest token known to have written anything (the certificate's): a
+/// lease object lost or replaced never hands out a token at or below it.
+pub fn next(
+    now: u64,
+    me: &str,
+    ttl: u64,
+    floor: u64,
+    current: Option<(Option<&Lease>, &str)>,
+) -> Step {
+    let token = |l: Option<&Lease>| l.map_or(0, |l| l.token).max(floor).saturating_add(1);
     match current {
         None => Step::Take(
             Lease {
                 holder: me.into(),
-                token: 1,
+                token: token(None),
                 expires: now + ttl,
             },
             Cond::Absent,
@@ -48,7 +58,7 @@ pub fn next(now: u64, me: &str, ttl: u64, current: Option<(Option<&Lease>, &str)
         Some((l, etag)) => Step::Take(
             Lease {
                 holder: me.into(),
-                token: l.map_or(1, |l| l.token.saturating_add(1)),
+                token: token(l),
                 expires: now + ttl,
             },
             Cond::Match(etag.into()),
@@ -83,12 +93,14 @@ pub async fn acquire(
     key: &str,
     now: u64,
     ttl: u64,
+    floor: u64,
 ) -> Result<Result<Held, Lease>, StorageError> {
     let current = read(store, key).await?;
     let step = next(
         now,
         &store.holder,
         ttl,
+        floor,
         current.as_ref().map(|(l, e)| (l.as_ref(), e.as_str())),
     );
     match step {
@@ -147,10 +159,13 @@ pub async fn release(store: &ObjectStore, held: Held) -> Result<(), StorageError
     }
 }
 
-/// Whether `held` is still the lease in the store (read just before a fenced write).
+/// Whether the grant `held` is still the lease in the store, and live (read just before
+/// a fenced write; a renewal under way may have moved its expiry).
 pub async fn still_held(store: &ObjectStore, held: &Held, now: u64) -> Result<bool, StorageError> {
     Ok(match read(store, &held.key).await? {
-        Some((Some(l), _)) => l == held.lease && l.expires > now,
+        Some((Some(l), _)) => {
+            l.holder == held.lease.holder && l.token == held.lease.token && l.expires > now
+        }
         _ => false,
     })
 }
@@ -170,7 +185,7 @@ mod tests {
     #[test]
     fn a_missing_lease_is_created_only_if_still_missing() {
         assert_eq!(
-            next(100, "a", 60, None),
+            next(100, "a", 60, 0, None),
             Step::Take(lease("a", 1, 160), Cond::Absent)
         );
     }
@@ -179,7 +194,7 @@ mod tests {
     fn a_live_lease_of_another_is_left_alone() {
         let l = lease("b", 7, 150);
         assert_eq!(
-            next(100, "a", 60, Some((Some(&l), "e1"))),
+            next(100, "a", 60, 0, Some((Some(&l), "e1"))),
             Step::Held(l.clone())
         );
     }
@@ -188,7 +203,7 @@ mod tests {
     fn an_expired_or_released_lease_is_taken_over_the_copy_read_with_a_higher_token() {
         for l in [lease("b", 7, 100), lease("b", 7, 0)] {
             assert_eq!(
-                next(100, "a", 60, Some((Some(&l), "e1"))),
+                next(100, "a", 60, 0, Some((Some(&l), "e1"))),
                 Step::Take(lease("a", 8, 160), Cond::Match("e1".into()))
             );
         }
@@ -198,7 +213,7 @@ mod tests {
     fn its_own_lease_is_taken_again_with_a_new_token() {
         let l = lease("a", 3, 500);
         assert_eq!(
-            next(100, "a", 60, Some((Some(&l), "e"))),
+            next(100, "a", 60, 0, Some((Some(&l), "e"))),
             Step::Take(lease("a", 4, 160), Cond::Match("e".into()))
         );
     }
@@ -206,7 +221,7 @@ mod tests {
     #[test]
     fn an_unreadable_lease_is_replaced_only_over_that_copy() {
         assert_eq!(
-            next(100, "a", 60, Some((None, "bad"))),
+            next(100, "a", 60, 0, Some((None, "bad"))),
             Step::Take(lease("a", 1, 160), Cond::Match("bad".into()))
         );
     }
@@ -220,7 +235,7 @@ mod tests {
         let stores: Vec<_> = (0..8)
             .map(|i| crate::storage::test_store(&s3, &format!("kube-{i}")))
             .collect();
-        let asks = stores.iter().map(|s| acquire(s, "locks/x", 100, 60));
+        let asks = stores.iter().map(|s| acquire(s, "locks/x", 100, 60, 0));
         let results = futures_util::future::join_all(asks).await;
         let won: Vec<Held> = results
             .into_iter()
@@ -231,8 +246,13 @@ mod tests {
         assert_eq!(first.lease.token, 1);
         // Before it expires nobody else gets it; after, the next one does, token 2.
         let other = &stores[if first.lease.holder == "kube-0" { 1 } else { 0 }];
-        assert!(acquire(other, "locks/x", 159, 60).await.unwrap().is_err());
-        let second = acquire(other, "locks/x", 161, 60)
+        assert!(
+            acquire(other, "locks/x", 159, 60, 0)
+                .await
+                .unwrap()
+                .is_err()
+        );
+        let second = acquire(other, "locks/x", 161, 60, 0)
             .await
             .unwrap()
             .expect("expired");
@@ -254,9 +274,22 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_lease_object_never_hands_out_a_token_already_used() {
+        assert_eq!(
+            next(100, "a", 60, 20, None),
+            Step::Take(lease("a", 21, 160), Cond::Absent)
+        );
+        let l = lease("b", 3, 0);
+        assert_eq!(
+            next(100, "a", 60, 20, Some((Some(&l), "e"))),
+            Step::Take(lease("a", 21, 160), Cond::Match("e".into()))
+        );
+    }
+
+    #[test]
     fn a_token_never_wraps() {
         let l = lease("b", u64::MAX, 0);
-        let Step::Take(new, _) = next(100, "a", 60, Some((Some(&l), "e"))) else {
+        let Step::Take(new, _) = next(100, "a", 60, 0, Some((Some(&l), "e"))) else {
             panic!("expired lease not taken");
         };
         assert_eq!(new.token, u64::MAX);

@@ -24,7 +24,20 @@ const SIGNED_FOR: Duration = Duration::from_secs(600);
 /// The largest object read whole into memory (manifests, heads, certificates, leases).
 pub const MAX_SMALL_OBJECT: u64 = 16 << 20;
 /// Listing pages followed at most (1,000 keys each).
-const MAX_PAGES: usize = 1000;
+const MAX_PAGES: usize = 100;
+/// The longest a request for a small object may take, start to end.
+const SMALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A large object gets this much time on top for each MiB.
+const PER_MIB: Duration = Duration::from_secs(4);
+
+/// How long a request carrying `len` bytes may take.
+fn timeout_for(len: u64) -> Duration {
+    SMALL_TIMEOUT
+        + PER_MIB
+            * u32::try_from(len >> 20)
+                .unwrap_or(u32::MAX / 8)
+                .min(1 << 20)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -172,7 +185,9 @@ impl ObjectStore {
             .bucket
             .get_object(Some(&self.credentials), &full)
             .sign(SIGNED_FOR);
-        let resp = self.send("GET", key, self.http.get(url)).await?;
+        let resp = self
+            .send("GET", key, self.http.get(url).timeout(SMALL_TIMEOUT))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -197,7 +212,9 @@ impl ObjectStore {
             .bucket
             .get_object(Some(&self.credentials), &full)
             .sign(SIGNED_FOR);
-        let resp = self.send("GET", key, self.http.get(url)).await?;
+        let resp = self
+            .send("GET", key, self.http.get(url).timeout(timeout_for(limit)))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);
         }
@@ -216,7 +233,7 @@ impl ObjectStore {
             seen(&chunk);
             out.write_all(&chunk)
                 .await
-                .map_err(|e| transport("GET", key, e))?;
+                .map_err(|e| reason("GET", key, e))?;
         }
         Ok(true)
     }
@@ -245,15 +262,19 @@ impl ObjectStore {
         let mut req = self
             .http
             .put(url)
+            .timeout(timeout_for(len))
             .header(http::header::CONTENT_LENGTH, len)
             .body(body);
         if let Some((name, value)) = header {
             req = req.header(name, value);
         }
         let resp = self.send("PUT", key, req).await?;
-        if resp.status() == reqwest::StatusCode::PRECONDITION_FAILED
+        // 412, or 409 from stores that say so for a write racing another; a write over a
+        // copy that is gone altogether (If-Match) is answered 404.
+        let failed = resp.status() == reqwest::StatusCode::PRECONDITION_FAILED
             || resp.status() == reqwest::StatusCode::CONFLICT
-        {
+            || (matches!(cond, Cond::Match(_)) && resp.status() == reqwest::StatusCode::NOT_FOUND);
+        if failed {
             return Err(StorageError::Conflict { key: key.into() });
         }
         let resp = check("PUT", key, resp).await?;
@@ -278,7 +299,9 @@ impl ObjectStore {
             .bucket
             .delete_object(Some(&self.credentials), &full)
             .sign(SIGNED_FOR);
-        let resp = self.send("DELETE", key, self.http.delete(url)).await?;
+        let resp = self
+            .send("DELETE", key, self.http.delete(url).timeout(SMALL_TIMEOUT))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(());
         }
@@ -297,11 +320,13 @@ impl ObjectStore {
                 action.with_continuation_token(t.clone());
             }
             let url = action.sign(SIGNED_FOR);
-            let resp = self.send("LIST", prefix, self.http.get(url)).await?;
+            let resp = self
+                .send("LIST", prefix, self.http.get(url).timeout(SMALL_TIMEOUT))
+                .await?;
             let resp = check("LIST", prefix, resp).await?;
             let body = read_limited(prefix, resp, MAX_SMALL_OBJECT).await?;
             let page: ListPage = quick_xml::de::from_reader(body.as_ref())
-                .map_err(|e| transport("LIST", prefix, format!("unreadable listing: {e}")))?;
+                .map_err(|e| reason("LIST", prefix, format!("unreadable listing: {e}")))?;
             for c in page.contents {
                 let Some(key) = c.key.strip_prefix(&self.prefix) else {
                     continue;
@@ -317,7 +342,7 @@ impl ObjectStore {
                 _ => return Ok(out),
             }
         }
-        Err(transport("LIST", prefix, "more than 1,000 pages"))
+        Err(reason("LIST", prefix, "more than 100,000 keys"))
     }
 
     /// Leases and version numbers rest on conditional writes: a store that ignores
@@ -325,16 +350,22 @@ impl ObjectStore {
     pub async fn check_conditional_writes(&self) -> Result<(), StorageError> {
         let key = format!("probes/{}", hex::encode(rand::random::<[u8; 8]>()));
         self.put_bytes(&key, b"1".to_vec(), &Cond::Absent).await?;
-        let second = self.put_bytes(&key, b"2".to_vec(), &Cond::Absent).await;
+        let again = self.put_bytes(&key, b"2".to_vec(), &Cond::Absent).await;
+        let stale = self
+            .put_bytes(&key, b"3".to_vec(), &Cond::Match("\"stale\"".into()))
+            .await;
         let _ = self.delete(&key).await;
-        match second {
-            Err(StorageError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(e),
-            Ok(_) => Err(StorageError::Setup(
-                "the object store ignores If-None-Match on PUT: it cannot hold leases (use a \
-                 store with conditional writes: AWS S3, MinIO, Cloudflare R2, s3s)"
-                    .into(),
-            )),
+        let ignored = |what: &str| {
+            StorageError::Setup(format!(
+                "the object store ignores {what} on PUT: it cannot hold leases (use a store \
+                 with conditional writes: AWS S3, MinIO, Cloudflare R2, s3s)"
+            ))
+        };
+        match (again, stale) {
+            (Err(StorageError::Conflict { .. }), Err(StorageError::Conflict { .. })) => Ok(()),
+            (Ok(_), _) => Err(ignored("If-None-Match")),
+            (_, Ok(_)) => Err(ignored("If-Match")),
+            (Err(StorageError::Conflict { .. }), Err(e)) | (Err(e), _) => Err(e),
         }
     }
 
@@ -348,7 +379,13 @@ impl ObjectStore {
     }
 }
 
-fn transport(op: &'static str, key: &str, e: impl std::fmt::Display) -> StorageError {
+/// A transport error without its URL: a presigned URL carries the access key id and a
+/// signature that stays valid for minutes.
+fn transport(op: &'static str, key: &str, e: reqwest::Error) -> StorageError {
+    reason(op, key, e.without_url())
+}
+
+fn reason(op: &'static str, key: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Transport {
         op,
         key: key.into(),

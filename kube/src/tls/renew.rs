@@ -164,6 +164,7 @@ async fn acme_loop(
     let mut failures: u32 = 0;
     let mut retry_at = SystemTime::now();
     let mut checked_ari = false;
+    let mut pick = (String::new(), 0.0);
     loop {
         let apps = shared
             .apps
@@ -187,6 +188,8 @@ async fn acme_loop(
             .await
         {
             stored = Some(s);
+            // Another KUBE's order is this one's too: nothing left to retry.
+            failures = 0;
         }
         let now = SystemTime::now();
         let forced = shared.force.swap(false, Ordering::SeqCst);
@@ -209,7 +212,12 @@ async fn acme_loop(
                 let ari = meta
                     .ari_window
                     .map(|(a, b)| (acme::from_unix(a), acme::from_unix(b)));
-                plan::renew_at(info.not_before, info.not_after, ari, rand::random::<f64>())
+                // One point of the renewal window per certificate, however often the
+                // loop wakes (every storage.poll_secs in a cluster).
+                if pick.0 != info.serial {
+                    pick = (info.serial.clone(), rand::random::<f64>());
+                }
+                plan::renew_at(info.not_before, info.not_after, ari, pick.1)
             }
             _ => now,
         };
@@ -241,14 +249,20 @@ async fn acme_loop(
                         .to_owned(),
                 )
             } else {
-                match lease::acquire(
-                    store,
-                    &shared::lock_key(&domain),
-                    acme::unix(now),
-                    shared::LEASE_SECS,
-                )
-                .await
-                {
+                let taken = match shared::token(store, &domain).await {
+                    Ok(floor) => {
+                        lease::acquire(
+                            store,
+                            &shared::lock_key(&domain),
+                            acme::unix(now),
+                            shared::LEASE_SECS,
+                            floor,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match taken {
                     Ok(Ok(h)) => {
                         held = Some(h);
                         None
@@ -270,6 +284,10 @@ async fn acme_loop(
                 }
             };
             if let Some(why) = why {
+                // `kube cert renew` waits for the lease rather than being dropped.
+                if forced {
+                    shared.force.store(true, Ordering::SeqCst);
+                }
                 shared.update(|s| {
                     s.state = "waiting";
                     s.last_error = Some(why);
@@ -315,50 +333,46 @@ async fn acme_loop(
             s.directory = directory.clone();
         });
         let started = std::time::Instant::now();
-        let issued = match (&ctx.storage, held.as_mut()) {
-            (Some(store), Some(h)) => tokio::select! {
-                r = acme::issue(&ctx, &directory, &names) => r,
-                e = shared::keep(store, h) => Err(acme::AcmeError::Protocol(format!("lost the ACME lease in the object store: {e}"))),
-            },
-            _ => acme::issue(&ctx, &directory, &names).await,
-        };
-        let outcome = match issued {
-            Ok((chain, key)) => {
-                let ari_window = acme::renewal_window(&ctx, &directory, &chain).await;
-                let meta = acme::Meta {
-                    names: names.clone(),
-                    directory: directory.clone(),
-                    ari_window,
-                };
-                let shared_save = match (&ctx.storage, &held) {
-                    (Some(store), Some(h)) => {
-                        shared::save(
-                            store,
-                            &domain,
-                            h,
-                            &chain,
-                            &key,
-                            &meta,
-                            crate::service::unix_now(),
-                        )
-                        .await
-                    }
-                    _ => Ok(()),
-                };
-                match shared_save {
-                    Ok(()) => match acme::save(&ctx.paths, &chain, &key, &meta)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| handle.install(&chain, &key).map_err(|e| e.to_string()))
-                    {
-                        Ok(()) => Outcome::Served,
-                        Err(e) => Outcome::Failed(e),
-                    },
-                    Err(shared::SaveError::Fenced) => Outcome::Fenced,
-                    Err(e) => Outcome::Failed(format!("object store: {e}")),
+        let order = async {
+            let (chain, key) = match acme::issue(&ctx, &directory, &names).await {
+                Ok(pair) => pair,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let ari_window = acme::renewal_window(&ctx, &directory, &chain).await;
+            let meta = acme::Meta {
+                names: names.clone(),
+                directory: directory.clone(),
+                ari_window,
+            };
+            if let (Some(store), Some(h)) = (&ctx.storage, &held) {
+                let now = crate::service::unix_now();
+                match shared::save(store, &domain, h, &chain, &key, &meta, now).await {
+                    Ok(()) => {}
+                    Err(shared::SaveError::Fenced) => return Outcome::Fenced,
+                    Err(e) => return Outcome::Failed(format!("object store: {e}")),
                 }
             }
-            Err(e) => Outcome::Failed(e.to_string()),
+            // Served even when it cannot be kept on disk; the failure is reported.
+            let stored = acme::save(&ctx.paths, &chain, &key, &meta);
+            let installed = handle.install(&chain, &key);
+            match (stored, installed) {
+                (Ok(()), Ok(())) => Outcome::Served,
+                (Err(e), _) => Outcome::Failed(e.to_string()),
+                (_, Err(e)) => Outcome::Failed(e.to_string()),
+            }
         };
+        // In a cluster the lease is kept renewed until the certificate is in the store.
+        let mut keeper = held.clone();
+        let outcome = match (&ctx.storage, keeper.as_mut()) {
+            (Some(store), Some(h)) => tokio::select! {
+                o = order => o,
+                e = shared::keep(store, h) => Outcome::Failed(format!("lost the ACME lease in the object store: {e}")),
+            },
+            _ => order.await,
+        };
+        if keeper.is_some() {
+            held = keeper;
+        }
         if let (Some(store), Some(h)) = (&ctx.storage, held.take())
             && let Err(e) = lease::release(store, h).await
         {
@@ -376,12 +390,15 @@ async fn acme_loop(
                     s.last_success = Some(acme::unix(SystemTime::now()));
                 });
             }
-            Outcome::Fenced => {
-                tracing::warn!(
-                    "another KUBE wrote a certificate under a newer lease; taking that one"
-                );
-                shared.update(|s| s.state = "waiting");
-            }
+            // The newer holder's certificate is taken on the next turn (which resets the
+            // failures); until then this counts as a failure, so nothing orders at once.
+            Outcome::Fenced => fail(
+                &shared,
+                &metrics,
+                &mut failures,
+                &mut retry_at,
+                "another KUBE wrote a certificate under a newer lease".into(),
+            ),
             Outcome::Failed(e) => fail(&shared, &metrics, &mut failures, &mut retry_at, e),
         }
     }

@@ -53,9 +53,32 @@ pub async fn load(
                 return None;
             }
             let info = super::cert_info(&s.chain).ok()?;
-            Some((s, info))
+            plausible(&info, std::time::SystemTime::now()).then_some((s, info))
         });
     Ok(Some((usable, obj.etag)))
+}
+
+/// The fencing token the certificate in the store was written under (0: none).
+pub async fn token(store: &ObjectStore, domain: &str) -> Result<u64, StorageError> {
+    Ok(store
+        .get(&cert_key(domain), MAX_SMALL_OBJECT)
+        .await?
+        .and_then(|o| serde_json::from_slice::<Stored>(&o.bytes).ok())
+        .map_or(0, |s| s.token))
+}
+
+/// The longest lifetime a publicly trusted certificate may have (CA/Browser Forum).
+const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(398 * 86400);
+
+/// Whether a certificate from the store could have come from an ACME order: no longer
+/// than `MAX_LIFETIME`, and already valid (within a day of clock skew). One that is not
+/// would otherwise stop every KUBE from renewing until it expires.
+fn plausible(info: &CertInfo, now: std::time::SystemTime) -> bool {
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    life <= MAX_LIFETIME && info.not_before <= now + std::time::Duration::from_secs(86400)
 }
 
 /// Why a certificate was not written to the store.
@@ -109,7 +132,8 @@ pub async fn save(
 }
 
 /// Keeps `held` renewed until it cannot be: returns when the lease is lost or the store
-/// fails (the order under way must then not be written).
+/// fails (the order under way must then not be written). The grant (holder, token) stays
+/// the same; only the expiry and the ETag move.
 pub async fn keep(store: &ObjectStore, held: &mut Held) -> StorageError {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(LEASE_SECS / 4)).await;
@@ -126,7 +150,10 @@ mod tests {
 
     fn pair() -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["kube.test".to_owned()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["kube.test".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now;
+        params.not_after = now + time::Duration::days(90);
         (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
     }
 
@@ -137,12 +164,12 @@ mod tests {
         let s3 = ::tests::s3::S3::start();
         let (a, b) = (test_store(&s3, "a"), test_store(&s3, "b"));
         let lock = lock_key("kube.test");
-        let held_a = lease::acquire(&a, &lock, 100, LEASE_SECS)
+        let held_a = lease::acquire(&a, &lock, 100, LEASE_SECS, 0)
             .await
             .unwrap()
             .unwrap();
         let later = 100 + LEASE_SECS + 1;
-        let held_b = lease::acquire(&b, &lock, later, LEASE_SECS)
+        let held_b = lease::acquire(&b, &lock, later, LEASE_SECS, 0)
             .await
             .unwrap()
             .unwrap();
@@ -164,6 +191,27 @@ mod tests {
         let (stored, _) = found.expect("usable");
         assert_eq!(stored.chain, chain_b);
         assert_eq!(stored.token, held_b.lease.token);
+        // A certificate for ten years, planted in the store: not usable.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["kube.test".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let planted = Stored {
+            chain: params.self_signed(&key).unwrap().pem(),
+            key: key.serialize_pem(),
+            meta: meta.clone(),
+            token: 99,
+        };
+        b.put_bytes(
+            &cert_key("kube.test"),
+            serde_json::to_vec(&planted).unwrap(),
+            &Cond::Any,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            load(&b, "kube.test", &names).await.unwrap(),
+            Some((None, _))
+        ));
         // Another name set, or a key that is not the certificate's: not usable.
         assert!(matches!(
             load(&b, "kube.test", &["other.test".to_owned()])
