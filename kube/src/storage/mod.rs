@@ -595,6 +595,26 @@ mod tests {
         assert_eq!(page.next_continuation_token.as_deref(), Some("heads/b"));
     }
 
+    /// A failed request's error names the operation and the key, never the presigned URL
+    /// (the key id and a signature valid for minutes).
+    #[tokio::test]
+    async fn errors_never_carry_the_signed_url() {
+        let section = config::Storage {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            bucket: "kube".into(),
+            ..config::Storage::default()
+        };
+        let creds = rusty_s3::Credentials::new("AKIDKUBETEST", "secret");
+        let store = super::ObjectStore::with_credentials(&section, creds, "t").unwrap();
+        let e = store.get("certs/kube.test.json", 100).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("GET certs/kube.test.json"), "{text}");
+        assert!(
+            !text.contains("X-Amz") && !text.contains("AKIDKUBETEST"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn listing_times_are_read() {
         assert_eq!(super::parse_time("1970-01-01T00:01:40.000Z"), Some(100));
