@@ -42,6 +42,20 @@ pub enum ClusterError {
     Conflict(String),
 }
 
+/// For `move_head`: the head must still be `current`, or another KUBE changed the app
+/// meanwhile and the operator's request no longer means what it meant.
+fn still(name: &str, current: u64) -> impl Fn(Option<Head>) -> Result<(), ClusterError> + '_ {
+    move |now| {
+        if now == Some(Head::Version(current)) {
+            Ok(())
+        } else {
+            Err(ClusterError::Conflict(format!(
+                "{name} changed at another KUBE meanwhile"
+            )))
+        }
+    }
+}
+
 /// The number after `v`, refusing to wrap.
 fn next(v: u64) -> Result<u64, ClusterError> {
     v.checked_add(1)
@@ -277,16 +291,8 @@ impl Cluster {
                 .max()
                 .ok_or_else(|| StoreError::NoPrevious(name.into()))?,
         };
-        self.move_head(name, Head::Version(target), |now| {
-            if now == Some(Head::Version(current)) {
-                Ok(())
-            } else {
-                Err(ClusterError::Conflict(format!(
-                    "{name} changed at another KUBE meanwhile"
-                )))
-            }
-        })
-        .await?;
+        self.move_head(name, Head::Version(target), still(name, current))
+            .await?;
         self.adopt(name, target).await
     }
 
@@ -302,16 +308,8 @@ impl Cluster {
             ),
             _ => return Err(StoreError::NoApp(name.into()).into()),
         };
-        self.move_head(name, Head::Removed(last), |now| {
-            if now == Some(Head::Version(current)) {
-                Ok(())
-            } else {
-                Err(ClusterError::Conflict(format!(
-                    "{name} changed at another KUBE meanwhile"
-                )))
-            }
-        })
-        .await?;
+        self.move_head(name, Head::Removed(last), still(name, current))
+            .await?;
         for o in self.store.list(&format!("apps/{name}/")).await? {
             self.store.delete(&o.key).await?;
         }

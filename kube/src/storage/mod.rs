@@ -178,20 +178,31 @@ impl ObjectStore {
         format!("{}{key}", self.prefix)
     }
 
-    /// Reads `key` whole, refusing more than `limit` bytes; None when there is no such key.
-    pub async fn get(&self, key: &str, limit: u64) -> Result<Option<Object>, StorageError> {
+    /// A GET of `key` within `timeout`: None when there is no such key.
+    async fn fetch(
+        &self,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<reqwest::Response>, StorageError> {
         let full = self.full(key);
         let url = self
             .bucket
             .get_object(Some(&self.credentials), &full)
             .sign(SIGNED_FOR);
         let resp = self
-            .send("GET", key, self.http.get(url).timeout(SMALL_TIMEOUT))
+            .send("GET", key, self.http.get(url).timeout(timeout))
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let resp = check("GET", key, resp).await?;
+        check("GET", key, resp).await.map(Some)
+    }
+
+    /// Reads `key` whole, refusing more than `limit` bytes; None when there is no such key.
+    pub async fn get(&self, key: &str, limit: u64) -> Result<Option<Object>, StorageError> {
+        let Some(resp) = self.fetch(key, SMALL_TIMEOUT).await? else {
+            return Ok(None);
+        };
         let etag = etag_of(&resp);
         let bytes = read_limited(key, resp, limit).await?;
         Ok(Some(Object { bytes, etag }))
@@ -207,18 +218,9 @@ impl ObjectStore {
         mut seen: impl FnMut(&[u8]),
     ) -> Result<bool, StorageError> {
         use tokio::io::AsyncWriteExt;
-        let full = self.full(key);
-        let url = self
-            .bucket
-            .get_object(Some(&self.credentials), &full)
-            .sign(SIGNED_FOR);
-        let resp = self
-            .send("GET", key, self.http.get(url).timeout(timeout_for(limit)))
-            .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        let Some(resp) = self.fetch(key, timeout_for(limit)).await? else {
             return Ok(false);
-        }
-        let resp = check("GET", key, resp).await?;
+        };
         let mut total = 0u64;
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -613,6 +615,38 @@ mod tests {
             !text.contains("X-Amz") && !text.contains("AKIDKUBETEST"),
             "{text}"
         );
+    }
+
+    /// Against a real store: what is written is listed with its time and ETag (when the
+    /// store gives one), read back with its ETag, and deleted.
+    #[tokio::test]
+    async fn a_real_store_lists_what_was_written() {
+        let s3 = ::tests::s3::S3::start();
+        let store = super::test_store(&s3, "t");
+        let etag = store
+            .put_bytes("apps/x/blobs/a", b"abc".to_vec(), &super::Cond::Absent)
+            .await
+            .unwrap();
+        let listed = store.list("apps/x/").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "apps/x/blobs/a");
+        let now = crate::service::unix_now();
+        assert!(
+            listed[0]
+                .modified
+                .is_some_and(|t| t + 60 > now && t <= now + 60),
+            "{:?}",
+            listed[0].modified
+        );
+        let got = store.get("apps/x/blobs/a", 10).await.unwrap().unwrap();
+        assert_eq!(&got.bytes[..], b"abc");
+        assert_eq!(got.etag, etag);
+        assert!(matches!(
+            store.get("apps/x/blobs/a", 2).await,
+            Err(super::StorageError::TooLarge { .. })
+        ));
+        store.delete("apps/x/blobs/a").await.unwrap();
+        assert!(store.get("apps/x/blobs/a", 10).await.unwrap().is_none());
     }
 
     #[test]
