@@ -361,13 +361,22 @@ async fn acme_loop(
                 (_, Err(e)) => Outcome::Failed(e.to_string()),
             }
         };
-        // In a cluster the lease is kept renewed until the certificate is in the store.
+        // In a cluster the lease is kept renewed until the certificate is in the store. An
+        // order whose lease could not be renewed still finishes (so it takes its challenge
+        // answers down), and `shared::save` then stores it only if the lease is still
+        // this KUBE's.
         let mut keeper = held.clone();
         let outcome = match (&ctx.storage, keeper.as_mut()) {
-            (Some(store), Some(h)) => tokio::select! {
-                o = order => o,
-                e = shared::keep(store, h) => Outcome::Failed(format!("lost the ACME lease in the object store: {e}")),
-            },
+            (Some(store), Some(h)) => {
+                tokio::pin!(order);
+                tokio::select! {
+                    o = &mut order => o,
+                    e = shared::keep(store, h) => {
+                        tracing::warn!(error = %e, "cannot renew the ACME lease; the order finishes and is stored only if the lease is still this KUBE's");
+                        order.await
+                    }
+                }
+            }
             _ => order.await,
         };
         if keeper.is_some() {
