@@ -27,6 +27,8 @@ const PARALLEL: usize = 8;
 /// A blob no kept version names is deleted from the store only this long after it was
 /// written: a publish under way at another KUBE may have sent it before its manifest.
 const BLOB_GRACE_SECS: u64 = 3600;
+/// How long an app whose copy could not be adopted rests before it is tried again.
+const RETRY_REFUSED: Duration = Duration::from_secs(30);
 /// Versions tried when claiming a number another KUBE took meanwhile.
 const CLAIMS: u64 = 64;
 
@@ -113,8 +115,9 @@ pub struct Cluster {
     apps: AppsHandle,
     /// The ETag of each head last adopted: a poll reads only heads that changed.
     seen: Mutex<HashMap<String, String>>,
-    /// Apps whose copy in the store could not be adopted, with why (logged once).
-    failing: Mutex<HashMap<String, String>>,
+    /// Apps whose copy in the store could not be adopted: why (logged once), the head's
+    /// ETag then, and when. Such a head rests `RETRY_REFUSED` unless it changes.
+    failing: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
     /// One change at a time from this KUBE (admin requests and the poll).
     ops: tokio::sync::Mutex<()>,
     /// Bumped whenever the apps served changed through the store.
@@ -164,6 +167,7 @@ impl Cluster {
         self.send_blobs(name, &staged.files, |hash| staged.blobs.join(hash))
             .await?;
         let head = self.head(name).await?;
+        let first = head.as_ref().map(|(h, _)| *h);
         let last = self
             .versions(name)
             .await?
@@ -183,10 +187,19 @@ impl Cluster {
         };
         self.claim(name, &mut manifest).await?;
         let v = manifest.version;
+        // Every blob must still be there before the head names them (pruning at another
+        // KUBE may have raced the upload).
+        self.send_blobs(name, &staged.files, |hash| staged.blobs.join(hash))
+            .await?;
         self.move_head(name, Head::Version(v), |current| match current {
             Some(Head::Version(h)) if h > v => Err(ClusterError::Conflict(format!(
                 "version {h} of {name} was published at another KUBE meanwhile; this upload is kept as version {v}"
             ))),
+            Some(removed @ Head::Removed(_)) if Some(removed) != first => {
+                Err(ClusterError::Conflict(format!(
+                    "{name} was removed at another KUBE meanwhile"
+                )))
+            }
             _ => Ok(()),
         })
         .await?;
@@ -223,7 +236,11 @@ impl Cluster {
             allow(current.as_ref().map(|(h, _)| *h))?;
             let cond = match current {
                 Some((_, etag)) if !etag.is_empty() => Cond::Match(etag),
-                Some(_) => Cond::Any,
+                Some(_) => {
+                    return Err(ClusterError::Refused(format!(
+                        "the store gave heads/{name} no ETag: it cannot be changed safely"
+                    )));
+                }
                 None => Cond::Absent,
             };
             match self
@@ -326,6 +343,7 @@ impl Cluster {
     /// store, each as its current version, unless another KUBE sent one of that name
     /// first. Then every head is adopted.
     pub async fn join(&self) -> Result<(), ClusterError> {
+        self.store.check_conditional_writes().await?;
         {
             let _one = self.ops.lock().await;
             let heads: Vec<String> = self
@@ -339,45 +357,51 @@ impl Cluster {
                 if heads.contains(&app.name) {
                     continue;
                 }
-                let (apps, n, v) = (self.apps.clone(), app.name.clone(), app.current);
-                let m = tokio::task::spawn_blocking(move || apps.manifest(&n, v))
-                    .await
-                    .map_err(|e| ClusterError::Refused(e.to_string()))??;
-                self.send_blobs(&app.name, &m.files, |hash| {
-                    self.apps.blob_path(&app.name, hash)
-                })
-                .await?;
-                let json = serde_json::to_vec_pretty(&m)
-                    .map_err(|e| ClusterError::Refused(e.to_string()))?;
-                match self
-                    .store
-                    .put_bytes(&version_key(&app.name, v), json, &Cond::Absent)
-                    .await
-                {
-                    Ok(_) => {}
-                    // The store has another version of that number (a publish cut short
-                    // before its head): the store's is adopted, as for any head.
-                    Err(StorageError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                match self
-                    .store
-                    .put_bytes(
-                        &head_key(&app.name),
-                        Head::Version(v).text().into_bytes(),
-                        &Cond::Absent,
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(app = %app.name, version = v, "app sent to the object store")
-                    }
-                    Err(StorageError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
+                // One app that cannot be sent keeps the others, and this KUBE, in the
+                // cluster; it is sent at the next start.
+                if let Err(e) = self.send_local(&app.name, app.current).await {
+                    tracing::warn!(app = %app.name, error = %e, "cannot send this app to the object store; it stays served here only");
                 }
             }
         }
         self.sync().await
+    }
+
+    /// Sends version `v` of a local app the store has no head for, and makes it the head
+    /// unless another KUBE made one first.
+    async fn send_local(&self, name: &str, v: u64) -> Result<(), ClusterError> {
+        let (apps, n) = (self.apps.clone(), name.to_owned());
+        let mut m = tokio::task::spawn_blocking(move || apps.manifest(&n, v))
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))??;
+        self.send_blobs(name, &m.files, |hash| self.apps.blob_path(name, hash))
+            .await?;
+        // The number may be taken (a publish cut short before its head): the same
+        // manifest is this one; another gets the next free number.
+        let same = self.manifest(name, v).await.is_ok_and(|there| there == m);
+        if !same {
+            self.claim(name, &mut m).await?;
+        }
+        match self
+            .store
+            .put_bytes(
+                &head_key(name),
+                Head::Version(m.version).text().into_bytes(),
+                &Cond::Absent,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    app = name,
+                    version = m.version,
+                    "app sent to the object store"
+                );
+                Ok(())
+            }
+            Err(StorageError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// One look at the store: every head that changed since the last look is adopted.
@@ -399,7 +423,17 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(name)
                 .is_some_and(|e| !e.is_empty() && *e == listed.etag);
-            if seen {
+            // A copy that was refused is not fetched again at every poll.
+            let resting = self
+                .failing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .is_some_and(|(_, etag, since)| {
+                    since.elapsed() < RETRY_REFUSED
+                        && (listed.etag.is_empty() || *etag == listed.etag)
+                });
+            if seen || resting {
                 continue;
             }
             match self.follow(name).await {
@@ -417,8 +451,11 @@ impl Cluster {
                         .failing
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(name.to_owned(), text.clone())
-                        .is_some_and(|before| before == text);
+                        .insert(
+                            name.to_owned(),
+                            (text.clone(), listed.etag.clone(), std::time::Instant::now()),
+                        )
+                        .is_some_and(|(before, _, _)| before == text);
                     if again {
                         tracing::debug!(app = name, error = %text, "still cannot adopt the app");
                     } else {
@@ -742,19 +779,29 @@ async fn versions(store: &ObjectStore, name: &str) -> Result<Vec<u64>, ClusterEr
 /// (or sends again) every blob it names before its manifest.
 async fn prune(store: &ObjectStore, apps: &AppsHandle, name: &str) -> Result<(), ClusterError> {
     let prefix = format!("apps/{name}/blobs/");
-    let blobs = store.list(&prefix).await?;
-    let current = match store.get(&head_key(name), 4096).await? {
-        Some(obj) => match Head::parse(&obj.bytes) {
-            Some(Head::Version(v)) => v,
-            _ => return Ok(()),
-        },
-        None => return Ok(()),
+    let head = |bytes: &[u8]| match Head::parse(bytes) {
+        Some(Head::Version(v)) => Some(v),
+        _ => None,
+    };
+    let Some(current) = store
+        .get(&head_key(name), 4096)
+        .await?
+        .and_then(|o| head(&o.bytes))
+    else {
+        return Ok(());
     };
     let all = versions(store, name).await?;
-    let drop = store::versions_to_drop(&all, current, apps.keep_versions());
-    for v in &drop {
-        store.delete(&version_key(name, *v)).await?;
+    for v in store::versions_to_drop(&all, current, apps.keep_versions()) {
+        // Read again before each: a rollback at another KUBE may have just made it current.
+        let now = store
+            .get(&head_key(name), 4096)
+            .await?
+            .and_then(|o| head(&o.bytes));
+        if now != Some(v) {
+            store.delete(&version_key(name, v)).await?;
+        }
     }
+    let before = store.list(&prefix).await?;
     let mut live = std::collections::BTreeSet::new();
     for v in versions(store, name).await? {
         let Some(obj) = store.get(&version_key(name, v), MAX_SMALL_OBJECT).await? else {
@@ -763,13 +810,20 @@ async fn prune(store: &ObjectStore, apps: &AppsHandle, name: &str) -> Result<(),
         let m = store::parse_manifest(&obj.bytes).map_err(ClusterError::Refused)?;
         live.extend(m.files.into_values().map(|f| f.hash));
     }
+    // Old in the listings before and after the manifests were read: a publish that sent
+    // (or sent again) a blob meanwhile made it young in the second.
     let now = crate::service::unix_now();
-    for blob in blobs {
+    let old = |l: &crate::storage::Listed| l.modified.is_some_and(|t| t + BLOB_GRACE_SECS < now);
+    let old_before: std::collections::BTreeSet<String> = before
+        .iter()
+        .filter(|l| old(l))
+        .map(|l| l.key.clone())
+        .collect();
+    for blob in store.list(&prefix).await? {
         let Some(hash) = blob.key.strip_prefix(&prefix) else {
             continue;
         };
-        let old = blob.modified.is_some_and(|t| t + BLOB_GRACE_SECS < now);
-        if old && !live.contains(hash) {
+        if old(&blob) && old_before.contains(&blob.key) && !live.contains(hash) {
             store.delete(&blob.key).await?;
         }
     }

@@ -95,6 +95,7 @@ pub async fn acquire(
     ttl: u64,
     floor: u64,
 ) -> Result<Result<Held, Lease>, StorageError> {
+    store.check_conditional_writes().await?;
     let current = read(store, key).await?;
     let step = next(
         now,
@@ -143,17 +144,21 @@ pub async fn renew(
     Ok(())
 }
 
-/// Gives the lease up (it expires at once); a lease lost meanwhile is left alone.
+/// Gives the lease up (it expires at once) if it is still this grant, whatever its ETag (a
+/// renewal may have been cut short); a lease lost meanwhile is left alone.
 pub async fn release(store: &ObjectStore, held: Held) -> Result<(), StorageError> {
+    let etag = match read(store, &held.key).await? {
+        Some((Some(l), etag)) if l.holder == held.lease.holder && l.token == held.lease.token => {
+            etag
+        }
+        _ => return Ok(()),
+    };
     let lease = Lease {
         expires: 0,
         ..held.lease
     };
     let json = serde_json::to_vec(&lease).unwrap_or_default();
-    match store
-        .put_bytes(&held.key, json, &Cond::Match(held.etag))
-        .await
-    {
+    match store.put_bytes(&held.key, json, &Cond::Match(etag)).await {
         Ok(_) | Err(StorageError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
     }

@@ -97,6 +97,8 @@ pub struct ObjectStore {
     pub poll: Duration,
     /// This KUBE in leases: its identity and a nonce of this run.
     pub holder: String,
+    /// Set once the store was seen to honour conditional writes.
+    conditional: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for ObjectStore {
@@ -171,6 +173,7 @@ impl ObjectStore {
             prefix,
             poll: Duration::from_secs(section.poll_secs.max(1)),
             holder: format!("{identity}#{}", hex::encode(rand::random::<[u8; 4]>())),
+            conditional: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -348,10 +351,32 @@ impl ObjectStore {
     }
 
     /// Leases and version numbers rest on conditional writes: a store that ignores
-    /// `If-None-Match` would let two KUBEs order or publish as one. Tried once at start.
+    /// `If-None-Match` or `If-Match`, or gives no ETags, would let two KUBEs order or
+    /// publish as one. Tried until it once succeeds: at start when the store answers, and
+    /// before the first lease and the first join otherwise.
     pub async fn check_conditional_writes(&self) -> Result<(), StorageError> {
+        self.conditional
+            .get_or_try_init(|| self.probe_conditional_writes())
+            .await
+            .map(|_| ())
+    }
+
+    async fn probe_conditional_writes(&self) -> Result<(), StorageError> {
         let key = format!("probes/{}", hex::encode(rand::random::<[u8; 8]>()));
-        self.put_bytes(&key, b"1".to_vec(), &Cond::Absent).await?;
+        let etag = self.put_bytes(&key, b"1".to_vec(), &Cond::Absent).await?;
+        let read = self
+            .get(&key, 16)
+            .await?
+            .map(|o| o.etag)
+            .unwrap_or_default();
+        if etag.is_empty() || read.is_empty() {
+            let _ = self.delete(&key).await;
+            return Err(StorageError::Setup(
+                "the object store gives no ETag: writes over a copy read cannot be made \
+                 conditional"
+                    .into(),
+            ));
+        }
         let again = self.put_bytes(&key, b"2".to_vec(), &Cond::Absent).await;
         let stale = self
             .put_bytes(&key, b"3".to_vec(), &Cond::Match("\"stale\"".into()))

@@ -271,16 +271,9 @@ async fn acme_loop(
                         "{} is ordering (lease token {})",
                         other.holder, other.token
                     )),
-                    Err(e) => {
-                        fail(
-                            &shared,
-                            &metrics,
-                            &mut failures,
-                            &mut retry_at,
-                            format!("object store: {e}"),
-                        );
-                        continue;
-                    }
+                    // The store, not the CA, failed: no order was tried, so nothing
+                    // counts against the directory; asked again at the next poll.
+                    Err(e) => Some(format!("object store: {e}")),
                 }
             };
             if let Some(why) = why {

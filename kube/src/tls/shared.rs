@@ -135,10 +135,21 @@ pub async fn save(
 /// fails (the order under way must then not be written). The grant (holder, token) stays
 /// the same; only the expiry and the ETag move.
 pub async fn keep(store: &ObjectStore, held: &mut Held) -> StorageError {
+    let mut wait = LEASE_SECS / 4;
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(LEASE_SECS / 4)).await;
-        if let Err(e) = lease::renew(store, held, crate::service::unix_now(), LEASE_SECS).await {
-            return e;
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        match lease::renew(store, held, crate::service::unix_now(), LEASE_SECS).await {
+            Ok(()) => wait = LEASE_SECS / 4,
+            // Taken by another: nothing to keep.
+            Err(e @ StorageError::Conflict { .. }) => return e,
+            // A slow or failing store: tried again while the lease has time left.
+            Err(e) => {
+                if held.lease.expires <= crate::service::unix_now() + 10 {
+                    return e;
+                }
+                tracing::warn!(error = %e, "cannot renew the ACME lease yet; trying again");
+                wait = 5;
+            }
         }
     }
 }
