@@ -181,7 +181,8 @@ async fn orders(kube: &Kube) -> (u64, u64) {
 
 /// Three KUBEs for kube.test: A the DNS primary (Pebble resolves through it), B and C its
 /// KUBE secondaries. Started together, only A may order (B and C cannot answer DNS-01):
-/// it orders once, and B and C serve the same certificate from the store.
+/// it orders once, and B and C serve the same certificate from the store. The certificate
+/// lives 30 s: A renews it at two thirds, and B and C serve the renewal from the store.
 #[tokio::test]
 async fn one_certificate_is_ordered_for_the_cluster_and_served_by_every_kube() {
     if !crate::acme::have_pebble() {
@@ -193,7 +194,7 @@ async fn one_certificate_is_ordered_for_the_cluster_and_served_by_every_kube() {
         free_port(),
         free_port(),
         SocketAddr::from(([127, 0, 0, 1], pa)),
-        3600,
+        30,
     );
     let secret = crate::dns::TSIG_SECRET;
     let common = format!(
@@ -226,6 +227,18 @@ async fn one_certificate_is_ordered_for_the_cluster_and_served_by_every_kube() {
     assert_eq!(orders(&c).await, (0, 1));
     let status = b.api(reqwest::Method::GET, "/api/status").await;
     assert!(status.to_string().contains("valid"), "{status}");
+    // Renewed at A (at 20 s), taken from the store by B and C.
+    let renewed = crate::acme::issued(&b, "*.kube.test", Some(&serial)).await;
+    assert_eq!(
+        crate::acme::issued(&a, "*.kube.test", Some(&serial)).await,
+        renewed
+    );
+    assert_eq!(
+        crate::acme::issued(&c, "*.kube.test", Some(&serial)).await,
+        renewed
+    );
+    assert_eq!(orders(&a).await, (2, 0));
+    assert_eq!(orders(&b).await, (0, 2));
 }
 
 /// Three KUBEs that could each order (each its own DNS; Pebble takes every challenge as
