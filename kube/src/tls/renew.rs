@@ -174,19 +174,17 @@ async fn acme_loop(
         let dns01 = plan::dns01_possible(&ctx.section.challenges, ctx.dns.is_some());
         let names = plan::names(&domain, dns01, &apps);
         let mut stored = acme::load(&ctx.paths, &names);
-        if let Some(store) = &ctx.storage
-            && let Some(s) = adopt(
-                &handle,
-                &shared,
-                &ctx,
-                store,
-                &domain,
-                &names,
-                stored.as_ref(),
-                &metrics,
-            )
-            .await
-        {
+        // In a cluster: the certificate another KUBE ordered, when it is newer than `local`.
+        let from_store = async |local: Option<&Stored>| match &ctx.storage {
+            Some(store) => {
+                adopt(
+                    &handle, &shared, &ctx, store, &domain, &names, local, &metrics,
+                )
+                .await
+            }
+            None => None,
+        };
+        if let Some(s) = from_store(stored.as_ref()).await {
             stored = Some(s);
             // Another KUBE's order is this one's too: nothing left to retry.
             failures = 0;
@@ -293,20 +291,7 @@ async fn acme_loop(
                 continue;
             }
             // The last holder may have just written a fresh one.
-            if !forced
-                && adopt(
-                    &handle,
-                    &shared,
-                    &ctx,
-                    store,
-                    &domain,
-                    &names,
-                    stored.as_ref(),
-                    &metrics,
-                )
-                .await
-                .is_some()
-            {
+            if !forced && from_store(stored.as_ref()).await.is_some() {
                 if let Some(h) = held.take()
                     && let Err(e) = lease::release(store, h).await
                 {
@@ -406,6 +391,9 @@ async fn acme_loop(
     }
 }
 
+/// A certificate as `acme::load` returns it: chain, key, what it says, its metadata.
+type Stored = (String, String, super::CertInfo, acme::Meta);
+
 /// How one order under the lease ended.
 enum Outcome {
     /// Stored (in the store too, in a cluster) and served.
@@ -425,9 +413,9 @@ async fn adopt(
     store: &ObjectStore,
     domain: &str,
     names: &[String],
-    local: Option<&(String, String, super::CertInfo, acme::Meta)>,
+    local: Option<&Stored>,
     metrics: &Metrics,
-) -> Option<(String, String, super::CertInfo, acme::Meta)> {
+) -> Option<Stored> {
     let (stored, info) = match shared::load(store, domain, names).await {
         Ok(Some((Some(found), _))) => found,
         Ok(_) => return None,
