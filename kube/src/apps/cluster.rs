@@ -742,19 +742,27 @@ impl Cluster {
 
     /// The head of `name` and its ETag.
     async fn head(&self, name: &str) -> Result<Option<(Head, String)>, ClusterError> {
-        let Some(obj) = self.store.get(&head_key(name), 4096).await? else {
-            return Ok(None);
-        };
-        let head = Head::parse(&obj.bytes).ok_or_else(|| {
-            ClusterError::Refused(format!("heads/{name} is neither a version nor \"removed\""))
-        })?;
-        Ok(Some((head, obj.etag)))
+        read_head(&self.store, name).await
     }
 
     /// The version numbers of `name` in the store.
     async fn versions(&self, name: &str) -> Result<Vec<u64>, ClusterError> {
         versions(&self.store, name).await
     }
+}
+
+/// The head of `name` and its ETag.
+async fn read_head(
+    store: &ObjectStore,
+    name: &str,
+) -> Result<Option<(Head, String)>, ClusterError> {
+    let Some(obj) = store.get(&head_key(name), 4096).await? else {
+        return Ok(None);
+    };
+    let head = Head::parse(&obj.bytes).ok_or_else(|| {
+        ClusterError::Refused(format!("heads/{name} is neither a version nor \"removed\""))
+    })?;
+    Ok(Some((head, obj.etag)))
 }
 
 /// The version numbers of `name` in the store.
@@ -779,25 +787,19 @@ async fn versions(store: &ObjectStore, name: &str) -> Result<Vec<u64>, ClusterEr
 /// (or sends again) every blob it names before its manifest.
 async fn prune(store: &ObjectStore, apps: &AppsHandle, name: &str) -> Result<(), ClusterError> {
     let prefix = format!("apps/{name}/blobs/");
-    let head = |bytes: &[u8]| match Head::parse(bytes) {
-        Some(Head::Version(v)) => Some(v),
-        _ => None,
+    let version = async || -> Result<Option<u64>, ClusterError> {
+        Ok(match read_head(store, name).await? {
+            Some((Head::Version(v), _)) => Some(v),
+            _ => None,
+        })
     };
-    let Some(current) = store
-        .get(&head_key(name), 4096)
-        .await?
-        .and_then(|o| head(&o.bytes))
-    else {
+    let Some(current) = version().await? else {
         return Ok(());
     };
     let all = versions(store, name).await?;
     for v in store::versions_to_drop(&all, current, apps.keep_versions()) {
         // Read again before each: a rollback at another KUBE may have just made it current.
-        let now = store
-            .get(&head_key(name), 4096)
-            .await?
-            .and_then(|o| head(&o.bytes));
-        if now != Some(v) {
+        if version().await? != Some(v) {
             store.delete(&version_key(name, v)).await?;
         }
     }

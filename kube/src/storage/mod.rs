@@ -218,28 +218,12 @@ impl ObjectStore {
         key: &str,
         limit: u64,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
-        mut seen: impl FnMut(&[u8]),
+        seen: impl FnMut(&[u8]),
     ) -> Result<bool, StorageError> {
-        use tokio::io::AsyncWriteExt;
         let Some(resp) = self.fetch(key, timeout_for(limit)).await? else {
             return Ok(false);
         };
-        let mut total = 0u64;
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| transport("GET", key, e))?;
-            total += chunk.len() as u64;
-            if total > limit {
-                return Err(StorageError::TooLarge {
-                    key: key.into(),
-                    limit,
-                });
-            }
-            seen(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| reason("GET", key, e))?;
-        }
+        copy_limited(key, resp, limit, out, seen).await?;
         Ok(true)
     }
 
@@ -454,25 +438,42 @@ async fn read_limited(
     resp: reqwest::Response,
     limit: u64,
 ) -> Result<Bytes, StorageError> {
-    if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(StorageError::TooLarge {
-            key: key.into(),
-            limit,
-        });
-    }
     let mut out = Vec::new();
+    copy_limited(key, resp, limit, &mut out, |_| {}).await?;
+    Ok(Bytes::from(out))
+}
+
+/// Streams an answer's body into `out` (showing each chunk to `seen` first), refusing more
+/// than `limit` bytes: at once when the length is announced, else as soon as it is passed.
+async fn copy_limited(
+    key: &str,
+    resp: reqwest::Response,
+    limit: u64,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut seen: impl FnMut(&[u8]),
+) -> Result<(), StorageError> {
+    use tokio::io::AsyncWriteExt;
+    let too_large = || StorageError::TooLarge {
+        key: key.into(),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut total = 0u64;
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| transport("GET", key, e))?;
-        if (out.len() + chunk.len()) as u64 > limit {
-            return Err(StorageError::TooLarge {
-                key: key.into(),
-                limit,
-            });
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(too_large());
         }
-        out.extend_from_slice(&chunk);
+        seen(&chunk);
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| reason("GET", key, e))?;
     }
-    Ok(Bytes::from(out))
+    Ok(())
 }
 
 /// One page of a ListObjectsV2 answer: what KUBE reads of it. Some stores leave out the
