@@ -628,89 +628,48 @@ pub(crate) mod tests {
         let z = zone(0);
         let k = keys();
         let signer = k.get(&key_name("xfr").unwrap()).unwrap().clone();
-        let refused = |t: Transfer| match t {
+        // The request from `from`, which must be refused: its rcode and why.
+        let refused = |req: &[u8], from: IpAddr| match transfer(
+            &z,
+            &Journal::default(),
+            req,
+            from,
+            &allowed(),
+            &k,
+            NOW,
+        ) {
             Transfer::Refused(bytes, why) => (rcode(&bytes), why),
             other => panic!("not refused: {other:?}"),
         };
-        let unsigned = request(None, NOW);
+        // A key of this name with a secret the server does not have.
+        let stranger = |name: &str| {
+            TSigner::new(
+                vec![1; 32],
+                TsigAlgorithm::HmacSha256,
+                key_name(name).unwrap(),
+                FUDGE,
+            )
+            .unwrap()
+        };
         assert_eq!(
-            refused(transfer(
-                &z,
-                &Journal::default(),
-                &unsigned,
-                PEER,
-                &allowed(),
-                &k,
-                NOW
-            )),
+            refused(&request(None, NOW), PEER),
             (ResponseCode::Refused, "unsigned")
         );
-        let other = TSigner::new(
-            vec![1; 32],
-            TsigAlgorithm::HmacSha256,
-            key_name("other").unwrap(),
-            FUDGE,
-        )
-        .unwrap();
-        let unknown = request(Some(&other), NOW);
         assert_eq!(
-            refused(transfer(
-                &z,
-                &Journal::default(),
-                &unknown,
-                PEER,
-                &allowed(),
-                &k,
-                NOW
-            ))
-            .0,
+            refused(&request(Some(&stranger("other")), NOW), PEER).0,
             ResponseCode::NotAuth
         );
-        let forged = TSigner::new(
-            vec![1; 32],
-            TsigAlgorithm::HmacSha256,
-            key_name("xfr").unwrap(),
-            FUDGE,
-        )
-        .unwrap();
-        let bad = request(Some(&forged), NOW);
         assert_eq!(
-            refused(transfer(
-                &z,
-                &Journal::default(),
-                &bad,
-                PEER,
-                &allowed(),
-                &k,
-                NOW
-            )),
+            refused(&request(Some(&stranger("xfr")), NOW), PEER),
             (ResponseCode::NotAuth, "bad signature")
         );
-        let stale = request(Some(&signer), NOW - 1000);
         assert_eq!(
-            refused(transfer(
-                &z,
-                &Journal::default(),
-                &stale,
-                PEER,
-                &allowed(),
-                &k,
-                NOW
-            )),
+            refused(&request(Some(&signer), NOW - 1000), PEER),
             (ResponseCode::NotAuth, "time outside the window")
         );
-        let good = request(Some(&signer), NOW);
         let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(
-            refused(transfer(
-                &z,
-                &Journal::default(),
-                &good,
-                elsewhere,
-                &allowed(),
-                &k,
-                NOW
-            )),
+            refused(&request(Some(&signer), NOW), elsewhere),
             (ResponseCode::Refused, "not a listed secondary")
         );
         // Garbage and plain queries are not transfers.
