@@ -169,7 +169,11 @@ async fn documents_are_read_on_demand_within_the_budget() {
 /// second to load in a debug build) holds up nobody but the peers that asked for it. It is
 /// read off ECHO's thread; another member fetching twenty documents of another space
 /// meanwhile is done long before it is.
+///
+/// It compares two timings, so it runs alone: `tests/run` runs it after the other suites
+/// (beside them, on two busy cores, both timings stretch unevenly).
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "timing: tests/run runs it alone, after the other suites"]
 async fn a_slow_document_holds_up_no_other_space() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
